@@ -1,0 +1,1 @@
+"""swarmcast viewer side: watch, archive, export and seed a stream."""
