@@ -1,0 +1,427 @@
+"""One feed directory on disk, crash-safe: `data`, `tree`, `bitfield` and a two-slot `head`.
+
+`data` holds each block at its byte offset (holes for blocks a sparse reader lacks), `tree` node i
+at 40*i as u64le size || 32-byte hash (all zero = absent), `bitfield` one bit per present block,
+`head` the signed state in two CRC-checked 512-byte slots. A head is written only after the data
+it describes is fsynced, and after the tree too unless it lists the blocks whose nodes are still
+unflushed (`pending`, rebuilt from the data by feed.py); bitfield bits are written only after
+their blocks are durable. This module never verifies hashes or signatures (feed.py does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamer.core.bitfield import Bitfield
+from streamer.core.errors import CorruptFeedError, FeedError, NotAFeedError
+from streamer.core.wire import Node
+
+HEAD_FILE = "head"
+DATA_FILE = "data"
+TREE_FILE = "tree"
+BITFIELD_FILE = "bitfield"
+
+NODE_BYTES = 40
+SLOT_BYTES = 512  # one sector: a torn write damages at most the slot being written
+HEAD_MAGIC = b"SWFH"
+HEAD_VERSION = 1
+
+_NODE = struct.Struct("<Q32s")
+# magic, version, flags, signature length, seq, fork, length, byte_length, contiguous,
+# tree_flushed, key, tree hash, signature (64 bytes raw, 68 as a default-manifest multiSignature),
+# manifest signer, pending count, pending sizes (u64le each)
+MAX_SIGNATURE = 96
+MAX_PENDING = 24
+_SLOT = struct.Struct(f"<4sBBHQQQQQQ32s32s{MAX_SIGNATURE}s32sB{8 * MAX_PENDING}s")
+_U64 = struct.Struct("<Q")
+_FLAG_SIGNER = 1  # a v11 default-manifest core: key = manifest hash of `signer`'s manifest
+_CRC = struct.Struct("<I")
+_ZERO_NODE = bytes(NODE_BYTES)
+_NODE_CACHE_LIMIT = 1 << 17
+# Files a create may leave before its head exists (secret_key is feed.py's, written first).
+_CREATE_LEFTOVERS = {"data", "tree", "bitfield", "head.tmp", "secret_key"}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The signed state of a feed as last committed."""
+
+    key: bytes
+    fork: int = 0
+    length: int = 0
+    byte_length: int = 0
+    tree_hash: bytes = bytes(32)
+    signature: bytes = b""  # empty while length == 0 (nothing signed yet)
+    # Blocks 0..contiguous-1 were present and durable when this head was written; reopening
+    # re-marks them even if the (unsynced) bitfield file lost their bits.
+    contiguous: int = 0
+    # None for a compat core (key = public key); the signer's public key for a default-manifest one.
+    signer: bytes | None = None
+    # Tree nodes of blocks 0..tree_flushed-1 were durable when this head was written. A writer
+    # flushes the tree only every few appends: the sizes of the blocks after it (`pending`,
+    # at most MAX_PENDING) let feed.py rebuild their nodes from the (always flushed) data.
+    tree_flushed: int = 0
+    pending: tuple[int, ...] = ()
+
+
+def encode_head(head: Head, seq: int) -> bytes:
+    if len(head.pending) > MAX_PENDING or head.tree_flushed + len(head.pending) != head.length:
+        raise ValueError("a head's pending sizes must cover tree_flushed..length")
+    if len(head.signature) > MAX_SIGNATURE:
+        raise ValueError("signature too long for a head record")
+    flags = _FLAG_SIGNER if head.signer is not None else 0
+    pending = b"".join(_U64.pack(size) for size in head.pending)
+    body = _SLOT.pack(
+        HEAD_MAGIC, HEAD_VERSION, flags, len(head.signature), seq, head.fork, head.length,
+        head.byte_length, head.contiguous, head.tree_flushed, head.key, head.tree_hash,
+        head.signature, head.signer or bytes(32), len(head.pending), pending,
+    )  # fmt: skip
+    record = body + _CRC.pack(zlib.crc32(body))
+    return record + bytes(SLOT_BYTES - len(record))
+
+
+def decode_head(slot: bytes) -> tuple[Head, int] | None:
+    """(head, seq) of a slot, or None when it is empty, torn or not ours."""
+    size = _SLOT.size
+    if len(slot) < size + _CRC.size:
+        return None
+    body = slot[:size]
+    (crc,) = _CRC.unpack_from(slot, size)
+    if zlib.crc32(body) != crc:
+        return None
+    (magic, version, flags, sig_len, seq, fork, length, byte_length, contiguous, tree_flushed,
+     key, tree_hash, sig, signer, pending_count, pending_raw) = _SLOT.unpack(body)  # fmt: skip
+    if magic != HEAD_MAGIC or version != HEAD_VERSION or contiguous > length:
+        return None
+    if sig_len > MAX_SIGNATURE or pending_count > MAX_PENDING:
+        return None
+    if tree_flushed + pending_count != length:
+        return None
+    pending = tuple(size for (size,) in _U64.iter_unpack(pending_raw[: 8 * pending_count]))
+    head = Head(
+        key, fork, length, byte_length, tree_hash, sig[:sig_len], contiguous,
+        signer if flags & _FLAG_SIGNER else None, tree_flushed, pending,
+    )  # fmt: skip
+    return head, seq
+
+
+def is_feed(directory: str | os.PathLike[str]) -> bool:
+    """True if directory holds a committed feed (its head file exists)."""
+    return (Path(directory) / HEAD_FILE).is_file()
+
+
+class Storage:
+    """Open file handles of one feed directory, with the head and bitfield loaded in memory."""
+
+    def __init__(self, directory: Path, fds: dict[str, int], head: Head, seq: int, bits: Bitfield):
+        self.directory = directory
+        self._fds = fds
+        self._head = head
+        self._seq = seq
+        self.bitfield = bits
+        self._nodes: dict[int, Node | None] = {}
+        self._data_dirty = False
+        self._tree_dirty = False
+        self._head_dirty = False
+        self._locked = False
+        self.read_only = False  # opened without write access: every write raises FeedError
+        # One helper thread fsyncs the data file while the caller hashes and signs (both release
+        # the GIL), so an append costs about max(flush, CPU) instead of their sum.
+        self._flusher: ThreadPoolExecutor | None = None
+        self._data_flush: Future[None] | None = None
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike[str], head: Head) -> Storage:
+        """Make a new feed directory holding head; FeedError if one already exists there."""
+        path = Path(directory)
+        if is_feed(path):
+            raise FeedError(f"{path} already holds a feed")
+        if path.is_dir():
+            # Only what a crashed create leaves behind may be there: never clobber other files.
+            strangers = sorted(p.name for p in path.iterdir() if p.name not in _CREATE_LEFTOVERS)
+            if strangers:
+                raise FeedError(
+                    f"{path} is not empty (it holds {strangers[0]}) and has no feed; "
+                    "choose a new or empty directory"
+                )
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            # Files left by a create that crashed before its head was written belong to no feed.
+            for name in (DATA_FILE, TREE_FILE, BITFIELD_FILE):
+                with open(path / name, "wb") as fh:
+                    os.fsync(fh.fileno())
+            tmp = path / (HEAD_FILE + ".tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(encode_head(head, 1) + bytes(SLOT_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+            # The rename is the moment the directory becomes a feed.
+            os.replace(tmp, path / HEAD_FILE)
+            _fsync_dir(path)
+        except OSError as exc:
+            raise FeedError(f"cannot create a feed in {path}: {exc.strerror}") from None
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> Storage:
+        """Open an existing feed directory; NotAFeedError or CorruptFeedError when unusable."""
+        path = Path(directory)
+        if not path.exists():
+            raise NotAFeedError(f"no feed at {path}: the directory does not exist")
+        if not path.is_dir():
+            raise NotAFeedError(f"no feed at {path}: it is a file, not a feed directory")
+        if not is_feed(path):
+            raise NotAFeedError(f"no feed in {path}: the directory has no {HEAD_FILE} file")
+        read_only = False
+        try:
+            fds = _open_files(path, os.O_RDWR)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise FeedError(f"cannot open the feed in {path}: {exc.strerror}") from None
+            # A copy on read-only media (or owned by someone else) can still be read and verified.
+            read_only = True
+            try:
+                fds = _open_files(path, os.O_RDONLY)
+            except OSError as again:
+                raise FeedError(f"cannot open the feed in {path}: {again.strerror}") from None
+        try:
+            head, seq = _read_head(fds[HEAD_FILE], path)
+            bits = Bitfield(_read_all(fds[BITFIELD_FILE]))
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        # Bits at or past the signed length describe blocks whose head never landed (a crash
+        # between the data flush and the head write): they are not verified, so they do not count.
+        # The cleared bits reach the file at the next commit.
+        bits.truncate(head.length)
+        bits.set_range(0, head.contiguous)
+        store = cls(path, fds, head, seq, bits)
+        store.read_only = read_only
+        return store
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def head(self) -> Head:
+        return self._head
+
+    def data_size(self) -> int:
+        return os.fstat(self._fds[DATA_FILE]).st_size
+
+    # ------------------------------------------------------------ tree
+
+    def get_node(self, index: int) -> Node | None:
+        """The stored node at a flat-tree index, or None if absent (never written or zeroed)."""
+        try:
+            return self._nodes[index]
+        except KeyError:
+            pass
+        raw = os.pread(self._fds[TREE_FILE], NODE_BYTES, NODE_BYTES * index)
+        node = None
+        if len(raw) == NODE_BYTES and raw != _ZERO_NODE:
+            size, digest = _NODE.unpack(raw)
+            node = Node(index, size, digest)
+        if len(self._nodes) >= _NODE_CACHE_LIMIT:
+            self._nodes.clear()
+        self._nodes[index] = node
+        return node
+
+    def put_nodes(self, nodes: list[Node]) -> None:
+        """Write nodes (durable at the next commit)."""
+        self._lock_for_writing()
+        fd = self._fds[TREE_FILE]
+        self._tree_dirty = True
+        try:
+            for node in nodes:
+                os.pwrite(fd, _NODE.pack(node.size, node.hash), NODE_BYTES * node.index)
+                self._nodes[node.index] = node
+        except OSError as exc:
+            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+
+    # ------------------------------------------------------------ data
+
+    def read(self, offset: int, size: int) -> bytes:
+        """size bytes at offset of the data file; CorruptFeedError if the file is shorter."""
+        raw = os.pread(self._fds[DATA_FILE], size, offset)
+        if len(raw) != size:
+            raise CorruptFeedError(
+                f"{self.directory} is damaged: the data file ends before byte {offset + size}"
+            )
+        return raw
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write bytes at offset of the data file (durable at the next commit)."""
+        self.write_blocks(offset, [data])
+
+    def write_blocks(self, offset: int, blocks: list[bytes] | list[bytes | memoryview]) -> None:
+        """Write consecutive blocks starting at offset, with one system call when possible."""
+        self._lock_for_writing()
+        fd = self._fds[DATA_FILE]
+        self._data_dirty = True
+        try:
+            # pwritev takes at most IOV_MAX (1024) buffers and may write less than asked.
+            if len(blocks) > 1024:
+                blocks = [b"".join(blocks)]
+            total = sum(len(b) for b in blocks)
+            written = os.pwritev(fd, blocks, offset)
+            if written < total:
+                rest = memoryview(b"".join(blocks))[written:]
+                offset += written
+                while rest:
+                    step = os.pwrite(fd, rest, offset)
+                    rest = rest[step:]
+                    offset += step
+        except OSError as exc:
+            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+
+    def _lock_for_writing(self) -> None:
+        """Take the directory's write lock at the first write (readers such as `feed info` never
+        do): two processes writing one feed would interleave heads. The OS drops it on exit."""
+        if self._locked:
+            return
+        if self.read_only:
+            raise FeedError(
+                f"{self.directory} is read-only for this user; copy it somewhere writable"
+            )
+        try:
+            fcntl.flock(self._fds[HEAD_FILE], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FeedError(
+                f"{self.directory} is being written by another process; stop it or use another directory"
+            ) from None
+        # Someone may have committed between our open and this lock: writing on top of a stale
+        # head would sign a second, conflicting tree with the same key.
+        if _read_head(self._fds[HEAD_FILE], self.directory) != (self._head, self._seq):
+            fcntl.flock(self._fds[HEAD_FILE], fcntl.LOCK_UN)
+            raise FeedError(f"{self.directory} changed on disk since it was opened; open it again")
+        self._locked = True
+
+    # ------------------------------------------------------------ commit
+
+    def commit(self, head: Head | None = None, *, flush_tree: bool = True) -> None:
+        """Make written data (and nodes, if flush_tree) durable, then record head, then the bitfield.
+
+        The order is the crash-safety argument: a head or a bitfield bit reaches the disk only
+        after everything it vouches for already has (with flush_tree=False the head must list
+        the unflushed blocks in `pending`). The head itself is not fsynced here (close() does
+        it): a power cut may then fall back to the previous head, which is as consistent, and a
+        killed process loses nothing since the page cache outlives it.
+        """
+        self._lock_for_writing()
+        try:
+            self._wait_data_flush()
+            if self._data_dirty:
+                os.fdatasync(self._fds[DATA_FILE])
+                self._data_dirty = False
+            if self._tree_dirty and flush_tree:
+                os.fdatasync(self._fds[TREE_FILE])
+                self._tree_dirty = False
+            if head is not None and head != self._head:
+                seq = self._seq + 1
+                # Alternate slots: the previous head stays intact while this one is written.
+                os.pwrite(self._fds[HEAD_FILE], encode_head(head, seq), SLOT_BYTES * (seq % 2))
+                self._head, self._seq = head, seq
+                self._head_dirty = True
+            dirty = self.bitfield.take_dirty()
+            if dirty is not None:
+                os.pwrite(self._fds[BITFIELD_FILE], dirty[1], dirty[0])
+        except OSError as exc:
+            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+
+    def begin_data_flush(self) -> None:
+        """Start making the data written so far durable in the background; commit() waits."""
+        if not self._data_dirty or self._data_flush is not None:
+            return
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(1, thread_name_prefix="feed-flush")
+        self._data_dirty = False
+        self._data_flush = self._flusher.submit(os.fdatasync, self._fds[DATA_FILE])
+
+    def _wait_data_flush(self) -> None:
+        flush, self._data_flush = self._data_flush, None
+        if flush is not None:
+            try:
+                flush.result()
+            except OSError:
+                self._data_dirty = True  # not durable: the next commit must try again
+                raise
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wait_data_flush()
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
+            self._flusher = None
+        if self._head_dirty and self._fds:
+            # What commit() left unsynced: make the last head and its bitfield durable on a clean close.
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fds[BITFIELD_FILE])
+                os.fdatasync(self._fds[HEAD_FILE])
+            self._head_dirty = False
+        self._locked = False
+        # One helper thread fsyncs the data file while the caller hashes and signs (both release
+        # the GIL), so an append costs about max(flush, CPU) instead of their sum.
+        self._flusher: ThreadPoolExecutor | None = None
+        self._data_flush: Future[None] | None = None
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return not self._fds
+
+    @property
+    def locked(self) -> bool:
+        """True once this handle has written (and holds the directory's write lock)."""
+        return self._locked
+
+
+def _open_files(path: Path, flags: int) -> dict[str, int]:
+    """File descriptors of the four feed files; CorruptFeedError if one is missing."""
+    fds: dict[str, int] = {}
+    try:
+        for name in (HEAD_FILE, DATA_FILE, TREE_FILE, BITFIELD_FILE):
+            try:
+                fds[name] = os.open(path / name, flags)
+            except FileNotFoundError:
+                raise CorruptFeedError(f"{path} is damaged: the {name} file is missing") from None
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def _read_head(fd: int, path: Path) -> tuple[Head, int]:
+    raw = os.pread(fd, 2 * SLOT_BYTES, 0)
+    slots = [decode_head(raw[i * SLOT_BYTES : (i + 1) * SLOT_BYTES]) for i in (0, 1)]
+    valid = [s for s in slots if s is not None]
+    if not valid:
+        raise CorruptFeedError(f"{path} is damaged: both copies of its head record are unreadable")
+    return max(valid, key=lambda s: s[1])
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
