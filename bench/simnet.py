@@ -1,0 +1,253 @@
+"""In-memory swarm for the simulator: feeds in RAM and a network on a virtual clock.
+
+MemoryFeed is a real feed (real Merkle proofs, real signatures, real verification) kept in memory,
+sharing identical block values between peers so a thousand copies of a stream fit in RAM.
+SimNet moves the sessions' data-channel messages over links with latency through each node's
+uplink of fixed bandwidth, driven by an event heap. It never sleeps and never touches a socket.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streamer.core import crypto
+from streamer.core.errors import BlockNotFoundError
+from streamer.core.feed import ApplyResult
+from streamer.core.merkle import CompatVerifier, ForkMismatchError, MemoryNodeStore, MerkleTree
+from streamer.core.replication import Event, RangeSet, Session
+from streamer.core.scheduler import Replicator
+from streamer.core.wire import Data, Request
+
+
+class MemoryFeed:
+    """A feed held in memory with the FeedLike API of core.feed.Feed (no persistence).
+
+    `pool` maps a block's leaf hash to its bytes, shared by all feeds of a simulation: a
+    verified block is stored as a reference to the pooled copy instead of a copy of its own.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        secret_key: bytes | None = None,
+        pool: dict[bytes, bytes] | None = None,
+    ) -> None:
+        self.key = key
+        self._secret_key = secret_key
+        self._nodes = MemoryNodeStore()
+        self._tree = MerkleTree(self._nodes, CompatVerifier(key))
+        self._blocks: dict[int, bytes] = {}
+        self._present = RangeSet(limit=1 << 30)
+        self._contiguous = 0
+        self._pool = pool if pool is not None else {}
+
+    @property
+    def writable(self) -> bool:
+        return self._secret_key is not None
+
+    @property
+    def length(self) -> int:
+        return self._tree.length
+
+    @property
+    def fork(self) -> int:
+        return self._tree.fork
+
+    @property
+    def byte_length(self) -> int:
+        return self._tree.byte_length
+
+    @property
+    def contiguous_length(self) -> int:
+        return self._contiguous
+
+    def has(self, index: int) -> bool:
+        return index in self._blocks
+
+    def get(self, index: int) -> bytes:
+        try:
+            return self._blocks[index]
+        except KeyError:
+            raise BlockNotFoundError(f"block {index} is not here") from None
+
+    def present_ranges(self) -> list[tuple[int, int]]:
+        return self._present.runs()
+
+    def missing_nodes(self, index: int) -> int:
+        return self._tree.missing_nodes(index)
+
+    def append(self, blocks: list[bytes]) -> int:
+        assert self._secret_key is not None
+        start = self._tree.length
+        batch = self._tree.append(blocks, self._secret_key)
+        self._nodes.put(batch.nodes)
+        self._tree.commit(batch)
+        for i, value in enumerate(blocks, start):
+            self._store(i, value, crypto.leaf_hash(value))
+        return self._tree.length
+
+    def _store(self, index: int, value: bytes, leaf: bytes) -> None:
+        self._blocks[index] = self._pool.setdefault(leaf, value)
+        self._present.add(index, index + 1)
+        while self._contiguous in self._blocks:
+            self._contiguous += 1
+
+    def proof(self, request: Request) -> Data:
+        if request.block is not None and request.block.index not in self._blocks:
+            raise BlockNotFoundError(f"block {request.block.index} is not here")
+        data = self._tree.proof(request)
+        if data.block is not None:
+            data.block.value = self._blocks[data.block.index]
+        return data
+
+    def verify_and_apply(self, data: Data) -> ApplyResult:
+        batch = self._tree.verify(data)
+        if batch.reorg:
+            raise ForkMismatchError("simulated writers never truncate")
+        self._nodes.put(batch.nodes)
+        new_block = batch.block is not None and batch.block not in self._blocks
+        if batch.upgraded:
+            self._tree.commit(batch)
+        if new_block:
+            assert batch.block is not None and batch.value is not None
+            self._store(batch.block, batch.value, batch.nodes[0].hash)
+        return ApplyResult(batch.upgraded, self._tree.length, batch.block if new_block else None)
+
+
+@dataclass(eq=False)
+class SimNode:
+    """One peer: a replicator, an uplink of `upload` bytes/s, and its open sessions."""
+
+    name: str
+    rep: Replicator
+    upload: float
+    on_event: Callable[[SimNode, Session, Event, float], None]
+    links: dict[Session, tuple[SimNode, Session, float]] = field(default_factory=dict)
+    alive: bool = True
+    busy: bool = False
+    current: Session | None = None  # the session whose message is going out
+    timer_at: float | None = None
+    bytes_up: int = 0
+
+
+class SimNet:
+    """Nodes, links and an event heap; `run_until(t)` advances the virtual clock to t."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.nodes: list[SimNode] = []
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), action))
+
+    def run_until(self, end: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= end:
+            when, _, action = heapq.heappop(heap)
+            self.now = when
+            action()
+        self.now = end
+
+    # ------------------------------------------------------------ topology
+
+    def add_node(self, node: SimNode) -> SimNode:
+        self.nodes.append(node)
+        return node
+
+    def connect(self, x: SimNode, y: SimNode, latency: float) -> None:
+        """A channel between two nodes whose handshake already happened (as the swarm does it)."""
+        a = x.rep.add_session(name=y.name, remote_is_writer=y.rep.feed.writable)
+        b = y.rep.add_session(name=x.name, remote_is_writer=x.rep.feed.writable)
+        x.links[a] = (y, b, latency)
+        y.links[b] = (x, a, latency)
+        self.touch(x)
+        self.touch(y)
+
+    def disconnect(self, x: SimNode, a: Session) -> None:
+        y, b, _ = x.links.pop(a)
+        y.links.pop(b, None)
+        x.rep.remove_session(a)
+        y.rep.remove_session(b)
+        if x.current is a:
+            x.current = None
+        if y.current is b:
+            y.current = None
+        self.touch(y)
+
+    def leave(self, x: SimNode) -> None:
+        x.alive = False
+        for a in list(x.links):
+            self.disconnect(x, a)
+
+    # ------------------------------------------------------------ moving bytes
+
+    def touch(self, node: SimNode) -> None:
+        """After anything happened at a node: read events, drop bad peers, send, rearm its timer."""
+        if not node.alive:
+            return
+        for s in list(node.links):
+            if s.has_events:
+                while (event := s.next_event()) is not None:
+                    node.on_event(node, s, event, self.now)
+            if s.closed:
+                self.disconnect(node, s)
+        self._send(node)
+        timer = node.rep.get_timer()
+        if timer is not None and timer != node.timer_at:
+            node.timer_at = timer
+            self.at(max(timer, self.now), lambda: self._timer(node, timer))
+
+    def _timer(self, node: SimNode, when: float) -> None:
+        if not node.alive or node.timer_at != when:
+            return
+        node.timer_at = None
+        node.rep.handle_timer(self.now)
+        self.touch(node)
+
+    def _pick(self, node: SimNode) -> Session | None:
+        """Small messages of any channel first, then the rest of the message going out, then a new
+        block answer (one at a time: finishing one copy before starting the next spreads a block
+        fastest)."""
+        for s in node.links:
+            if s.control_waiting and not s.mid_message:
+                return s
+        if node.current is not None and node.current.mid_message:
+            return node.current
+        for s in node.links:
+            if s.wants_to_send():
+                return s
+        return None
+
+    def _send(self, node: SimNode) -> None:
+        if node.busy:
+            return
+        s = self._pick(node)
+        if s is None:
+            return
+        chunks = s.datagrams_to_send(self.now, max_bytes=1)
+        if not chunks:
+            return
+        node.current = s
+        chunk = chunks[0]
+        node.busy = True
+        node.bytes_up += len(chunk)
+        done = self.now + len(chunk) / node.upload
+        peer, remote, latency = node.links[s]
+        self.at(done, lambda: self._uplink_free(node))
+        self.at(done + latency, lambda: self._deliver(peer, remote, chunk))
+
+    def _uplink_free(self, node: SimNode) -> None:
+        node.busy = False
+        self.touch(node)
+
+    def _deliver(self, node: SimNode, s: Session, chunk: bytes) -> None:
+        if not node.alive or s not in node.links:
+            return
+        s.receive(chunk, self.now)
+        self.touch(node)

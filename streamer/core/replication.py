@@ -1,0 +1,674 @@
+"""One replication session with one peer, sans-IO, in the shape of aioquic's QuicConnection.
+
+Bytes in (`receive`), data-channel messages out (`datagrams_to_send`), events out (`next_event`),
+time always passed in. A Session parses and checks what its peer sends, keeps what we know of that
+peer (length, which blocks it holds, our requests to it, its requests to us) within fixed bounds,
+and leaves every choice of what to request or serve to its scheduler.Replicator. It never stores,
+announces or serves a block that has not verified, and it never does I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hmac
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from streamer.core import crypto
+from streamer.core.errors import BlockNotFoundError, ProofError, WireError
+from streamer.core.feed import ApplyResult
+from streamer.core.wire import (
+    Bitfield,
+    Cancel,
+    Data,
+    Extension,
+    Framer,
+    Handshake,
+    Message,
+    NoData,
+    Range,
+    Reassembler,
+    Request,
+    RequestBlock,
+    RequestUpgrade,
+    Sync,
+    Unwant,
+    Want,
+    decode_message,
+    encode_message,
+)
+
+if TYPE_CHECKING:
+    from streamer.core.scheduler import Replicator
+
+__all__ = [
+    "BlockVerified",
+    "Event",
+    "FeedLike",
+    "HandshakeComplete",
+    "NO_DATA_BUSY",
+    "NO_DATA_MISSING",
+    "PeerMisbehaved",
+    "RangeSet",
+    "RemoteSynced",
+    "Session",
+    "Upgraded",
+    "check_handshake",
+    "make_handshake",
+]
+
+# NoData reasons (our own codes; hypercore peers send none, which reads as NO_DATA_MISSING).
+NO_DATA_MISSING = 0  # we do not hold what was asked, or cannot prove it
+NO_DATA_BUSY = 1  # we hold it but our upload queue is full: ask someone else, or again later
+
+MAX_CONTROL_MESSAGES = 4096  # queued small messages to one peer; more means it stopped reading
+MAX_REMOTE_REQUESTS = 256  # unanswered requests a peer may have with us before it is dropped
+MAX_REMOTE_RANGES = 1024  # disjoint runs remembered of a peer's blocks; more are forgotten
+MAX_BITFIELD_WORDS = 1024  # u32 words in one bitfield message: one hypercore page, 32 Ki blocks
+MAX_BLOCK_INDEX = 1 << 48  # beyond any real stream; larger indexes are hostile
+MAX_EVENTS = 1024  # unread events kept; the oldest are dropped (a closing event is also a state)
+RECENT_CANCELLED = 256  # cancelled requests whose late answers we still verify and use
+
+_HANDSHAKE, _OPEN, _CLOSED = "handshake", "open", "closed"
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the protocol (as opposed to sending a proof that does not verify)."""
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """The peer proved it knows the feed key; messages may flow."""
+
+    remote_is_writer: bool  # the peer also proved it holds the writer's secret key
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSynced:
+    """The peer announced its signed length (sent on open and whenever it grows)."""
+
+    length: int
+    fork: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockVerified:
+    """A block from this peer verified and is stored (and announced to the other peers)."""
+
+    index: int
+    from_writer: bool  # the block came straight from the broadcaster
+
+
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """Our signed length grew to `length` through a proof from this peer."""
+
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMisbehaved:
+    """The peer sent bytes that do not decode, an invalid proof, an unrequested block or broke the
+    protocol. The session is closed already; the adapter must close the channel and ban the peer."""
+
+    reason: str
+
+
+Event = HandshakeComplete | RemoteSynced | BlockVerified | Upgraded | PeerMisbehaved
+
+
+# ---------------------------------------------------------------- what a session needs of a feed
+
+
+class FeedLike(Protocol):
+    """The part of core.feed.Feed that replication uses (an in-memory feed works as well)."""
+
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def writable(self) -> bool: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def fork(self) -> int: ...
+    @property
+    def byte_length(self) -> int: ...
+    @property
+    def contiguous_length(self) -> int: ...
+    def has(self, index: int) -> bool: ...
+    def missing_nodes(self, index: int) -> int: ...
+    def present_ranges(self) -> list[tuple[int, int]]: ...
+    def proof(self, request: Request) -> Data: ...
+    def verify_and_apply(self, data: Data) -> ApplyResult: ...
+
+
+# ---------------------------------------------------------------- handshake
+
+
+def _writer_proof(capability: bytes) -> bytes:
+    # The writer signs the capability: it is bound to this connection, so it cannot be replayed.
+    return capability
+
+
+def make_handshake(
+    key: bytes, handshake_hash: bytes, initiator: bool, writer_secret_key: bytes | None = None
+) -> Handshake:
+    """Our handshake for one connection: the capability, plus the writer's signature if we are it."""
+    capability = crypto.replication_capability(handshake_hash, key, initiator)
+    signature = None
+    if writer_secret_key is not None:
+        signature = crypto.sign(_writer_proof(capability), writer_secret_key)
+    return Handshake(capability=capability, seeks=True, writer_signature=signature)
+
+
+def check_handshake(
+    handshake: Handshake, key: bytes, handshake_hash: bytes, initiator: bool
+) -> bool:
+    """Check the peer's handshake (`initiator` is OUR role); True if the peer is the writer.
+
+    Raises ProofError when the capability or the writer signature does not verify.
+    """
+    expected = crypto.replication_capability(handshake_hash, key, not initiator)
+    if not hmac.compare_digest(handshake.capability, expected):
+        raise ProofError("handshake capability does not match: the peer does not know the feed key")
+    if handshake.writer_signature is None:
+        return False
+    if not crypto.verify(_writer_proof(handshake.capability), handshake.writer_signature, key):
+        raise ProofError("handshake claims the writer key with a bad signature")
+    return True
+
+
+# ---------------------------------------------------------------- remote bitfield
+
+
+class RangeSet:
+    """Disjoint half-open runs of block indexes, at most `limit` of them (extra runs are forgotten:
+    we then merely do not know the peer holds those blocks)."""
+
+    __slots__ = ("_starts", "_ends", "limit")
+
+    def __init__(self, limit: int = MAX_REMOTE_RANGES) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self.limit = limit
+
+    def __contains__(self, index: int) -> bool:
+        starts = self._starts
+        if starts and index >= starts[-1]:
+            # The common case for a live stream: at or past the start of the newest run.
+            return index < self._ends[-1]
+        i = bisect.bisect_right(starts, index) - 1
+        return i >= 0 and index < self._ends[i]
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def runs(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
+
+    def add(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        starts, ends = self._starts, self._ends
+        lo = bisect.bisect_left(ends, start)  # first run that ends at or after start
+        hi = bisect.bisect_right(starts, end)  # runs before hi start at or before end
+        if lo < hi:
+            start = min(start, starts[lo])
+            end = max(end, ends[hi - 1])
+        elif len(starts) >= self.limit:
+            return
+        starts[lo:hi] = [start]
+        ends[lo:hi] = [end]
+
+    def remove(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        starts, ends = self._starts, self._ends
+        lo = bisect.bisect_right(ends, start)
+        hi = bisect.bisect_left(starts, end)
+        if lo >= hi:
+            return
+        keep_s: list[int] = []
+        keep_e: list[int] = []
+        if starts[lo] < start:
+            keep_s.append(starts[lo])
+            keep_e.append(start)
+        if ends[hi - 1] > end:
+            keep_s.append(end)
+            keep_e.append(ends[hi - 1])
+        starts[lo:hi] = keep_s
+        ends[lo:hi] = keep_e
+        if len(starts) > self.limit:
+            del starts[self.limit :], ends[self.limit :]
+
+
+# ---------------------------------------------------------------- session
+
+
+@dataclass(slots=True)
+class OutRequest:
+    """A request we sent and whose answer we still expect."""
+
+    id: int
+    block: int | None
+    upgrade: bool
+    fork: int
+    sent_at: float
+    check_at: float = 0.0  # when the replicator looks whether it is late
+    late: bool = False  # already re-requested from another peer because this one was slow
+
+
+@dataclass(slots=True)
+class PeerStats:
+    """Traffic with one peer (wire bytes include framing)."""
+
+    bytes_up: int = 0
+    bytes_down: int = 0
+    blocks_up: int = 0
+    blocks_down: int = 0
+    block_bytes_up: int = 0
+    block_bytes_down: int = 0
+    duplicates: int = 0  # blocks this peer sent that we already had (after re-requests)
+    refused: int = 0  # our block requests it declined (busy or missing)
+
+
+class Session:
+    """Replication with one peer over one ordered, reliable message channel.
+
+    Create it with Replicator.add_session. Feed every received data-channel message to
+    `receive(data, now)`; send what `datagrams_to_send(now, max_bytes)` returns, in order;
+    drain `next_event()`; call `handle_timer(now)` at `get_timer()`.
+    """
+
+    def __init__(
+        self,
+        replicator: Replicator,
+        *,
+        name: str = "",
+        handshake: Handshake | None = None,
+        verify_handshake: Callable[[Handshake], bool] | None = None,
+        remote_is_writer: bool = False,
+    ) -> None:
+        if (handshake is None) != (verify_handshake is None):
+            raise ValueError("give both handshake and verify_handshake, or neither (already done)")
+        self.name = name
+        self._rep = replicator
+        self._feed = replicator.feed
+        self._verify_handshake = verify_handshake
+        self.remote_is_writer = remote_is_writer
+        self.remote_length = 0
+        self.remote_fork = 0
+        self.remote_can_upgrade = False
+        self.synced = False  # a Sync arrived, so remote_length is meaningful
+        self.remote_has = RangeSet()
+        self.inflight: dict[int, OutRequest] = {}
+        self._cancelled: OrderedDict[int, OutRequest] = OrderedDict()
+        self._next_id = 1
+        self._uploads: deque[Request] = deque()  # block requests admitted, answered when sent
+        self._control: deque[bytes] = deque()
+        self._outbox: deque[bytes] = deque()  # chunks of the message being sent
+        self._framer = Framer(replicator.config.chunk_size)
+        self._reassembler = Reassembler()
+        self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._announced_length = 0
+        self.stats = PeerStats()
+        self.close_reason: str | None = None
+        if handshake is not None:
+            self._state = _HANDSHAKE
+            self._queue(handshake)
+        else:
+            self._state = _OPEN
+            self._on_open()
+
+    # ------------------------------------------------------------ public surface
+
+    @property
+    def is_open(self) -> bool:
+        return self._state == _OPEN
+
+    @property
+    def closed(self) -> bool:
+        return self._state == _CLOSED
+
+    @property
+    def mid_message(self) -> bool:
+        """Part of a message went out: the rest must follow before anything else on this channel."""
+        return bool(self._outbox)
+
+    @property
+    def control_waiting(self) -> bool:
+        """Small protocol messages (not block answers) wait to be sent."""
+        return bool(self._control)
+
+    @property
+    def uploads_waiting(self) -> int:
+        """Admitted block requests not yet serialized (they wait for `datagrams_to_send`)."""
+        return len(self._uploads)
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Take one data-channel message from the peer."""
+        if self._state == _CLOSED:
+            return
+        self.stats.bytes_down += len(data)
+        try:
+            for raw in self._reassembler.feed(data):
+                self._handle(decode_message(raw), now)
+                if self._state == _CLOSED:
+                    return
+        except WireError as e:
+            self._misbehaved(f"undecodable bytes: {e}")
+        except (ProofError, ProtocolViolation) as e:
+            self._misbehaved(str(e))
+        except Exception as e:  # noqa: BLE001 - a peer must never be able to crash the node
+            self._misbehaved(f"internal error on a message from the peer: {type(e).__name__}: {e}")
+        self._rep.schedule(now)
+
+    def datagrams_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
+        """Data-channel messages (each <= 64 KiB) to send now, in order.
+
+        With max_bytes (what the channel can take before its buffer is too full) it stops once that
+        many bytes are out (the last chunk may overrun it); block responses wait here meanwhile, so
+        the replicator can still cancel them or send them elsewhere.
+        """
+        out: list[bytes] = []
+        if self._state == _CLOSED:
+            return out
+        budget = float("inf") if max_bytes is None else max_bytes
+        while budget > 0:
+            if not self._outbox and not self._next_message():
+                break
+            chunk = self._outbox.popleft()
+            out.append(chunk)
+            budget -= len(chunk)
+        self.stats.bytes_up += sum(len(c) for c in out)
+        return out
+
+    def wants_to_send(self) -> bool:
+        """True if datagrams_to_send would return something now."""
+        return self._state != _CLOSED and bool(self._outbox or self._control or self._uploads)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
+    def get_timer(self) -> float | None:
+        """When handle_timer must run (the replicator's timer: one for all its sessions)."""
+        return self._rep.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self._rep.handle_timer(now)
+
+    def close(self, reason: str | None = None) -> None:
+        """Stop: nothing more is sent or accepted; our requests to the peer go elsewhere."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self.close_reason = reason
+        self._outbox.clear()
+        self._control.clear()
+        for req in self._uploads:
+            assert req.block is not None
+            self._rep._upload_dropped(req.block.index)
+        self._uploads.clear()
+        self._rep._session_closed(self)
+
+    # ------------------------------------------------------------ used by the replicator
+
+    def request(
+        self, now: float, *, block: int | None = None, upgrade_to: int | None = None
+    ) -> OutRequest:
+        """Send a request for a block and/or an upgrade of our length to `upgrade_to`."""
+        feed = self._feed
+        rid = self._next_id
+        self._next_id += 1
+        msg = Request(id=rid, fork=feed.fork)
+        if block is not None:
+            msg.block = RequestBlock(block, feed.missing_nodes(block))
+        if upgrade_to is not None:
+            msg.upgrade = RequestUpgrade(feed.length, upgrade_to - feed.length)
+        out = OutRequest(rid, block, upgrade_to is not None, feed.fork, now)
+        self.inflight[rid] = out
+        self._queue(msg)
+        return out
+
+    def cancel(self, out: OutRequest) -> None:
+        """Withdraw a request; a late answer to it is then accepted quietly, not as unrequested."""
+        if self.inflight.pop(out.id, None) is None:
+            return
+        self._cancelled[out.id] = out
+        while len(self._cancelled) > RECENT_CANCELLED:
+            self._cancelled.popitem(last=False)
+        if self._state == _OPEN:
+            self._queue(Cancel(out.id))
+
+    def announce(self, start: int, end: int) -> None:
+        """Tell the peer we hold verified blocks start..end-1."""
+        if self._state == _OPEN and start < end:
+            self._queue(Range(start, end - start))
+
+    def announce_length(self) -> None:
+        """Tell the peer our signed length if it grew since we last did."""
+        feed = self._feed
+        if self._state != _OPEN or feed.length <= self._announced_length:
+            return
+        self._announced_length = feed.length
+        self._queue(
+            Sync(
+                fork=feed.fork,
+                length=feed.length,
+                remote_length=self.remote_length,
+                can_upgrade=True,
+                uploading=True,
+                downloading=not feed.writable,
+            )
+        )
+
+    # ------------------------------------------------------------ internals
+
+    def _queue(self, msg: Message) -> None:
+        if self._state == _CLOSED:
+            return
+        if len(self._control) >= MAX_CONTROL_MESSAGES:
+            self._misbehaved("the peer stopped reading: too many messages queued for it")
+            return
+        self._control.append(encode_message(msg))
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _next_message(self) -> bool:
+        """Move the next whole message into the outbox as chunks; False if there is none."""
+        if self._control:
+            self._outbox.extend(self._framer.frame(self._control.popleft()))
+            return True
+        if self._uploads:
+            req = self._uploads.popleft()
+            msg = self._answer(req)
+            self._outbox.extend(self._framer.frame(encode_message(msg)))
+            return True
+        return False
+
+    def _answer(self, req: Request) -> Data | NoData:
+        """Build the proof for an admitted request now (our state may have grown meanwhile)."""
+        self._rep._upload_started()
+        try:
+            data = self._feed.proof(req)
+        except BlockNotFoundError:
+            return NoData(req.id, NO_DATA_MISSING)
+        if data.block is not None:
+            size = len(data.block.value)
+            self.stats.blocks_up += 1
+            self.stats.block_bytes_up += size
+            self._rep._block_uploaded(self, data.block.index, size)
+        return data
+
+    def _misbehaved(self, reason: str) -> None:
+        if self._state == _CLOSED:
+            return
+        self._emit(PeerMisbehaved(reason))
+        self._rep.totals.peers_dropped += 1
+        self.close(reason)
+
+    def _on_open(self) -> None:
+        self._emit(HandshakeComplete(self.remote_is_writer))
+        self.announce_length()
+        if self._feed.length == 0:
+            # An empty Sync still tells the peer we are here and want its length.
+            self._queue(Sync(fork=self._feed.fork, length=0, remote_length=0))
+        for start, end in self._feed.present_ranges()[:MAX_REMOTE_RANGES]:
+            self.announce(start, end)
+
+    def _handle(self, msg: Message, now: float) -> None:
+        if self._state == _HANDSHAKE:
+            if not isinstance(msg, Handshake):
+                raise ProtocolViolation(f"expected a handshake, got {type(msg).__name__}")
+            assert self._verify_handshake is not None
+            try:
+                self.remote_is_writer = self._verify_handshake(msg)
+            except ProofError as e:
+                raise ProtocolViolation(f"bad handshake: {e}") from None
+            self._state = _OPEN
+            self._on_open()
+            return
+        handler = _HANDLERS.get(type(msg))
+        if handler is None:
+            raise ProtocolViolation(f"unexpected {type(msg).__name__} message after the handshake")
+        handler(self, msg, now)
+
+    def _on_sync(self, msg: Sync, now: float) -> None:
+        if msg.length > MAX_BLOCK_INDEX:
+            raise ProtocolViolation(f"announced length {msg.length} is beyond any stream")
+        changed = (
+            not self.synced or msg.length != self.remote_length or msg.fork != self.remote_fork
+        )
+        self.synced = True
+        self.remote_length = msg.length
+        self.remote_fork = msg.fork
+        self.remote_can_upgrade = msg.can_upgrade
+        if changed:
+            self._emit(RemoteSynced(msg.length, msg.fork))
+
+    def _on_request(self, msg: Request, now: float) -> None:
+        if len(self._uploads) >= MAX_REMOTE_REQUESTS:
+            raise ProtocolViolation(
+                f"the peer has more than {MAX_REMOTE_REQUESTS} requests waiting"
+            )
+        feed = self._feed
+        if msg.hash is not None or msg.seek is not None or msg.manifest or msg.fork != feed.fork:
+            self._queue(NoData(msg.id, NO_DATA_MISSING))
+            return
+        if msg.block is None and msg.upgrade is None:
+            self._queue(NoData(msg.id, NO_DATA_MISSING))
+            return
+        if msg.block is not None and not feed.has(msg.block.index):
+            self._queue(NoData(msg.id, NO_DATA_MISSING))
+            return
+        if msg.block is not None and not self._rep._admit_upload(self, msg.block.index):
+            if msg.upgrade is None:
+                self._queue(NoData(msg.id, NO_DATA_BUSY))
+                return
+            # Busy for the block, but the upgrade is small: answer that part alone.
+            msg = Request(id=msg.id, fork=msg.fork, upgrade=msg.upgrade)
+        if msg.block is None:
+            try:
+                self._queue(feed.proof(msg))
+            except BlockNotFoundError:
+                self._queue(NoData(msg.id, NO_DATA_MISSING))
+            return
+        self._uploads.append(msg)
+
+    def _on_cancel(self, msg: Cancel, now: float) -> None:
+        for req in self._uploads:
+            if req.id == msg.request:
+                self._uploads.remove(req)
+                assert req.block is not None
+                self._rep._upload_dropped(req.block.index)
+                return
+
+    def _on_data(self, msg: Data, now: float) -> None:
+        out = self.inflight.pop(msg.request, None)
+        stale = out is None
+        if out is None:
+            out = self._cancelled.pop(msg.request, None)
+            if out is None:
+                if 0 < msg.request < self._next_id:
+                    return  # an answer to a request we gave up on long ago: ignore it unread
+                raise ProtocolViolation(f"data for request {msg.request}, which we never sent")
+        if msg.hash is not None or msg.seek is not None or msg.manifest is not None:
+            raise ProtocolViolation(
+                "data carries a hash, seek or manifest proof we never asked for"
+            )
+        if msg.block is not None and msg.block.index != out.block:
+            raise ProtocolViolation(
+                f"data carries block {msg.block.index}, which we did not ask it for"
+            )
+        if msg.upgrade is not None and not out.upgrade:
+            raise ProtocolViolation("data carries an upgrade we did not ask for")
+        if msg.block is None and msg.upgrade is None:
+            raise ProtocolViolation("data answers nothing")
+        if msg.fork != out.fork:
+            raise ProtocolViolation(f"data is for fork {msg.fork}, we asked about fork {out.fork}")
+        self._rep._data(self, out, msg, stale, now)
+
+    def _on_no_data(self, msg: NoData, now: float) -> None:
+        out = self.inflight.pop(msg.request, None)
+        if out is None:
+            # An answer to a request we cancelled (or a peer's confusion): harmless.
+            self._cancelled.pop(msg.request, None)
+            return
+        self.stats.refused += 1
+        self._rep._refused(self, out, msg.reason == NO_DATA_BUSY, now)
+
+    def _on_range(self, msg: Range, now: float) -> None:
+        end = msg.start + msg.length
+        if end > MAX_BLOCK_INDEX:
+            raise ProtocolViolation(f"range up to block {end} is beyond any stream")
+        if msg.drop:
+            self.remote_has.remove(msg.start, end)
+        else:
+            self.remote_has.add(msg.start, end)
+
+    def _on_bitfield(self, msg: Bitfield, now: float) -> None:
+        if msg.start % 32 or len(msg.bitfield) > MAX_BITFIELD_WORDS:
+            raise ProtocolViolation("bitfield message is misaligned or too large")
+        if msg.start + 32 * len(msg.bitfield) > MAX_BLOCK_INDEX:
+            raise ProtocolViolation("bitfield reaches beyond any stream")
+        run_start = -1
+        base = msg.start
+        for n, word in enumerate(msg.bitfield):
+            for bit in range(32):
+                have = word >> bit & 1
+                index = base + 32 * n + bit
+                if have and run_start < 0:
+                    run_start = index
+                elif not have and run_start >= 0:
+                    self.remote_has.add(run_start, index)
+                    run_start = -1
+        if run_start >= 0:
+            self.remote_has.add(run_start, base + 32 * len(msg.bitfield))
+
+    def _on_ignored(self, msg: Want | Unwant | Extension, now: float) -> None:
+        # We announce every verified block unasked, so wants need no answer; no extensions yet.
+        return
+
+
+_HANDLERS: dict[type, Callable[[Session, Message, float], None]] = {
+    Sync: Session._on_sync,  # type: ignore[dict-item]
+    Request: Session._on_request,  # type: ignore[dict-item]
+    Cancel: Session._on_cancel,  # type: ignore[dict-item]
+    Data: Session._on_data,  # type: ignore[dict-item]
+    NoData: Session._on_no_data,  # type: ignore[dict-item]
+    Range: Session._on_range,  # type: ignore[dict-item]
+    Bitfield: Session._on_bitfield,  # type: ignore[dict-item]
+    Want: Session._on_ignored,  # type: ignore[dict-item]
+    Unwant: Session._on_ignored,  # type: ignore[dict-item]
+    Extension: Session._on_ignored,  # type: ignore[dict-item]
+}

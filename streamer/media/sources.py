@@ -1,0 +1,375 @@
+"""Media sources: a file or URL PyAV can open, a webcam (v4l2, optional ALSA microphone), or the
+generated test pattern. Each yields decoded frames timed in seconds from the source's start.
+
+Sources only capture and decode: they never scale, encode or pace a non-live source (the
+pipeline does that), and opening one validates it, raising MediaError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import av
+
+from streamer.core.errors import MediaError
+from streamer.media.testpattern import TestPattern
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEBCAM = "/dev/video0"
+TEST_SIZE = (1280, 720)
+TEST_FPS = 30.0
+_AUDIO_CHUNK = 1024  # test-pattern samples per audio frame
+# Demuxers FFmpeg picks for text files by their extension; they are never what a user meant.
+_NOT_MEDIA_FORMATS = {"tty"}
+
+
+@dataclass
+class SourceFrame:
+    kind: Literal["video", "audio"]
+    frame: av.VideoFrame | av.AudioFrame
+    time: float  # seconds since the source started (monotonic, also across --loop passes)
+    captured: float  # time.monotonic() when the frame was captured or decoded
+
+
+class Source:
+    """Base of all sources; subclasses fill in the attributes and frames()."""
+
+    description: str = ""
+    title: str = ""  # a default stream title
+    width: int = 0
+    height: int = 0
+    fps: float | None = None  # the source's nominal frame rate, if known
+    has_audio: bool = False
+    live: bool = False  # produces frames at real time by itself, so nobody else paces it
+
+    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release devices and files; safe to call twice."""
+
+
+def _open_input(
+    target: str, what: str, fmt: str | None = None, options: dict[str, str] | None = None
+):
+    try:
+        return av.open(target, "r", format=fmt, options=options or {}, timeout=10.0)
+    except FileNotFoundError:
+        raise MediaError(f"{what} {target} does not exist") from None
+    except IsADirectoryError:
+        raise MediaError(f"{what} {target} is a directory, not a media file") from None
+    except PermissionError:
+        raise MediaError(f"{what} {target} is not readable (permission denied)") from None
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise MediaError(f"{what} {target} is busy (another program is using it)") from None
+        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+            raise MediaError(f"{what} {target} does not exist") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MediaError(f"cannot open {what} {target}: {reason}") from None
+    except av.error.InvalidDataError:
+        raise MediaError(f"{what} {target} is not a media file FFmpeg can read") from None
+    except (av.FFmpegError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MediaError(f"cannot open {what} {target}: {reason}") from None
+
+
+def _frame_time(frame: av.VideoFrame | av.AudioFrame) -> float | None:
+    t = frame.time
+    return None if t is None else float(t)
+
+
+class FileSource(Source):
+    """Any file or URL FFmpeg demuxes; --loop replays it with a continuing timeline."""
+
+    def __init__(self, url: str, loop: bool = False) -> None:
+        self.url = url
+        self.loop = loop
+        self.description = url
+        self.title = url.rstrip("/").rsplit("/", 1)[-1] or url
+        self._container = self._open()
+        vs = self._container.streams.video[0]
+        self.width = vs.codec_context.width
+        self.height = vs.codec_context.height
+        rate = vs.average_rate or vs.guessed_rate
+        self.fps = float(rate) if rate else None
+        self.has_audio = bool(self._container.streams.audio)
+        # Decode up to the first picture now, so an undecodable file fails before any feed exists.
+        self._pass = self._decode_pass(self._container)
+        self._prelude: list[tuple[str, av.VideoFrame | av.AudioFrame, float]] = []
+        for item in self._pass:
+            self._prelude.append(item)
+            if item[0] == "video":
+                break
+        else:
+            self._container.close()
+            raise MediaError(f"{url} holds no decodable video frame")
+        if not self.width:
+            first = self._prelude[-1][1]
+            self.width, self.height = first.width, first.height
+
+    def _open(self):
+        if "://" not in self.url and not os.path.exists(self.url):
+            raise MediaError(
+                f"source {self.url} does not exist (give a media file, a URL, webcam or test)"
+            )
+        container = _open_input(self.url, "source")
+        if container.format.name in _NOT_MEDIA_FORMATS:
+            container.close()
+            raise MediaError(f"source {self.url} is not a media file")
+        if not container.streams.video:
+            container.close()
+            raise MediaError(f"source {self.url} has no video stream")
+        return container
+
+    def _decode_pass(self, container) -> Iterator[tuple[str, av.VideoFrame | av.AudioFrame, float]]:
+        """One pass over the file: (kind, frame, seconds since the pass's first picture)."""
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        video.thread_type = "AUTO"
+        streams = [video] + ([audio] if audio is not None else [])
+        origin: float | None = None
+        early_audio: list[tuple[av.AudioFrame, float]] = []
+        last_video: float | None = None
+        step = 1.0 / self.fps if self.fps else 1.0 / 30
+        errors = 0
+        for packet in container.demux(streams):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                # One damaged packet should not end a broadcast; a file of nothing else should.
+                errors += 1
+                if errors > 100:
+                    raise MediaError(f"{self.url}: too many undecodable packets ({exc})") from None
+                continue
+            for frame in frames:
+                t = _frame_time(frame)
+                if isinstance(frame, av.VideoFrame):
+                    if t is None:
+                        t = (last_video + step) if last_video is not None else 0.0
+                    if origin is None:
+                        origin = t
+                        for a, at in early_audio:
+                            yield "audio", a, at - origin
+                        early_audio.clear()
+                    last_video = t
+                    yield "video", frame, t - origin
+                else:
+                    if t is None:
+                        continue
+                    if origin is None:
+                        early_audio.append((frame, t))
+                    else:
+                        yield "audio", frame, t - origin
+
+    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
+        offset = 0.0
+        items: Iterator[tuple[str, av.VideoFrame | av.AudioFrame, float]] = iter(self._prelude)
+        rest = self._pass
+        step = 1.0 / self.fps if self.fps else 1.0 / 30
+        while True:
+            end = 0.0
+            for source in (items, rest):
+                for kind, frame, t in source:
+                    if stop.is_set():
+                        return
+                    if kind == "video":
+                        end = max(end, t + step)
+                    yield SourceFrame(kind, frame, offset + t, time.monotonic())
+            if not self.loop or stop.is_set() or end == 0.0:
+                return
+            offset += end
+            self._container.close()
+            self._container = self._open()
+            items, rest = iter(()), self._decode_pass(self._container)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class WebcamSource(Source):
+    """A capture device (v4l2 by default) with an optional microphone (ALSA by default).
+
+    Frames are timed by arrival, since camera and microphone stamp with unrelated clocks. Tests
+    pass format="lavfi" with a real-time filter graph to exercise this same code without a camera.
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        device: str = DEFAULT_WEBCAM,
+        audio_device: str | None = None,
+        video_format: str = "v4l2",
+        audio_format: str = "alsa",
+    ) -> None:
+        self.description = f"webcam {device}" + (
+            f" + microphone {audio_device}" if audio_device else ""
+        )
+        if video_format == "v4l2" and not os.path.exists(device):
+            raise MediaError(
+                f"no webcam at {device} (is it connected? name another with webcam:/dev/videoN)"
+            )
+        self._video = _open_input(device, "webcam", video_format)
+        if not self._video.streams.video:
+            self._video.close()
+            raise MediaError(f"webcam {device} offers no video stream")
+        vs = self._video.streams.video[0]
+        self.width, self.height = vs.codec_context.width, vs.codec_context.height
+        rate = vs.average_rate or vs.guessed_rate
+        self.fps = float(rate) if rate else None
+        self._audio = None
+        if audio_device:
+            try:
+                self._audio = _open_input(audio_device, "microphone", audio_format)
+            except MediaError:
+                self._video.close()
+                raise
+            if not self._audio.streams.audio:
+                self.close()
+                raise MediaError(f"microphone {audio_device} offers no audio stream")
+            self.has_audio = True
+        self._closed = False
+
+    def _capture_audio(self, out: queue.Queue, done: threading.Event, origin: float) -> None:
+        assert self._audio is not None
+        try:
+            for frame in self._audio.decode(self._audio.streams.audio[0]):
+                if done.is_set():
+                    return
+                arrived = time.monotonic()
+                # A chunk arrives when its last sample was captured.
+                try:
+                    out.put_nowait(
+                        (frame, arrived - origin - frame.samples / frame.sample_rate, arrived)
+                    )
+                except queue.Full:
+                    log.warning("microphone audio is piling up unread; dropping a chunk")
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            log.warning("microphone stopped: %s; continuing with silence", exc)
+
+    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
+        origin = time.monotonic()
+        audio_queue: queue.Queue = queue.Queue(maxsize=500)
+        done = threading.Event()
+        microphone = None
+        if self._audio is not None:
+            microphone = threading.Thread(
+                target=self._capture_audio,
+                args=(audio_queue, done, origin),
+                daemon=True,
+                name="microphone",
+            )
+            microphone.start()
+        try:
+            for frame in self._video.decode(self._video.streams.video[0]):
+                arrived = time.monotonic()
+                while True:
+                    try:
+                        a, at, acaptured = audio_queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    yield SourceFrame("audio", a, at, acaptured)
+                yield SourceFrame("video", frame, arrived - origin, arrived)
+                if stop.is_set():
+                    return
+        except (av.FFmpegError, OSError) as exc:
+            raise MediaError(f"the webcam stopped delivering frames: {exc}") from None
+        finally:
+            done.set()
+            if microphone is not None:
+                # Closing a container another thread is reading crashes FFmpeg: wait for the
+                # reader to see `done` (it wakes with each audio chunk).
+                microphone.join(5.0)
+                if microphone.is_alive():
+                    log.warning("the microphone did not stop; leaving it open")
+                    self._audio = None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._video.close()
+            if self._audio is not None:
+                self._audio.close()
+
+
+class TestPatternSource(Source):
+    """The generated `test` source; live (real-time) unless made for --fast import."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+    def __init__(self, width: int, height: int, fps: float, live: bool = True) -> None:
+        self.description = self.title = "test pattern"
+        self.width, self.height, self.fps = width, height, fps
+        self.has_audio = True
+        self.live = live
+        self._pattern = TestPattern(width, height)
+
+    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
+        assert self.fps is not None
+        origin = time.monotonic()
+        wall_origin = time.time()
+        rate = 48000
+        sample = 0
+        n = 0
+        while not stop.is_set():
+            t = n / self.fps
+            if self.live:
+                delay = origin + t - time.monotonic()
+                if delay > 0 and stop.wait(delay):
+                    return
+                wall = time.time()
+            else:
+                wall = wall_origin + t
+            # Audio up to the end of this frame, so sound never lags the picture.
+            until = int((n + 1) / self.fps * rate)
+            while sample < until:
+                frame = self._pattern.audio_frame(sample, _AUDIO_CHUNK, rate)
+                yield SourceFrame("audio", frame, sample / rate, time.monotonic())
+                sample += _AUDIO_CHUNK
+            yield SourceFrame("video", self._pattern.video_frame(t, wall), t, time.monotonic())
+            n += 1
+
+
+def parse_source(spec: str) -> tuple[str, str | None]:
+    """('test' | 'webcam' | 'file', device or path)."""
+    if spec == "test":
+        return "test", None
+    if spec == "webcam":
+        return "webcam", DEFAULT_WEBCAM
+    if spec.startswith("webcam:"):
+        device = spec.split(":", 1)[1]
+        if not device:
+            raise MediaError("webcam: needs a device after the colon, e.g. webcam:/dev/video0")
+        return "webcam", device
+    return "file", spec
+
+
+def open_source(
+    spec: str,
+    *,
+    loop: bool = False,
+    fast: bool = False,
+    audio_device: str | None = None,
+    test_size: tuple[int, int] = TEST_SIZE,
+    test_fps: float = TEST_FPS,
+) -> Source:
+    """Open and validate SOURCE as given on the command line (MediaError if unusable)."""
+    kind, target = parse_source(spec)
+    if kind == "test":
+        return TestPatternSource(*test_size, test_fps, live=not fast)
+    if kind == "webcam":
+        assert target is not None
+        return WebcamSource(target, audio_device)
+    if audio_device:
+        raise MediaError("--audio selects a microphone and only goes with a webcam source")
+    return FileSource(spec, loop=loop)

@@ -1,0 +1,340 @@
+"""NetworkReplicator: runs the sans-IO replication (core.scheduler.Replicator and its Sessions) over
+the verified channels of a Swarm, in the manner of aioquic's asyncio protocol.
+
+Per neighbour it feeds received messages into a Session, sends what the Session has to send with
+the channel's backpressure, arms one loop timer for the Replicator, and acts on events (a peer
+that misbehaves is closed and banned). It never parses, stores or decides anything itself: the
+Feed stores, the Replicator decides, the Sessions check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.core.feed import Feed, FeedEvent
+from streamer.core.replication import Event, PeerMisbehaved, Session
+from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
+from streamer.net.channel import ChannelClosed, MessageChannel
+from streamer.net.swarm import Swarm
+
+__all__ = ["NetworkReplicator", "PRIORITY_HIGH"]
+
+log = logging.getLogger(__name__)
+
+# What one pass takes out of a session before awaiting the channel: small enough that block
+# answers still waiting in the session can be cancelled or sent elsewhere, large enough to keep
+# the data channel busy (it buffers up to ~1 MiB itself before send() waits).
+SEND_BUDGET = 256 * 1024
+RATE_WINDOW_S = 3.0  # up/down rates are averaged over this much recent time
+MIN_TIMER_STEP = 0.001  # a timer never fires sooner than this after being armed (no spinning)
+
+EventListener = Callable[[Event], None]
+
+
+@dataclass(slots=True)
+class _Peer:
+    conn: MessageChannel
+    session: Session
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class NetworkReplicator:
+    """Replicates `feed` with every neighbour `swarm` verifies, until stop().
+
+    A writer (a writable feed) serves its appends; a reader fetches what the Replicator wants
+    (playback window, live edge, explicit wants, all history with archive=True) and re-shares
+    everything it holds. start() joins the swarm; stop() leaves it. Without a swarm, channels
+    come from add_connection() (benchmarks, or a caller that dials peers itself).
+    """
+
+    def __init__(
+        self,
+        feed: Feed,
+        swarm: Swarm | None,
+        *,
+        archive: bool = False,
+        live: bool = True,
+        config: ReplicatorConfig | None = None,
+    ) -> None:
+        config = config or ReplicatorConfig()
+        config.archive = archive or config.archive
+        config.live = live and config.live
+        self.feed = feed
+        self.swarm = swarm
+        self.replicator = Replicator(feed, config)
+        self._peers: dict[Session, _Peer] = {}
+        self._listeners: list[EventListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._samples: deque[tuple[float, int, int]] = deque()
+        self._started = False
+        self._stopping = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Join the swarm and replicate with every neighbour from now on."""
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self.feed.add_listener(self._on_feed_event)
+        if self.swarm is not None:
+            self.swarm.on_connection(self.add_connection)
+            await self.swarm.join()
+
+    async def stop(self) -> None:
+        """Leave the swarm and close every session. Idempotent."""
+        if self._stopping or not self._started:
+            return
+        self._stopping = True
+        with contextlib.suppress(ValueError):
+            self.feed.remove_listener(self._on_feed_event)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.swarm is not None:
+            await self.swarm.leave()
+        tasks = [t for p in self._peers.values() for t in p.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for peer in list(self._peers.values()):
+            self.replicator.remove_session(peer.session)
+        self._peers.clear()
+
+    async def __aenter__(self) -> NetworkReplicator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ what to fetch
+
+    def want(self, start: int, end: int, priority: int = PRIORITY_HIGH) -> None:
+        """Fetch blocks start..end-1 (they may lie beyond the current length)."""
+        self.replicator.want(start, end, priority)
+        self._reschedule()
+
+    def set_playhead(self, block: int | None) -> None:
+        """The block being played (None: not playing); the window after it comes first."""
+        self.replicator.set_playhead(block, self._now())
+        self._reschedule()
+
+    def set_archive(self, archive: bool) -> None:
+        """Also fetch all history, oldest first."""
+        self.replicator.set_archive(archive)
+        self._reschedule()
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call listener(event) on the loop for each session event (BlockVerified, Upgraded, ...)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        self._listeners.remove(listener)
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def peers(self) -> int:
+        """Neighbours with an open session."""
+        return sum(1 for s in self._peers if s.is_open)
+
+    @property
+    def writer_connected(self) -> bool:
+        return any(s.is_open and s.remote_is_writer for s in self._peers)
+
+    def remote_length(self) -> int:
+        """The longest signed length any neighbour announced."""
+        return max((s.remote_length for s in self._peers if s.is_open), default=0)
+
+    def stats(self) -> dict[str, Any]:
+        """Totals (Replicator.stats) plus peers, share_from_peers and up/down rates in bytes/s."""
+        totals = self.replicator.stats()
+        totals["peers"] = self.peers
+        from_writer = totals["block_bytes_from_writer"]
+        from_peers = totals["block_bytes_from_peers"]
+        down = from_writer + from_peers
+        totals["share_from_peers"] = round(from_peers / down, 4) if down else 0.0
+        totals["up_rate"], totals["down_rate"] = self._rates(
+            totals["bytes_up"], totals["bytes_down"]
+        )
+        return totals
+
+    def stats_fields(self) -> dict[str, Any]:
+        """The swarm fields of a stats snapshot (a Broadcaster stats provider)."""
+        s = self.stats()
+        return {
+            "peers": s["peers"],
+            "bytes_up": s["bytes_up"],
+            "bytes_down": s["bytes_down"],
+            "up_rate": s["up_rate"],
+            "down_rate": s["down_rate"],
+            "blocks_up": s["blocks_up"],
+            "block_bytes_up": s["block_bytes_up"],
+            "uploads_refused": s["uploads_refused"],
+        }
+
+    async def wait_served(self, timeout: float) -> bool:
+        """Wait until every neighbour holds our newest block (a writer lingers on this after its
+        last append); False if `timeout` passed first or nobody is connected."""
+        deadline = self._now() + timeout
+        last = self.feed.length - 1
+        while self._now() < deadline:
+            open_sessions = [s for s in self._peers if s.is_open]
+            if open_sessions and all(last in s.remote_has for s in open_sessions):
+                return True
+            # Announcements arrive as peer messages, which no single event here signals.
+            await asyncio.sleep(0.1)
+        return False
+
+    # ------------------------------------------------------------ connections
+
+    def add_connection(self, conn: MessageChannel) -> None:
+        """Replicate over `conn`, whose feed-key handshake already verified (conn.is_writer says
+        whether the peer proved it is the writer). Called by the swarm for each neighbour."""
+        if self._stopping or not self._started:
+            return
+        session = self.replicator.add_session(name=conn.peer_id, remote_is_writer=conn.is_writer)
+        peer = _Peer(conn, session)
+        self._peers[session] = peer
+        peer.tasks.append(asyncio.ensure_future(self._send_loop(peer)))
+        peer.tasks.append(asyncio.ensure_future(self._receive_loop(peer)))
+        self._pump()
+
+    async def _receive_loop(self, peer: _Peer) -> None:
+        session, loop = peer.session, self._loop
+        assert loop is not None
+        try:
+            async for data in peer.conn:
+                session.receive(data, loop.time())
+                self._pump()
+                if session.closed:
+                    break
+        finally:
+            self._drop(peer)
+
+    async def _send_loop(self, peer: _Peer) -> None:
+        session, conn, loop = peer.session, peer.conn, self._loop
+        assert loop is not None
+        try:
+            while not session.closed:
+                await peer.wake.wait()
+                peer.wake.clear()
+                while session.wants_to_send():
+                    for chunk in session.datagrams_to_send(loop.time(), SEND_BUDGET):
+                        await conn.send(chunk)
+        except ChannelClosed:
+            pass
+        finally:
+            if conn.closed:
+                self._drop(peer)
+
+    def _drop(self, peer: _Peer) -> None:
+        """The channel closed (or the session did): forget the peer; its requests go elsewhere."""
+        if self._peers.pop(peer.session, None) is None:
+            return
+        self.replicator.remove_session(peer.session)
+        current = asyncio.current_task()
+        for task in peer.tasks:
+            if task is not current:
+                task.cancel()
+        if not peer.conn.closed:
+            asyncio.ensure_future(peer.conn.close(peer.session.close_reason or "replication ended"))
+        if not self._stopping:
+            self._pump()
+
+    # ------------------------------------------------------------ the pump
+
+    def _now(self) -> float:
+        return (self._loop or asyncio.get_running_loop()).time()
+
+    def _reschedule(self) -> None:
+        if self._started and not self._stopping:
+            self.replicator.schedule(self._now())
+            self._pump()
+
+    def _pump(self) -> None:
+        """After any input: hand out events, wake the senders that have something, re-arm the
+        timer. Any call into one session may have queued messages on the others."""
+        for session, peer in list(self._peers.items()):
+            while (event := session.next_event()) is not None:
+                self._on_event(peer, event)
+            if session.wants_to_send():
+                peer.wake.set()
+        self._arm_timer()
+
+    def _on_event(self, peer: _Peer, event: Event) -> None:
+        if isinstance(event, PeerMisbehaved):
+            log.warning(
+                "peer %s misbehaved (%s); dropping and banning it",
+                peer.conn.peer_id[:8],
+                event.reason,
+            )
+            if self.swarm is not None:
+                self.swarm.ban(peer.conn.peer_id)
+            asyncio.ensure_future(peer.conn.close(f"misbehaved: {event.reason}"))
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("replication listener %r failed", listener)
+
+    def _arm_timer(self) -> None:
+        loop = self._loop
+        if loop is None or self._stopping:
+            return
+        when = self.replicator.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = loop.call_at(max(when, loop.time() + MIN_TIMER_STEP), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.replicator.handle_timer(self._now())
+        self._pump()
+
+    # ------------------------------------------------------------ our own appends
+
+    def _on_feed_event(self, event: FeedEvent) -> None:
+        # Only our own appends need announcing here; blocks from peers are announced by the
+        # Replicator as they verify. Appends may come from a worker thread.
+        if not event.local or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._local_append)
+
+    def _local_append(self) -> None:
+        if self._stopping:
+            return
+        self.replicator.feed_changed(self._now())
+        self._pump()
+
+    # ------------------------------------------------------------ rates
+
+    def _rates(self, up: int, down: int) -> tuple[float, float]:
+        now = time.monotonic()
+        samples = self._samples
+        samples.append((now, up, down))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
+            samples.popleft()
+        t0, up0, down0 = samples[0]
+        span = now - t0
+        if span <= 0:
+            return 0.0, 0.0
+        return round((up - up0) / span, 1), round((down - down0) / span, 1)

@@ -1,0 +1,379 @@
+"""One aiortc RTCPeerConnection per neighbour, its one reliable ordered data channel wrapped as a
+MessageChannel (with end-to-end backpressure and keepalive), and the ICE server configuration.
+It never looks inside the caller's binary messages and never trickles ICE (SDP travels whole).
+"""
+
+# Text data-channel messages are this module's control traffic, binary ones the caller's:
+# "c<n>" grants the sender n more bytes of receive window (both ends start from the same
+# DEFAULT_WINDOW, so what a receiver buffers is bounded), "p" is a keepalive.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from urllib.parse import unquote
+
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.sdp import SessionDescription
+
+from streamer.core.errors import NetworkError, UsageError
+from streamer.net.channel import (
+    DEFAULT_WINDOW,
+    MAX_MESSAGE_SIZE,
+    ChannelClosed,
+    MessageChannel,
+    message_cost,
+)
+
+log = logging.getLogger(__name__)
+
+ICE_ENV = "SWARMCAST_ICE_SERVERS"
+LABEL = "swarmcast"
+HIGH_WATER = 1024 * 1024  # bytes queued in aiortc above which send() waits ...
+LOW_WATER = 256 * 1024  # ... until the queue drains below this (bufferedamountlow)
+KEEPALIVE_S = 5.0
+IDLE_TIMEOUT_S = 20.0  # a neighbour silent this long (no data, no keepalive) is dead
+MAX_SDP = 64 * 1024
+
+
+def parse_ice_servers(spec: str) -> list[RTCIceServer]:
+    """ICE servers from a JSON list (of URL strings or {"urls", "username", "credential"} objects)
+    or a comma-separated list of `stun:host:port` / `turn:user:pass@host:port` URLs."""
+    spec = spec.strip()
+    if not spec:
+        return []
+    if spec.startswith("["):
+        try:
+            items = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise UsageError(
+                f"ICE server list is not valid JSON ({e.msg}); fix {ICE_ENV}"
+            ) from None
+        return [_ice_server_from_json(item) for item in items]
+    return [_ice_server_from_url(url.strip()) for url in spec.split(",") if url.strip()]
+
+
+def _ice_server_from_json(item: object) -> RTCIceServer:
+    if isinstance(item, str):
+        return _ice_server_from_url(item)
+    if isinstance(item, dict) and isinstance(item.get("urls"), (str, list)):
+        return RTCIceServer(
+            urls=item["urls"], username=item.get("username"), credential=item.get("credential")
+        )
+    raise UsageError(f"ICE server entry {item!r} needs a 'urls' field; fix {ICE_ENV}")
+
+
+def _ice_server_from_url(url: str) -> RTCIceServer:
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme not in ("stun", "stuns", "turn", "turns") or not rest:
+        raise UsageError(
+            f"ICE server {url!r} must look like stun:host:port or turn:user:pass@host:port"
+        )
+    if "@" in rest:
+        cred, _, hostport = rest.rpartition("@")
+        user, _, password = cred.partition(":")
+        return RTCIceServer(
+            urls=f"{scheme}:{hostport}", username=unquote(user), credential=unquote(password)
+        )
+    return RTCIceServer(urls=url)
+
+
+def ice_servers_from_env() -> list[RTCIceServer]:
+    """The ICE servers named by SWARMCAST_ICE_SERVERS (none when unset: fine on a LAN)."""
+    return parse_ice_servers(os.environ.get(ICE_ENV, ""))
+
+
+def _sha256_fingerprint(fingerprints: list) -> bytes:
+    for f in fingerprints:
+        if f.algorithm.lower() == "sha-256":
+            return bytes.fromhex(f.value.replace(":", ""))
+    raise NetworkError("the peer's SDP has no sha-256 DTLS fingerprint; it cannot be verified")
+
+
+class RtcChannel(MessageChannel):
+    """A MessageChannel over one open RTCDataChannel; owns the peer connection and closes it."""
+
+    def __init__(
+        self,
+        peer_id: str,
+        pc: RTCPeerConnection,
+        dc: RTCDataChannel,
+        *,
+        window: int = DEFAULT_WINDOW,
+        keepalive: float = KEEPALIVE_S,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        super().__init__(peer_id)
+        if window < 2 * message_cost(MAX_MESSAGE_SIZE):
+            raise ValueError("the receive window must hold at least two full messages")
+        self._pc = pc
+        self._dc = dc
+        self._window = window
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: closed, after the rest
+        self._allowance = window  # bytes the peer may still send before we grant more
+        self._unreported = 0  # bytes consumed by our reader not yet granted back
+        self._credit = window  # bytes we may still send
+        self._writable = asyncio.Event()
+        self._closed = False
+        self._closed_event = asyncio.Event()
+        self._last_recv = time.monotonic()
+        self._last_send = time.monotonic()
+        self._keepalive = keepalive
+        self._idle_timeout = idle_timeout
+        dc.bufferedAmountLowThreshold = LOW_WATER
+        dc.on("message", self._on_message)
+        dc.on("bufferedamountlow", self._writable.set)
+        dc.on("close", self._on_dc_close)
+        pc.on("connectionstatechange", self._on_state)
+        self._keepalive_task = asyncio.ensure_future(self._keepalive_loop())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def buffered_amount(self) -> int:
+        return self._dc.bufferedAmount
+
+    async def send(self, data: bytes) -> None:
+        self._check_send(data)
+        cost = message_cost(len(data))
+        if cost > self._credit or self._dc.bufferedAmount > HIGH_WATER:
+            self.stats.send_waits += 1
+        while cost > self._credit or self._dc.bufferedAmount > HIGH_WATER:
+            self._writable.clear()
+            await self._writable.wait()
+            if self._closed:
+                raise ChannelClosed(f"channel to {self.peer_id} is closed")
+        self._credit -= cost
+        self._send_raw(bytes(data))
+        self.stats.bytes_sent += len(data)
+        self.stats.messages_sent += 1
+
+    def _send_raw(self, data: bytes | str) -> None:
+        try:
+            self._dc.send(data)
+        except Exception as e:  # aiortc raises InvalidStateError and friends once it is closing
+            self._mark_closed(f"send failed: {e.__class__.__name__}")
+            raise ChannelClosed(f"channel to {self.peer_id} is closed") from None
+        self._last_send = time.monotonic()
+
+    async def recv(self) -> bytes:
+        data = await self._queue.get()
+        if data is None:
+            self._queue.put_nowait(None)  # every later recv() ends the same way
+            raise ChannelClosed(f"channel to {self.peer_id} is closed")
+        self.stats.bytes_received += len(data)
+        self.stats.messages_received += 1
+        self._unreported += message_cost(len(data))
+        if self._unreported >= self._window // 4 and not self._closed:
+            grant, self._unreported = self._unreported, 0
+            self._allowance += grant
+            with contextlib.suppress(ChannelClosed):
+                self._send_raw(f"c{grant}")
+        return data
+
+    def _on_message(self, message: bytes | str) -> None:
+        self._last_recv = time.monotonic()
+        if self._closed:
+            return
+        if isinstance(message, bytes):
+            self._allowance -= message_cost(len(message))
+            if self._allowance < 0:
+                log.warning("peer %s overran its receive window; dropping it", self.peer_id)
+                asyncio.ensure_future(self.close("peer overran its receive window"))
+                return
+            self._queue.put_nowait(message)
+        elif message.startswith("c"):
+            try:
+                grant = int(message[1:])
+            except ValueError:
+                grant = -1
+            if not 0 < grant <= self._window:
+                log.warning("peer %s sent a bad window grant; dropping it", self.peer_id)
+                asyncio.ensure_future(self.close("peer sent a bad window grant"))
+                return
+            self._credit += grant
+            self._writable.set()
+
+    def _on_dc_close(self) -> None:
+        if not self._closed:
+            self._mark_closed("closed by peer")
+            asyncio.ensure_future(self._pc.close())
+
+    def _on_state(self) -> None:
+        if self._pc.connectionState in ("failed", "closed"):
+            self._mark_closed(f"connection {self._pc.connectionState}")
+            asyncio.ensure_future(self._pc.close())
+
+    async def _keepalive_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._keepalive / 2)
+            now = time.monotonic()
+            if now - self._last_recv > self._idle_timeout:
+                log.info("peer %s silent for %.0f s; closing", self.peer_id, now - self._last_recv)
+                await self.close("peer silent")
+                return
+            if now - self._last_send >= self._keepalive:
+                with contextlib.suppress(ChannelClosed):
+                    self._send_raw("p")
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        self._closed_event.set()
+        self._writable.set()
+        self._queue.put_nowait(None)
+        if self._keepalive_task is not asyncio.current_task():
+            self._keepalive_task.cancel()
+
+    async def close(self, reason: str | None = None) -> None:
+        was_open = not self._closed
+        self._mark_closed(reason or "closed locally")
+        if was_open and self._dc.readyState == "open":
+            # Let what we already sent leave before the stream reset, then give the reset a moment
+            # to reach the peer so it sees a clean close rather than a dead connection.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drain(), 5.0)
+            closed = asyncio.Event()
+            self._dc.on("close", closed.set)
+            self._dc.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(closed.wait(), 2.0)
+        await self._pc.close()
+
+    async def _drain(self) -> None:
+        if self._dc.bufferedAmount == 0:
+            return
+        drained = asyncio.Event()
+        self._dc.bufferedAmountLowThreshold = 0
+        self._dc.on("bufferedamountlow", drained.set)
+        self._dc.on("close", drained.set)
+        await drained.wait()
+
+    async def wait_closed(self) -> None:
+        await self._closed_event.wait()
+
+
+class RtcPeer:
+    """Negotiates one peer connection: the offerer calls offer() then accept(answer), the answerer
+    calls answer(offer); both then await channel(). SDP is whole (ICE gathering completes first)."""
+
+    def __init__(
+        self,
+        peer_id: str,
+        *,
+        initiator: bool,
+        ice_servers: list[RTCIceServer] | None = None,
+        window: int = DEFAULT_WINDOW,
+        keepalive: float = KEEPALIVE_S,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.peer_id = peer_id
+        self.initiator = initiator
+        self._channel_options = {
+            "window": window,
+            "keepalive": keepalive,
+            "idle_timeout": idle_timeout,
+        }
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
+        # The channel wraps the data channel the moment it opens, so no early message is lost.
+        self._ready: asyncio.Future[RtcChannel] = asyncio.get_running_loop().create_future()
+        self._remote_sdp: str | None = None
+        self._pc.on("connectionstatechange", self._on_state)
+        if initiator:
+            dc = self._pc.createDataChannel(LABEL, ordered=True)
+            dc.on("open", lambda: self._resolve(dc))
+        else:
+            self._pc.on("datachannel", self._on_datachannel)
+
+    def _resolve(self, dc: RTCDataChannel) -> None:
+        if not self._ready.done():
+            self._ready.set_result(RtcChannel(self.peer_id, self._pc, dc, **self._channel_options))
+
+    def _on_datachannel(self, dc: RTCDataChannel) -> None:
+        if dc.label != LABEL or self._ready.done():
+            dc.close()
+            return
+        self._resolve(dc)
+
+    def _on_state(self) -> None:
+        if self._pc.connectionState in ("failed", "closed") and not self._ready.done():
+            self._ready.set_exception(
+                NetworkError(f"connection to {self.peer_id} {self._pc.connectionState}")
+            )
+
+    async def offer(self) -> str:
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        return self._pc.localDescription.sdp
+
+    async def answer(self, offer_sdp: str) -> str:
+        await self._set_remote(offer_sdp, "offer")
+        await self._pc.setLocalDescription(await self._pc.createAnswer())
+        return self._pc.localDescription.sdp
+
+    async def accept(self, answer_sdp: str) -> None:
+        await self._set_remote(answer_sdp, "answer")
+
+    async def _set_remote(self, sdp: str, kind: str) -> None:
+        if not isinstance(sdp, str) or len(sdp) > MAX_SDP:
+            raise NetworkError(
+                f"bad SDP {kind} from {self.peer_id}: not a string of <= {MAX_SDP} bytes"
+            )
+        try:
+            parsed = SessionDescription.parse(sdp)
+            if not any(m.kind == "application" and m.dtls for m in parsed.media):
+                raise ValueError("no data channel section")
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except NetworkError:
+            raise
+        except Exception as e:  # aiortc's SDP parser raises arbitrary types on garbage input
+            raise NetworkError(
+                f"bad SDP {kind} from {self.peer_id}: {e.__class__.__name__}"
+            ) from None
+        self._remote_sdp = sdp
+
+    def handshake_hash(self) -> bytes:
+        """BLAKE2b-256 of both DTLS sha-256 fingerprints, sorted and concatenated: the same value on
+        both ends, and different if anyone in between swapped the SDP."""
+        if self._remote_sdp is None:
+            raise RuntimeError("handshake_hash() needs the remote description")
+        local = _sha256_fingerprint(self._pc.sctp.transport.getLocalParameters().fingerprints)
+        remote = None
+        for media in SessionDescription.parse(self._remote_sdp).media:
+            if media.kind == "application" and media.dtls:
+                remote = _sha256_fingerprint(media.dtls.fingerprints)
+                break
+        if remote is None:
+            raise NetworkError(f"the SDP of {self.peer_id} has no DTLS fingerprint")
+        return hashlib.blake2b(b"".join(sorted((local, remote))), digest_size=32).digest()
+
+    async def channel(self, timeout: float = 15.0) -> RtcChannel:
+        """Wait for the data channel to open; NetworkError on timeout or connection failure."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except asyncio.TimeoutError:
+            raise NetworkError(
+                f"no data channel to {self.peer_id} within {timeout:.0f} s"
+            ) from None
+
+    async def close(self) -> None:
+        """Abandon the negotiation, or close the channel if it opened."""
+        if self._ready.done() and not self._ready.cancelled() and self._ready.exception() is None:
+            await self._ready.result().close()
+        else:
+            self._ready.cancel()
+            await self._pc.close()

@@ -1,0 +1,213 @@
+"""The Broadcaster on a real feed: header + segments + end marker, resuming a stream, publishers,
+stats, clean stop; blocks decoded back with PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from streamer.broadcast import Broadcaster, plan_settings, resume_point
+from streamer.core.errors import MediaError, UsageError
+from streamer.core.feed import Feed
+from streamer.media.encoder import EncoderSettings
+from streamer.media.format import FLAG_DISCONTINUITY, FLAG_END, Segment, StreamHeader
+from streamer.media.sources import FileSource, TestPatternSource
+from tests.fixtures_media import av_offsets, decode
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "sample.mp4"
+SMALL = EncoderSettings(160, 96, Fraction(30), 300_000, 1.0, "ultrafast")
+
+
+def _blocks(feed: Feed) -> tuple[StreamHeader, list[Segment]]:
+    return StreamHeader.decode(feed.get(0)), [
+        Segment.decode(feed.get(i)) for i in range(1, feed.length)
+    ]
+
+
+async def _broadcast(feed: Feed, source, settings=SMALL, **kwargs) -> Broadcaster:
+    broadcaster = Broadcaster(feed, source, settings, fast=True, **kwargs)
+    await broadcaster.run()
+    return broadcaster
+
+
+async def test_a_file_becomes_header_segments_and_an_end_marker(tmp_path: Path) -> None:
+    appended: list[int] = []
+
+    async def publisher(length: int) -> None:
+        appended.append(length)
+
+    with Feed.create(tmp_path / "feed") as feed:
+        broadcaster = Broadcaster(
+            feed,
+            FileSource(str(SAMPLE)),
+            SMALL,
+            fast=True,
+            title="sample",
+            stats_path=tmp_path / "stats.json",
+        )
+        broadcaster.publishers.append(publisher)
+        await broadcaster.run()
+        feed.verify_all()
+        header, segments = _blocks(feed)
+        assert appended == list(range(1, feed.length + 1))
+        assert header.title == "sample" and (header.width, header.height, header.fps) == (
+            160,
+            96,
+            30.0,
+        )
+        assert header.mime.endswith(',mp4a.40.2"') and header.init.startswith(
+            b"\x00\x00\x00\x1cftyp"
+        )
+        assert header.extra["bitrate"] == 300_000 and header.extra["preset"] == "ultrafast"
+        *media, end = segments
+        assert end.end and end.data == b"" and end.pts == pytest.approx(10.0)
+        assert len(media) == 10
+        assert all(s.flags == 0 for s in media)
+        assert [s.pts for s in media] == pytest.approx([float(i) for i in range(10)])
+        assert sum(s.duration for s in media) == pytest.approx(10.0)
+        decoded = decode(header.init + b"".join(s.data for s in media))
+        assert len(decoded.video_times) == 300
+        assert all(abs(o) <= 0.05 for o in av_offsets(decoded)[1:])
+        for segment in media[::3]:
+            assert decode(header.init + segment.data).keyframes[0]
+        mid = decode(header.init + b"".join(s.data for s in media[6:]))
+        assert len(mid.video_times) == 120
+        stats = json.loads((tmp_path / "stats.json").read_text())
+        for field in (
+            "key",
+            "length",
+            "blocks_have",
+            "byte_length",
+            "peers",
+            "bytes_up",
+            "bytes_down",
+            "live_delay_s",
+            "encoder_fps",
+            "realtime_factor",
+        ):
+            assert field in stats
+        assert stats["key"] == feed.key.hex() and stats["length"] == feed.length
+        assert stats["state"] == "ended" and stats["realtime_factor"] > 0
+
+
+async def test_a_second_run_resumes_the_stream_with_a_discontinuity(tmp_path: Path) -> None:
+    with Feed.create(tmp_path / "feed") as feed:
+        await _broadcast(feed, TestPatternSource(160, 96, 30, live=False), duration=2.5)
+        first_length = feed.length
+        resume = resume_point(feed)
+        assert resume is not None and resume.end == pytest.approx(2.5)
+        settings = plan_settings(TestPatternSource(160, 96, 30, live=False), resume=resume)
+        assert settings == SMALL
+        await _broadcast(feed, TestPatternSource(160, 96, 30, live=False), settings, duration=2.0)
+        feed.verify_all()
+        header, segments = _blocks(feed)
+    media = [s for s in segments if not s.end]
+    ends = [i for i, s in enumerate(segments) if s.end]
+    assert ends == [first_length - 2, len(segments) - 1]
+    resumed = segments[first_length - 1]
+    assert resumed.flags == FLAG_DISCONTINUITY
+    assert resumed.pts == pytest.approx(2.5 + 1 / 60, abs=1 / 60)  # on the frame grid after 2.5
+    assert all(b.pts > a.pts for a, b in zip(media, media[1:], strict=False))
+    assert [s.pts for s in media if s.pts > 3] == pytest.approx([4.0])
+    decoded = decode(header.init + b"".join(s.data for s in media))
+    assert len(decoded.video_times) == 135
+    assert all(b > a for a, b in zip(decoded.video_times, decoded.video_times[1:], strict=False))
+    assert decoded.video_times[-1] == pytest.approx(4.5 - 1 / 30 + 1024 / 48000, abs=0.02)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
+    with Feed.create(tmp_path / "feed") as feed:
+        asyncio.run(_broadcast(feed, TestPatternSource(160, 96, 30, live=False), duration=1.0))
+        resume = resume_point(feed)
+        length = feed.length
+        source = TestPatternSource(160, 96, 30, live=False)
+        for kwargs in (
+            {"size": (320, 192)},
+            {"fps": Fraction(25)},
+            {"bitrate": 1_000_000},
+            {"segment": 2.0},
+            {"preset": "veryfast"},
+        ):
+            with pytest.raises(UsageError, match="resume it with the same value"):
+                plan_settings(source, resume=resume, **kwargs)
+        assert feed.length == length
+
+
+async def test_an_encoder_that_makes_another_init_appends_nothing(tmp_path: Path) -> None:
+    with Feed.create(tmp_path / "feed") as feed:
+        await _broadcast(feed, TestPatternSource(160, 96, 30, live=False), duration=1.0)
+        length = feed.length
+        other = EncoderSettings(160, 96, Fraction(30), 900_000, 1.0, "ultrafast")
+        with pytest.raises(MediaError, match="different init segment"):
+            await _broadcast(feed, TestPatternSource(160, 96, 30, live=False), other, duration=1.0)
+        assert feed.length == length
+        feed.verify_all()
+
+
+async def test_stop_ends_a_live_broadcast_cleanly(tmp_path: Path) -> None:
+    with Feed.create(tmp_path / "feed") as feed:
+        broadcaster = Broadcaster(feed, TestPatternSource(160, 96, 30, live=True), SMALL)
+        two_segments = asyncio.Event()
+
+        def publisher(length: int) -> None:
+            if length >= 3:
+                two_segments.set()
+
+        broadcaster.publishers.append(publisher)
+        task = asyncio.create_task(broadcaster.run())
+        await asyncio.wait_for(two_segments.wait(), 20)
+        broadcaster.stop()
+        await asyncio.wait_for(task, 20)
+        feed.verify_all()
+        header, segments = _blocks(feed)
+        assert segments[-1].flags == FLAG_END
+        media = segments[:-1]
+        assert len(media) >= 2
+        assert segments[-1].pts == pytest.approx(media[-1].pts + media[-1].duration)
+        assert len(broadcaster.latencies) == sum(round(s.duration * 30) for s in media)
+        decoded = decode(header.init + b"".join(s.data for s in media))
+        assert len(decoded.video_times) == len(broadcaster.latencies)
+
+
+async def test_a_failing_publisher_does_not_stop_the_broadcast(tmp_path: Path) -> None:
+    def broken(length: int) -> None:
+        raise RuntimeError("swarm trouble")
+
+    with Feed.create(tmp_path / "feed") as feed:
+        broadcaster = Broadcaster(
+            feed, TestPatternSource(160, 96, 30, live=False), SMALL, fast=True, duration=2.0
+        )
+        broadcaster.publishers.append(broken)
+        broadcaster.stats_providers.append(lambda: {"peers": 4, "bytes_up": 1234})
+        await broadcaster.run()
+        assert feed.length == 4
+        assert broadcaster.snapshot()["peers"] == 4
+
+
+class _RecordingSource(TestPatternSource):
+    """The test pattern, noting which threads decode its frames."""
+
+    def __init__(self) -> None:
+        super().__init__(160, 96, 30, live=False)
+        self.threads: set[int] = set()
+
+    def frames(self, stop):
+        for item in super().frames(stop):
+            self.threads.add(threading.get_ident())
+            yield item
+
+
+async def test_media_work_never_runs_on_the_event_loop_thread(tmp_path: Path) -> None:
+    source = _RecordingSource()
+    publisher_threads: set[int] = set()
+    with Feed.create(tmp_path / "feed") as feed:
+        broadcaster = Broadcaster(feed, source, SMALL, fast=True, duration=1.0)
+        broadcaster.publishers.append(lambda length: publisher_threads.add(threading.get_ident()))
+        await broadcaster.run()
+    assert publisher_threads == {threading.get_ident()}  # hooks run on the loop
+    assert source.threads and threading.get_ident() not in source.threads

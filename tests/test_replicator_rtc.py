@@ -1,0 +1,199 @@
+"""NetworkReplicator over real aiortc peers found through a real hub (in-process, 127.0.0.1): a
+real encoded stream (the Broadcaster on the test pattern) replicates live from the writer to
+viewers, viewers pass blocks to each other, and a viewer re-shares to one that arrives after the
+writer left. The copies verify and export to a playable MP4."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from streamer.broadcast import Broadcaster, plan_settings
+from streamer.core import crypto
+from streamer.core.feed import Feed
+from streamer.core.replication import BlockVerified, Event
+from streamer.hub import HubConfig, HubServer, start_hub
+from streamer.media.sources import open_source
+from streamer.net.replicator import NetworkReplicator
+from streamer.net.swarm import Swarm
+from viewer.export import export_feed_async
+from viewer.netsource import NetworkSource
+from viewer.source import STATS_KEYS
+
+WRITER = crypto.key_pair(b"\x07" * 32)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[HubServer]:
+    server = await start_hub(config=HubConfig(rate_per_second=10_000, rate_burst=10_000))
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def nodes(hub: HubServer) -> AsyncIterator[Callable[..., NetworkReplicator]]:
+    made: list[NetworkReplicator] = []
+
+    def make(
+        feed: Feed, *, max_peers: int = 6, writer: bool = False, **kwargs
+    ) -> NetworkReplicator:
+        swarm = Swarm(
+            feed.discovery_key,
+            feed.key,
+            [hub.url],
+            max_peers=max_peers,
+            announce_interval=0.5,
+            ice_servers=[],
+            writer_secret_key=WRITER.secret_key if writer else None,
+        )
+        node = NetworkReplicator(feed, swarm, **kwargs)
+        made.append(node)
+        return node
+
+    yield make
+    await asyncio.gather(*(n.stop() for n in made))
+    for n in made:
+        n.feed.close()
+
+
+def broadcaster(feed: Feed, seconds: float) -> Broadcaster:
+    source = open_source("test", fast=True, test_size=(160, 120), test_fps=15.0)
+    settings = plan_settings(source, size=(160, 120), fps=Fraction(15), bitrate=200_000)
+    return Broadcaster(feed, source, settings, duration=seconds, fast=True)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for a condition over several nodes' feeds, which no single event signals."""
+
+    async def poll() -> None:
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def complete(reader: Feed, writer: Feed) -> bool:
+    return reader.length == writer.length and reader.contiguous_length == writer.length
+
+
+def assert_same_stream(reader: Feed, writer: Feed) -> None:
+    assert reader.tree_hash() == writer.tree_hash()
+    assert reader.signature == writer.signature
+    reader.verify_all()
+    for i in range(writer.length):
+        assert reader.get(i) == writer.get(i)
+
+
+async def assert_plays(directory: Path, out: Path, seconds: float) -> None:
+    result = await export_feed_async(directory, out)
+    assert not result.partial
+    with av.open(str(out)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= int(seconds * 15) - 15
+
+
+async def test_a_viewer_follows_a_live_encoded_stream_and_gets_an_exact_copy(nodes, tmp_path):
+    writer_feed = Feed.create(tmp_path / "w", WRITER)
+    reader_feed = Feed.open(tmp_path / "r", key=WRITER.public_key, create=True)
+    writer = nodes(writer_feed, writer=True)
+    reader = nodes(reader_feed, archive=True)
+    verified: list[Event] = []
+    reader.add_listener(verified.append)
+    await asyncio.gather(writer.start(), reader.start())
+    await until(lambda: reader.peers == 1 and reader.writer_connected)
+
+    await broadcaster(writer_feed, 4.0).run()
+    await until(lambda: complete(reader_feed, writer_feed))
+
+    assert_same_stream(reader_feed, writer_feed)
+    blocks = [e for e in verified if isinstance(e, BlockVerified)]
+    assert sorted(e.index for e in blocks) == list(range(writer_feed.length))
+    assert all(e.from_writer for e in blocks)
+    stats = reader.stats()
+    assert stats["blocks_from_writer"] == writer_feed.length
+    assert stats["share_from_peers"] == 0.0
+    assert stats["bytes_down"] >= writer_feed.byte_length
+    assert writer.stats()["blocks_up"] == writer_feed.length
+    await reader.stop()
+    reader_feed.close()
+    await assert_plays(tmp_path / "r", tmp_path / "r.mp4", 4.0)
+
+
+async def test_viewers_share_with_each_other_and_reshare_after_the_writer_left(nodes, tmp_path):
+    writer_feed = Feed.create(tmp_path / "w", WRITER)
+    writer = nodes(writer_feed, writer=True)
+    viewers = [
+        nodes(Feed.open(tmp_path / f"v{i}", key=WRITER.public_key, create=True), archive=True)
+        for i in range(2)
+    ]
+    await asyncio.gather(writer.start(), *(v.start() for v in viewers))
+    await until(lambda: all(v.peers == 2 for v in viewers))
+
+    await broadcaster(writer_feed, 6.0).run()
+    await until(lambda: all(complete(v.feed, writer_feed) for v in viewers))
+    for v in viewers:
+        assert_same_stream(v.feed, writer_feed)
+    # The writer serves each block freely once: the other viewer gets most of it from a peer.
+    assert sum(v.stats()["blocks_from_peers"] for v in viewers) > 0
+    assert writer.stats()["blocks_up"] < 2 * writer_feed.length
+    await writer.stop()
+
+    late_feed = Feed.open(tmp_path / "late", key=WRITER.public_key, create=True)
+    late = nodes(late_feed, archive=True)
+    await late.start()
+    await until(lambda: complete(late_feed, writer_feed))
+    assert_same_stream(late_feed, writer_feed)
+    stats = late.stats()
+    assert stats["blocks_from_writer"] == 0
+    assert stats["blocks_from_peers"] == writer_feed.length
+    assert stats["share_from_peers"] == 1.0
+    assert sum(v.stats()["blocks_up"] for v in viewers) >= writer_feed.length
+
+
+async def test_the_network_source_fetches_what_the_player_asks_for(nodes, tmp_path):
+    writer_feed = Feed.create(tmp_path / "w", WRITER)
+    await broadcaster(writer_feed, 6.0).run()
+    writer = nodes(writer_feed, writer=True)
+    net = nodes(Feed.open(tmp_path / "r", key=WRITER.public_key, create=True))
+    source = NetworkSource(net)
+    await asyncio.gather(writer.start(), net.start())
+
+    # The newest block is the end marker: playback starts at the last media block.
+    start = await source.start_block(20.0)
+    assert start == writer_feed.length - 2
+    assert source.ended
+    # History outside the live window arrives when the player asks for it.
+    assert not source.has(1)
+    assert await source.get(1, 20.0) == writer_feed.get(1)
+    source.set_playhead(2)
+    await until(lambda: all(source.has(i) for i in range(2, writer_feed.length)))
+    stats = source.stats()
+    assert set(STATS_KEYS) <= set(stats)
+    assert stats["blocks_have"] == writer_feed.length
+    assert stats["peers"] == 1 and stats["writer_connected"]
+    assert stats["bytes_down"] > 0 and stats["share_from_peers"] == 0.0
+    await source.close()
+
+
+async def test_a_peer_that_sends_garbage_is_dropped_and_banned(nodes, hub, tmp_path):
+    writer_feed = Feed.create(tmp_path / "w", WRITER)
+    writer_feed.append([b"header", b"block"])
+    writer = nodes(writer_feed, writer=True)
+    await writer.start()
+    rogue = Swarm(
+        writer_feed.discovery_key, writer_feed.key, [hub.url], announce_interval=0.5, ice_servers=[]
+    )
+    await rogue.join()
+    try:
+        conn = await asyncio.wait_for(anext(rogue.connections()), 20.0)
+        await conn.send(b"\xff" * 100)  # a frame that decodes to no protocol message
+        await asyncio.wait_for(conn.wait_closed(), 10.0)
+        await until(lambda: writer.swarm.is_banned(rogue.peer_id), 5.0)
+        assert writer.stats()["peers_dropped"] == 1
+    finally:
+        await rogue.leave()

@@ -1,0 +1,268 @@
+"""`viewer archive` and `viewer seed`: fetch a whole stream into a directory (resumable, optionally
+following it live to its end), and keep an archived stream available to the swarm.
+
+Both are the sparse feed on disk plus a NetworkReplicator: an interrupted archive resumes where
+it stopped because the feed remembers what it holds. Nothing unverified is ever stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from streamer.core.errors import NetworkError, UsageError
+from streamer.core.feed import Feed
+from streamer.media.format import Segment, StreamFormatError
+from streamer.net.replicator import NetworkReplicator
+from viewer.netsource import (
+    FeedSignal,
+    network_replicator,
+    open_store,
+    resolve_stream,
+    store_lock,
+    wait_for_stream,
+)
+
+INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveOptions:
+    stream: str  # KEY or NAME
+    directory: Path
+    hub: str
+    follow: bool = False
+    timeout: float = 30.0  # no peer, or no progress, for this long: give up (resumable)
+
+
+@dataclass(slots=True)
+class ArchiveResult:
+    complete: bool
+    length: int
+    blocks: int
+    byte_length: int
+    ended: bool
+
+
+def _ended(feed: Feed) -> bool:
+    last = feed.length - 1
+    if last < 1 or not feed.has(last):
+        return False
+    try:
+        return Segment.decode_header(feed.get(last)).end
+    except StreamFormatError:
+        return False
+
+
+def _done(feed: Feed, target: int, follow: bool) -> bool:
+    if follow:
+        return _ended(feed) and feed.contiguous_length >= feed.length
+    return feed.contiguous_length >= target
+
+
+async def archive(
+    options: ArchiveOptions,
+    *,
+    stop: asyncio.Event | None = None,
+    progress: Callable[[NetworkReplicator, int], None] | None = None,
+    status: Callable[[str], None] | None = None,
+) -> ArchiveResult:
+    """Fetch every block (up to the length first learned, or to the end with follow) into the
+    directory. Returns when done or when `stop` is set; NetworkError when nothing arrives for
+    `options.timeout` seconds."""
+    if options.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    key = await resolve_stream(options.stream, options.hub)
+    with store_lock(options.directory):
+        return await _archive(key, options, stop or asyncio.Event(), progress, status)
+
+
+async def _archive(
+    key: bytes,
+    options: ArchiveOptions,
+    stop: asyncio.Event,
+    progress: Callable[[NetworkReplicator, int], None] | None,
+    status: Callable[[str], None] | None,
+) -> ArchiveResult:
+    feed = open_store(options.directory, key)
+    net = network_replicator(feed, options.hub, archive=True, live=options.follow)
+    try:
+        await net.start()
+        if not (feed.length > 0 and feed.has(0)):
+            await _until_stopped(wait_for_stream(net, options.timeout, status), stop)
+        target = max(feed.length, net.remote_length())
+        await _until_stopped(_fetch(net, target, options, progress), stop)
+    finally:
+        await net.stop()
+        result = ArchiveResult(
+            complete=_done(feed, max(feed.length, 1), options.follow),
+            length=feed.length,
+            blocks=feed.blocks_present,
+            byte_length=feed.byte_length,
+            ended=_ended(feed),
+        )
+        feed.close()
+    return result
+
+
+async def _until_stopped(coro: object, stop: asyncio.Event) -> None:
+    """Run `coro` until it finishes or `stop` is set (then it is cancelled quietly)."""
+    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.done() and not task.cancelled():
+        task.result()
+
+
+async def _fetch(
+    net: NetworkReplicator,
+    target: int,
+    options: ArchiveOptions,
+    progress: Callable[[NetworkReplicator, int], None] | None,
+) -> None:
+    feed = net.feed
+    loop = asyncio.get_running_loop()
+    changed = FeedSignal(feed)
+    last_progress = loop.time()
+    seen = feed.blocks_present
+    try:
+        while True:
+            if options.follow:
+                target = max(target, feed.length, net.remote_length())
+            if progress is not None:
+                progress(net, target)
+            if _done(feed, target, options.follow):
+                return
+            if feed.blocks_present != seen or feed.length > target:
+                seen, last_progress = feed.blocks_present, loop.time()
+            idle = loop.time() - last_progress
+            if idle >= options.timeout and not (options.follow and net.writer_connected):
+                raise NetworkError(
+                    f"no progress for {options.timeout:.0f} s with {net.peers} peer(s) "
+                    f"(have {feed.contiguous_length} of {target} blocks); run the same command "
+                    "again to resume"
+                )
+            await changed.wait(0.5)
+    finally:
+        changed.close()
+
+
+def run_archive(options: ArchiveOptions) -> int:
+    """The command: a rich progress bar on stderr; 0 when complete, 130 when interrupted."""
+    from streamer.net.loop import run
+
+    console = Console(stderr=True)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        columns = (
+            TextColumn("[bold]archive"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("blocks {task.fields[mb]:.1f} MB {task.fields[peers]} peer(s)"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("archive", total=None, mb=0.0, peers=0)
+
+            def show(net: NetworkReplicator, target: int) -> None:
+                feed = net.feed
+                bar.update(
+                    task,
+                    total=max(target, 1),
+                    completed=min(feed.blocks_present, target),
+                    mb=net.stats()["bytes_down"] / 1e6,
+                    peers=net.peers,
+                )
+
+            def status(line: str) -> None:
+                bar.console.print(line)
+
+            result = await archive(options, stop=stop, progress=show, status=status)
+        if result.complete:
+            note = " (stream ended)" if result.ended else ""
+            print(
+                f"archived {result.blocks} blocks ({result.byte_length} bytes) in "
+                f"{options.directory}{note}",
+                flush=True,
+            )
+            return 0
+        print(
+            f"interrupted with {result.blocks} of {result.length} blocks in {options.directory}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        return INTERRUPTED
+
+    return run(main())
+
+
+async def seed(
+    directory: Path,
+    hub: str,
+    *,
+    stop: asyncio.Event,
+    on_ready: Callable[[Feed], None] | None = None,
+) -> None:
+    """Serve the stream archived in `directory` to its swarm until `stop` is set."""
+    with store_lock(directory, create=False):
+        feed = Feed.open(directory)
+        if feed.length == 0:
+            feed.close()
+            raise UsageError(f"{directory} holds an empty feed; archive a stream into it first")
+        net = network_replicator(feed, hub)
+        try:
+            await net.start()
+            if on_ready is not None:
+                on_ready(feed)
+            await stop.wait()
+        finally:
+            await net.stop()
+            feed.close()
+
+
+def run_seed(directory: Path, hub: str) -> int:
+    from streamer.net.loop import run
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def ready(feed: Feed) -> None:
+            print(feed.key.hex(), flush=True)
+            print(
+                f"seeding {feed.blocks_present} of {feed.length} blocks of stream "
+                f"{feed.key.hex()[:16]}... via {hub} (Ctrl-C to stop)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        await seed(directory, hub, stop=stop, on_ready=ready)
+        return 0
+
+    return run(main())

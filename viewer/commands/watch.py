@@ -1,0 +1,54 @@
+"""`viewer watch KEY|NAME`: parse the arguments and run viewer.watch; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from viewer.netsource import DEFAULT_HUB, HUB_ENV, default_hub
+from viewer.watch import WatchOptions, run_watch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "watch",
+        help="watch a stream in the browser (and re-share it)",
+        description="Join the stream's swarm, fetch its newest block (or the one at --at), and "
+        "play it on a local page at http://127.0.0.1:PORT/ (HLS at /live.m3u8, stats at "
+        "/stats). Everything fetched is kept in --store and shared with other viewers.",
+    )
+    parser.add_argument("stream", metavar="KEY|NAME", help="stream key (64 hex digits) or name")
+    parser.add_argument(
+        "--hub", metavar="URL", help=f"signaling hub (default: ${HUB_ENV} or {DEFAULT_HUB})"
+    )
+    parser.add_argument("--port", type=int, default=0, help="local page port (default: any free)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument(
+        "--store",
+        metavar="DIR",
+        type=Path,
+        help="where to keep the stream (default: $XDG_DATA_HOME/swarmcast/<key>)",
+    )
+    parser.add_argument("--at", type=float, metavar="SECONDS", help="start at this stream time")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up if the stream cannot be fetched within S seconds (default 30)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_watch(
+        WatchOptions(
+            stream=args.stream,
+            hub=args.hub or default_hub(),
+            port=args.port,
+            store=args.store,
+            at=args.at,
+            timeout=args.timeout,
+            open_browser=not args.no_browser,
+        )
+    )

@@ -1,0 +1,349 @@
+"""NetworkSource: the player's BlockSource over a sparse local feed filled from the swarm, plus the
+helpers the network commands share (KEY|NAME resolution, the store directory, joining the swarm).
+
+Blocks it hands out are held by the local feed, so they verified against the broadcaster's
+signature before they were stored; everything fetched stays on disk and is re-shared. It never
+blocks the event loop and never parses media beyond a segment's fixed header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from streamer.core import storage
+from streamer.core.errors import (
+    BlockNotFoundError,
+    NetworkError,
+    UsageError,
+)
+from streamer.core.feed import Feed, FeedEvent
+from streamer.core.names import is_valid_name
+from streamer.core.scheduler import PRIORITY_HIGH
+from streamer.media.format import Segment, StreamFormatError, StreamHeader
+from streamer.net.hubclient import HubClient
+from streamer.net.replicator import NetworkReplicator
+from streamer.net.swarm import Swarm
+from viewer.source import BlockSource
+
+HUB_ENV = "SWARMCAST_HUB"
+DEFAULT_HUB = "http://127.0.0.1:8000"
+KEY_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def default_hub() -> str:
+    """The hub URL when --hub is not given: $SWARMCAST_HUB, else a hub on this machine."""
+    return os.environ.get(HUB_ENV) or DEFAULT_HUB
+
+
+def default_store(key: bytes) -> Path:
+    """Where `viewer watch` keeps a stream: a folder per key in the user's data directory."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "swarmcast" / key.hex()
+
+
+async def resolve_stream(key_or_name: str, hub: str) -> bytes:
+    """The stream key for a 64-hex-digit KEY or a NAME registered on the hub (verified record)."""
+    if KEY_PATTERN.fullmatch(key_or_name):
+        return bytes.fromhex(key_or_name)
+    if not is_valid_name(key_or_name):
+        raise UsageError(
+            f"{key_or_name!r} is neither a stream key (64 hex digits) nor a stream name "
+            "(a-z 0-9 . _ -); check what the broadcaster gave you"
+        )
+    async with HubClient(hub) as client:
+        return (await client.resolve_name(key_or_name)).key
+
+
+@contextlib.contextmanager
+def store_lock(directory: Path, *, create: bool = True) -> Iterator[None]:
+    """Hold `directory` for this process: two viewers fetching into one store would fight over
+    its head. With create, a missing directory is made first. UsageError if it is taken."""
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory} is a file; give a directory for the stream")
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
+    elif not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory; give a stream archive")
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"{directory} is in use by another viewer process; stop it or use another directory"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # also drops the lock
+
+
+def open_store(directory: Path, key: bytes) -> Feed:
+    """The sparse reader feed for `key` in `directory`, created if new (hold store_lock first).
+
+    KeyMismatchError if the directory holds another stream; UsageError if it holds something else.
+    """
+    if not storage.is_feed(directory) and any(directory.iterdir()):
+        raise UsageError(
+            f"{directory} holds files but no stream feed; give a new or empty directory"
+        )
+    return Feed.open(directory, key=key, create=True)
+
+
+def network_replicator(
+    feed: Feed, hub: str, *, archive: bool = False, live: bool = True, max_peers: int = 6
+) -> NetworkReplicator:
+    """A replicator for `feed` over the swarm found through `hub` (not started yet)."""
+    swarm = Swarm(feed.discovery_key, feed.key, [hub], max_peers=max_peers)
+    return NetworkReplicator(feed, swarm, archive=archive, live=live)
+
+
+async def wait_for_stream(
+    net: NetworkReplicator,
+    timeout: float,
+    status: Callable[[str], None] | None = None,
+) -> None:
+    """Wait until the feed's signed length is known and its header block is held.
+
+    NetworkError after `timeout` seconds without that (no peer, or peers that lack it).
+    """
+    feed = net.feed
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    changed = FeedSignal(feed)
+    told = False
+    try:
+        while not (feed.length > 0 and feed.has(0)):
+            if feed.length > 0:
+                net.want(0, 1, PRIORITY_HIGH)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NetworkError(_no_stream_message(net, feed, timeout))
+            if not told and status is not None and net.peers == 0:
+                status(
+                    f"waiting for peers of stream {feed.key.hex()[:16]}... (up to {timeout:.0f} s)"
+                )
+                told = True
+            await changed.wait(min(remaining, 0.5))
+    finally:
+        changed.close()
+
+
+def _no_stream_message(net: NetworkReplicator, feed: Feed, timeout: float) -> str:
+    key = feed.key.hex()
+    if net.peers == 0:
+        return (
+            f"no peer of stream {key} answered within {timeout:.0f} s; check the key and the hub "
+            "(--hub), and that the broadcaster or a seeder is online"
+        )
+    return (
+        f"{net.peers} peer(s) of stream {key} did not send its header within {timeout:.0f} s; "
+        "try again later"
+    )
+
+
+class FeedSignal:
+    """An awaitable 'the feed changed', woken by feed listeners from any thread."""
+
+    def __init__(self, feed: Feed) -> None:
+        self._feed = feed
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._event = asyncio.Event()
+        feed.add_listener(self._on_event)
+
+    def _on_event(self, _event: FeedEvent) -> None:
+        if threading.get_ident() == self._thread:
+            self._event.set()
+        else:
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+    def close(self) -> None:
+        try:
+            self._feed.remove_listener(self._on_event)
+        except ValueError:
+            pass
+
+
+class NetworkSource(BlockSource):
+    """The blocks of a stream from the swarm, stored in (and re-shared from) a local sparse feed.
+
+    get(i) asks the swarm for block i ahead of everything else and waits for it; set_playhead
+    moves the window the replicator fetches first. Owns `net` and `feed`: close() stops and
+    closes them.
+    """
+
+    def __init__(self, net: NetworkReplicator) -> None:
+        self.net = net
+        self._feed = net.feed
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._changed = asyncio.Event()
+        self._playhead = 0
+        self._ended = False
+        self._newest_wall_clock: float | None = None
+        self._newest_checked = -1
+        self._header: StreamHeader | None = None
+        self._feed.add_listener(self._on_feed_event)
+
+    @property
+    def feed(self) -> Feed:
+        return self._feed
+
+    @property
+    def length(self) -> int:
+        return self._feed.length
+
+    @property
+    def ended(self) -> bool:
+        self._refresh()
+        return self._ended
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self._feed.length and self._feed.has(index)
+
+    async def get(self, index: int, timeout: float | None = None) -> bytes:
+        if index < 0:
+            raise BlockNotFoundError(f"block {index} does not exist")
+        deadline = None if timeout is None else self._loop.time() + timeout
+        asked = False
+        while not self.has(index):
+            if self.ended and index >= self._feed.length:
+                raise BlockNotFoundError(f"block {index} is past the end of the stream")
+            if not asked:
+                # Ahead of the playback window: someone is waiting for exactly this block.
+                self.net.want(index, index + 1, PRIORITY_HIGH)
+                asked = True
+            remaining = None if deadline is None else deadline - self._loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"block {index} did not arrive in time")
+            await self.wait_for_change(min(remaining, 1.0) if remaining is not None else 1.0)
+        return self._feed.get(index)
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def set_playhead(self, index: int) -> None:
+        self._playhead = max(0, index)
+        self.net.set_playhead(self._playhead)
+
+    async def header(self, timeout: float) -> StreamHeader:
+        """The stream header (block 0), fetched if needed."""
+        if self._header is None:
+            self._header = StreamHeader.decode(await self.get(0, timeout))
+        return self._header
+
+    async def start_block(self, timeout: float, at: float | None = None) -> int:
+        """The block to start playing: the newest media block (any block is a keyframe), or the
+        one covering `at` seconds of stream time. Fetches it (and its neighbours' headers as
+        needed) before returning."""
+        deadline = self._loop.time() + timeout
+        header = await self.header(timeout)
+        while self._feed.length < 2:
+            # Only the header so far: the broadcaster has just started.
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise TimeoutError("the stream has no media block yet")
+            await self.wait_for_change(min(remaining, 1.0))
+        length = self._feed.length
+        if at is None:
+            index = length - 1
+            segment = Segment.decode_header(await self.get(index, timeout))
+            if segment.end and index > 1:
+                index -= 1
+                await self.get(index, timeout)
+            return index
+        # The segment grid puts `at` near block 1 + at / D; the fixed headers settle the rest.
+        index = min(max(1, 1 + int(at // header.segment_duration)), length - 1)
+        for _ in range(8):
+            segment = Segment.decode_header(await self.get(index, timeout))
+            if segment.end or (at < segment.pts and index > 1):
+                index -= 1
+            elif at >= segment.pts + segment.duration and index < length - 1:
+                index += 1
+            else:
+                break
+        return index
+
+    def stats(self) -> dict[str, Any]:
+        self._refresh()
+        feed = self._feed
+        net = self.net.stats()
+        delay = 0.0
+        if self._newest_wall_clock is not None and not self._ended:
+            delay = max(0.0, time.time() - self._newest_wall_clock)
+        return {
+            "key": feed.key.hex(),
+            "length": feed.length,
+            "blocks_have": feed.blocks_present,
+            "byte_length": feed.byte_length,
+            "peers": net["peers"],
+            "bytes_up": net["bytes_up"],
+            "bytes_down": net["bytes_down"],
+            "live_delay_s": round(delay, 3),
+            "share_from_peers": net["share_from_peers"],
+            "down_rate": net["down_rate"],
+            "up_rate": net["up_rate"],
+            "ended": self._ended,
+            "playhead": self._playhead,
+            "writer_connected": self.net.writer_connected,
+            "blocks_from_writer": net["blocks_from_writer"],
+            "blocks_from_peers": net["blocks_from_peers"],
+            "blocks_up": net["blocks_up"],
+            "duplicates": net["duplicates"],
+        }
+
+    async def close(self) -> None:
+        try:
+            self._feed.remove_listener(self._on_feed_event)
+        except ValueError:
+            pass
+        await self.net.stop()
+        self._feed.close()
+
+    def _on_feed_event(self, _event: FeedEvent) -> None:
+        if threading.get_ident() == self._thread:
+            self._signal()
+        else:
+            self._loop.call_soon_threadsafe(self._signal)
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _refresh(self) -> None:
+        """Re-read the newest held segment's header (end flag, wall clock) when that changed."""
+        feed = self._feed
+        newest = feed.length - 1
+        while newest >= 1 and not feed.has(newest) and newest > self._newest_checked:
+            newest -= 1
+        if newest < 1 or newest <= self._newest_checked:
+            return
+        self._newest_checked = newest
+        try:
+            segment = Segment.decode_header(feed.get(newest))
+        except StreamFormatError:
+            return
+        self._ended = segment.end and newest == feed.length - 1
+        self._newest_wall_clock = segment.wall_clock

@@ -1,0 +1,352 @@
+"""The viewer's local player server: the page, the init segment and blocks as fMP4, a timeline,
+long-poll events, an HLS EVENT playlist and live stats, all read from one BlockSource.
+
+It binds to 127.0.0.1 only, serves nothing but verified blocks from its source, and never does
+blocking work on the event loop (no PyAV here; media is passed through byte for byte).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from streamer.core.errors import BlockNotFoundError
+from streamer.media.format import (
+    FLAG_DISCONTINUITY,
+    FLAG_END,
+    SEGMENT_HEADER_SIZE,
+    Segment,
+    StreamFormatError,
+    StreamHeader,
+)
+from viewer.source import BlockSource
+
+STATIC_DIR = Path(str(resources.files("viewer") / "static"))
+BLOCK_CACHE = "public, max-age=31536000, immutable"  # a signed block never changes
+MAX_LOOKAHEAD = 3  # blocks past the signed length a client may wait for (the next live block)
+MAX_WAIT_S = 60.0
+
+
+@dataclass(slots=True)
+class Timing:
+    """The fixed header of one segment block: enough to place it on the timeline."""
+
+    pts: float
+    duration: float
+    flags: int
+    wall_clock: float
+
+
+@dataclass
+class PlayerState:
+    """What the server knows about the stream beyond its source: parsed header, timing cache."""
+
+    source: BlockSource
+    block_timeout: float
+    header: StreamHeader | None = None
+    timings: dict[int, Timing] = field(default_factory=dict)
+    player: dict[str, Any] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stream_header(self) -> StreamHeader:
+        if self.header is None:
+            self.header = StreamHeader.decode(await self.source.get(0, self.block_timeout))
+        return self.header
+
+    def remember(self, index: int, block: bytes) -> Timing:
+        segment = Segment.decode_header(block)
+        timing = Timing(segment.pts, segment.duration, segment.flags, segment.wall_clock)
+        self.timings[index] = timing
+        return timing
+
+    async def media_blocks(self) -> list[tuple[int, float, float, int, bool]]:
+        """(index, pts, duration, flags, known) for blocks 1.. up to the newest media block.
+
+        Blocks not held yet are placed by arithmetic from the nearest known block before them:
+        the segment grid makes block i cover about [(i-1)*D, i*D).
+        """
+        header = await self.stream_header()
+        d = header.segment_duration
+        length = self.source.length
+        rows: list[tuple[int, float, float, int, bool]] = []
+        next_pts = 0.0
+        for index in range(1, length):
+            known = await self.held_timing(index)
+            if known is not None:
+                if known.flags & FLAG_END:
+                    break
+                rows.append((index, known.pts, known.duration, known.flags, True))
+                next_pts = known.pts + known.duration
+            else:
+                rows.append((index, next_pts, d, 0, False))
+                next_pts += d
+        return rows
+
+    async def held_timing(self, index: int) -> Timing | None:
+        """The header of block `index` if it is held (read once, then cached)."""
+        known = self.timings.get(index)
+        if known is None and self.source.has(index):
+            known = self.remember(index, await self.source.get(index, self.block_timeout))
+        return known
+
+
+STATE = web.AppKey("state", PlayerState)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": "no-store"})
+
+
+async def _page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+
+
+async def _init(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        header = await state.stream_header()
+    except TimeoutError:
+        raise web.HTTPGatewayTimeout(text="the stream header did not arrive in time") from None
+    return web.Response(body=header.init, content_type="video/mp4")
+
+
+async def _block(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    source = state.source
+    try:
+        index = int(request.match_info["index"])
+    except ValueError:
+        raise web.HTTPNotFound(text="block index must be a number") from None
+    timeout = state.block_timeout
+    if "timeout" in request.query:
+        try:
+            timeout = min(MAX_WAIT_S, max(0.0, float(request.query["timeout"])))
+        except ValueError:
+            raise web.HTTPBadRequest(text="timeout must be a number of seconds") from None
+    limit = source.length if source.ended else source.length + MAX_LOOKAHEAD
+    if index < 1 or index >= limit:
+        raise web.HTTPNotFound(text=f"block {index} is past the end of the stream")
+    try:
+        block = await source.get(index, timeout)
+    except TimeoutError:
+        raise web.HTTPGatewayTimeout(text=f"block {index} did not arrive in time") from None
+    except BlockNotFoundError as exc:
+        raise web.HTTPNotFound(text=str(exc)) from None
+    try:
+        timing = state.remember(index, block)
+    except StreamFormatError as exc:
+        raise web.HTTPBadGateway(text=str(exc)) from None
+    if timing.flags & FLAG_END:
+        raise web.HTTPNotFound(text=f"block {index} is the end of the stream")
+    source.set_playhead(index)
+    return web.Response(
+        body=block[SEGMENT_HEADER_SIZE:],
+        content_type="video/iso.segment",
+        headers={
+            "Cache-Control": BLOCK_CACHE,
+            "X-Pts": f"{timing.pts:.6f}",
+            "X-Duration": f"{timing.duration:.6f}",
+            "X-Flags": str(timing.flags),
+        },
+    )
+
+
+async def _timeline(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        first = max(1, int(request.query.get("from", "1")))
+    except ValueError:
+        raise web.HTTPBadRequest(text="from must be a block index") from None
+    header = await state.stream_header()
+    rows = await state.media_blocks()
+    live_edge = rows[-1][1] + rows[-1][2] if rows else 0.0
+    return _json(
+        {
+            "key": state.source.stats().get("key"),
+            "title": header.title,
+            "mime": header.mime,
+            "width": header.width,
+            "height": header.height,
+            "fps": header.fps,
+            "start_time": header.start_time,
+            "segment_duration": header.segment_duration,
+            "length": state.source.length,
+            "ended": state.source.ended,
+            "live_edge": live_edge,
+            # One row per media block from `from` on: [index, pts, duration, flags, known]
+            "blocks": [
+                [i, round(p, 6), round(d, 6), f, int(k)] for i, p, d, f, k in rows[first - 1 :]
+            ],
+        }
+    )
+
+
+async def _events(request: web.Request) -> web.Response:
+    """Long poll: answers when the length differs from `since`, on any change, or on timeout."""
+    state = request.app[STATE]
+    source = state.source
+    try:
+        since = int(request.query.get("since", "-1"))
+        timeout = min(MAX_WAIT_S, max(0.0, float(request.query.get("timeout", "25"))))
+    except ValueError:
+        raise web.HTTPBadRequest(text="since must be a block count and timeout seconds") from None
+    changed = source.length != since
+    if not changed:
+        waiter = asyncio.ensure_future(source.wait_for_change(timeout))
+        stopper = asyncio.ensure_future(state.stopping.wait())
+        done, pending = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        changed = waiter in done and waiter.result()
+    return _json(
+        {
+            "length": source.length,
+            "ended": source.ended,
+            "changed": bool(changed),
+            "stats": _stats_body(state),
+        }
+    )
+
+
+async def _playlist(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    header = await state.stream_header()
+    rows = await state.media_blocks()
+    target = math.ceil(max([header.segment_duration] + [d for _, _, d, _, _ in rows]))
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-PLAYLIST-TYPE:EVENT",
+        "#EXT-X-MEDIA-SEQUENCE:1",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+        '#EXT-X-MAP:URI="init.mp4"',
+    ]
+    for index, _pts, duration, flags, _known in rows:
+        if flags & FLAG_DISCONTINUITY and index > 1:
+            lines.append("#EXT-X-DISCONTINUITY")
+        lines.append(f"#EXTINF:{duration:.6f},")
+        lines.append(f"block/{index}.m4s")
+    if state.source.ended:
+        lines.append("#EXT-X-ENDLIST")
+    return web.Response(
+        text="\n".join(lines) + "\n",
+        content_type="application/vnd.apple.mpegurl",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _stats_body(state: PlayerState) -> dict[str, Any]:
+    body = dict(state.source.stats())
+    if state.player:
+        body["player"] = dict(state.player)
+    return body
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return _json(_stats_body(request.app[STATE]))
+
+
+async def _playhead(request: web.Request) -> web.Response:
+    """The page reports where it plays, so a network source can fetch ahead of it."""
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+        block = int(body["block"])
+        report = {
+            "block": block,
+            "time": float(body.get("time", 0.0)),
+            "delay_s": float(body.get("delay_s", 0.0)),
+            "at": time.time(),
+        }
+    except (ValueError, KeyError, TypeError):
+        raise web.HTTPBadRequest(text='send JSON {"block": N, "time": S, "delay_s": S}') from None
+    state.player = report
+    state.source.set_playhead(block)
+    return _json({"ok": True})
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STATE].stopping.set()
+
+
+def create_app(source: BlockSource, *, block_timeout: float = 20.0) -> web.Application:
+    """The player application over `source`; `block_timeout` bounds every wait for a block."""
+    app = web.Application()
+    app[STATE] = PlayerState(source, block_timeout)
+    app.router.add_get("/", _page)
+    app.router.add_get("/init.mp4", _init)
+    app.router.add_get(r"/block/{index}.m4s", _block)
+    app.router.add_get("/index.json", _timeline)
+    app.router.add_get("/timeline", _timeline)
+    app.router.add_get("/events", _events)
+    app.router.add_get("/live.m3u8", _playlist)
+    app.router.add_get("/stats", _stats)
+    app.router.add_post("/playhead", _playhead)
+    app.router.add_static("/static/", STATIC_DIR)
+    app.on_shutdown.append(_on_shutdown)
+
+    @web.middleware
+    async def _stream_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StreamFormatError as exc:
+            raise web.HTTPBadGateway(text=str(exc)) from None
+        except TimeoutError:
+            raise web.HTTPGatewayTimeout(text="the stream header did not arrive in time") from None
+
+    app.middlewares.append(_stream_errors)
+    return app
+
+
+class PlayerServer:
+    """The player app embedded in a running program: `async with PlayerServer(source) as s`."""
+
+    def __init__(
+        self,
+        source: BlockSource,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        block_timeout: float = 20.0,
+    ) -> None:
+        self.app = create_app(source, block_timeout=block_timeout)
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def port(self) -> int:
+        if self._runner is None:
+            raise RuntimeError("the player server is not running")
+        return self._runner.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}/"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.app[STATE].source.close()
+
+    async def __aenter__(self) -> PlayerServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()

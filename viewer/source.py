@@ -1,0 +1,185 @@
+"""Where the local player server gets stream blocks: the BlockSource interface, and LocalFeedSource
+over a Feed in this process (a broadcaster's own feed, an archive on disk).
+
+A source only hands out blocks its feed holds, which are verified by construction; it never
+parses media beyond the fixed segment header and never blocks the event loop on waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from streamer.core.errors import BlockNotFoundError
+from streamer.media.format import Segment, StreamFormatError
+
+if TYPE_CHECKING:
+    from streamer.core.feed import Feed
+
+STATS_KEYS = (
+    "key",
+    "length",
+    "blocks_have",
+    "byte_length",
+    "peers",
+    "bytes_up",
+    "bytes_down",
+    "live_delay_s",
+    "share_from_peers",
+    "down_rate",
+    "up_rate",
+    "ended",
+)
+
+
+class BlockSource(ABC):
+    """The blocks of one stream feed as the player server sees them, wherever they come from."""
+
+    @property
+    @abstractmethod
+    def length(self) -> int:
+        """The signed length known so far (block 0 is the header)."""
+
+    @property
+    @abstractmethod
+    def ended(self) -> bool:
+        """True once the newest block is the stream's FLAG_END marker."""
+
+    @abstractmethod
+    def has(self, index: int) -> bool:
+        """Whether block `index` is held locally (get() returns at once)."""
+
+    @abstractmethod
+    async def get(self, index: int, timeout: float | None = None) -> bytes:
+        """Block `index`, waiting for it (a network source fetches it first, with priority).
+
+        Raises TimeoutError when it does not arrive within `timeout` seconds.
+        """
+
+    @abstractmethod
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Wait until the length grows or new blocks arrive; False when `timeout` passed first."""
+
+    @abstractmethod
+    def set_playhead(self, index: int) -> None:
+        """Hint: the player is about to need blocks from `index` on."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Counters for the stats panel and /stats; has at least the keys in STATS_KEYS."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release what the source holds; the server calls this when it stops."""
+
+
+class LocalFeedSource(BlockSource):
+    """A BlockSource over a Feed in this process, woken by the feed's listener callbacks.
+
+    Waiting for a block that is not there yet means waiting for someone (a broadcaster in the
+    same process, say) to append it. Reads of single blocks stay on the loop: they are one small
+    pread, and the Feed is not shared with worker threads.
+    """
+
+    def __init__(self, feed: Feed) -> None:
+        self._feed = feed
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._changed = asyncio.Event()
+        self._playhead = 0
+        self._ended = False
+        self._newest_wall_clock: float | None = None
+        self._checked_length = -1
+        self._refresh()
+        feed.add_listener(self._on_feed_event)
+
+    @property
+    def length(self) -> int:
+        return self._feed.length
+
+    @property
+    def ended(self) -> bool:
+        self._refresh()
+        return self._ended
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self._feed.length and self._feed.has(index)
+
+    async def get(self, index: int, timeout: float | None = None) -> bytes:
+        if index < 0:
+            raise BlockNotFoundError(f"block {index} does not exist")
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not self.has(index):
+            if self.ended:
+                raise BlockNotFoundError(f"block {index} is past the end of the stream")
+            remaining = None if deadline is None else deadline - self._loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"block {index} did not arrive in time")
+            await self.wait_for_change(remaining if remaining is not None else 3600.0)
+        return self._feed.get(index)
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def set_playhead(self, index: int) -> None:
+        self._playhead = max(0, index)
+
+    def stats(self) -> dict[str, Any]:
+        self._refresh()
+        delay = 0.0
+        if self._newest_wall_clock is not None and not self._ended:
+            delay = max(0.0, time.time() - self._newest_wall_clock)
+        return {
+            "key": self._feed.key.hex(),
+            "length": self._feed.length,
+            "blocks_have": self._feed.blocks_present,
+            "byte_length": self._feed.byte_length,
+            "peers": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "live_delay_s": round(delay, 3),
+            "share_from_peers": 0.0,
+            "down_rate": 0.0,
+            "up_rate": 0.0,
+            "ended": self._ended,
+            "playhead": self._playhead,
+        }
+
+    async def close(self) -> None:
+        remove = getattr(self._feed, "remove_listener", None)
+        if remove is not None:
+            remove(self._on_feed_event)
+
+    def _on_feed_event(self, *_event: object) -> None:
+        # Appends may come from a broadcaster thread; asyncio.Event is loop-bound.
+        if threading.get_ident() == self._loop_thread:
+            self._signal()
+        else:
+            self._loop.call_soon_threadsafe(self._signal)
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _refresh(self) -> None:
+        """Re-read the newest block's header when the length changed (end flag, wall clock)."""
+        length = self._feed.length
+        if length == self._checked_length:
+            return
+        if length < 2 or not self._feed.has(length - 1):
+            return
+        self._checked_length = length
+        try:
+            newest = Segment.decode_header(self._feed.get(length - 1))
+        except StreamFormatError:
+            return
+        self._ended = newest.end
+        self._newest_wall_clock = newest.wall_clock

@@ -1,0 +1,132 @@
+"""`viewer watch`: join a stream's swarm, fetch its header and a starting block, and serve the local
+player page (and HLS, and /stats) on 127.0.0.1 until interrupted, re-sharing what it stores.
+
+It never serves a block the local feed has not verified, never listens beyond 127.0.0.1, and
+raises SwarmcastErrors (one line for the CLI) for every problem a user can cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import webbrowser
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamer.core.errors import NetworkError, UsageError
+from streamer.media.format import StreamFormatError
+from viewer.netsource import (
+    NetworkSource,
+    default_store,
+    network_replicator,
+    open_store,
+    resolve_stream,
+    store_lock,
+    wait_for_stream,
+)
+from viewer.server import PlayerServer
+
+log = logging.getLogger("viewer.watch")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOptions:
+    stream: str  # KEY (64 hex digits) or NAME
+    hub: str
+    port: int = 0
+    store: Path | None = None
+    at: float | None = None
+    timeout: float = 30.0
+    open_browser: bool = True
+    max_peers: int = 6
+
+
+def check_options(options: WatchOptions) -> None:
+    if not 0 <= options.port <= 65535:
+        raise UsageError(f"--port {options.port} is not a TCP port; use 0-65535 (0 = any free)")
+    if options.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    if options.at is not None and options.at < 0:
+        raise UsageError("--at is seconds from the start of the stream; give 0 or more")
+
+
+async def watch(
+    options: WatchOptions,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    status: Callable[[str], None] | None = None,
+) -> int:
+    """Watch until `stop` is set (or SIGINT/SIGTERM when run as a command); returns 0.
+
+    `on_ready(url)` is called once the page can play; `status` receives progress lines.
+    """
+    check_options(options)
+    key = await resolve_stream(options.stream, options.hub)
+    store = options.store or default_store(key)
+    with store_lock(store):
+        await _watch(key, store, options, stop, on_ready, status)
+    return 0
+
+
+async def _watch(
+    key: bytes,
+    store: Path,
+    options: WatchOptions,
+    stop: asyncio.Event | None,
+    on_ready: Callable[[str], None] | None,
+    status: Callable[[str], None] | None,
+) -> None:
+    feed = open_store(store, key)
+    net = network_replicator(feed, options.hub, max_peers=options.max_peers)
+    source = NetworkSource(net)
+    server = PlayerServer(source, port=options.port)
+    try:
+        await net.start()
+        await wait_for_stream(net, options.timeout, status)
+        try:
+            start = await source.start_block(options.timeout, options.at)
+        except TimeoutError:
+            raise NetworkError(
+                f"peers of stream {key.hex()} did not send a media block within "
+                f"{options.timeout:.0f} s; try again later"
+            ) from None
+        except StreamFormatError as e:
+            raise NetworkError(
+                f"stream {key.hex()} is not a playable swarmcast stream: {e}"
+            ) from None
+        source.set_playhead(start)
+        await server.start()
+        if on_ready is not None:
+            on_ready(server.url)
+        if options.open_browser:
+            # webbrowser may start a process and wait for it: keep that off the loop.
+            await asyncio.to_thread(webbrowser.open, server.url)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await server.stop()  # also closes the source: the replicator, the swarm and the feed
+
+
+def run_watch(options: WatchOptions) -> int:
+    """The command: prints the player URL (stdout), status lines (stderr), exits on a signal."""
+    from streamer.net.loop import run
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def ready(url: str) -> None:
+            print(url, flush=True)
+            print(f"playing at {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+        def status(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+
+        return await watch(options, stop=stop, on_ready=ready, status=status)
+
+    return run(main())
