@@ -1,5 +1,6 @@
 """A real swarm on 127.0.0.1: one broadcaster process and N viewer processes (real aiortc, a real
-hub), a 360p test-pattern stream at 800 kbit/s for --seconds.
+hub), a 360p test-pattern stream at 800 kbit/s for --seconds (--synthetic: random-filled
+segments at exactly that rate, since the test pattern compresses far below it).
 
 Prints, each beside its same-run baseline: the broadcaster's upload over the stream's bytes
 (target <= 1.5; a client/server origin would upload the stream once per viewer: N x), every
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import statistics
 import tempfile
 import time
@@ -27,12 +29,13 @@ from streamer.core import crypto
 from streamer.core.feed import Feed
 from streamer.core.replication import BlockVerified, Event, Upgraded
 from streamer.hub import HubConfig, start_hub
-from streamer.media.format import Segment
+from streamer.media.format import FLAG_END, Segment, StreamHeader
 from streamer.media.sources import open_source
 from streamer.net.loop import run
 from streamer.net.replicator import NetworkReplicator
 from streamer.net.swarm import Swarm
 
+BITRATE = 800_000
 WARMUP_S = 5.0  # blocks appended before this much stream time are left out of the delays
 
 
@@ -40,12 +43,33 @@ async def _pipe_recv(conn: Connection) -> object:
     return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
 
-async def _broadcast(conn: Connection, directory: str, hub: str, seconds: float) -> None:
+async def _synthetic(feed: Feed, seconds: float) -> None:
+    """Exactly BITRATE: one random-filled 1 s segment per second behind a real stream header."""
+    header = StreamHeader(
+        "synthetic",
+        time.time(),
+        'video/mp4; codecs="avc1.64001e"',
+        640,
+        360,
+        30.0,
+        1.0,
+        init=b"\0" * 1000,
+    )
+    await asyncio.to_thread(feed.append, [header.encode()])
+    start = time.monotonic()
+    for n in range(int(seconds)):
+        await asyncio.sleep(max(0.0, start + n + 1 - time.monotonic()))
+        segment = Segment(float(n), 1.0, time.time(), os.urandom(BITRATE // 8))
+        await asyncio.to_thread(feed.append, [segment.encode()])
+    end = Segment(float(int(seconds)), 0.0, time.time(), b"", FLAG_END)
+    await asyncio.to_thread(feed.append, [end.encode()])
+
+
+async def _broadcast(
+    conn: Connection, directory: str, hub: str, seconds: float, synthetic: bool
+) -> None:
     key_pair = crypto.key_pair()
     feed = Feed.create(Path(directory) / "broadcaster", key_pair)
-    source = open_source("test", test_size=(640, 360), test_fps=30.0)
-    settings = plan_settings(source, size=(640, 360), fps=Fraction(30), bitrate=800_000)
-    broadcaster = Broadcaster(feed, source, settings, duration=seconds)
     swarm = Swarm(
         feed.discovery_key,
         feed.key,
@@ -58,7 +82,12 @@ async def _broadcast(conn: Connection, directory: str, hub: str, seconds: float)
     await net.start()
     conn.send(feed.key)
     await _pipe_recv(conn)  # the viewers are up
-    await broadcaster.run()
+    if synthetic:
+        await _synthetic(feed, seconds)
+    else:
+        source = open_source("test", test_size=(640, 360), test_fps=30.0)
+        settings = plan_settings(source, size=(640, 360), fps=Fraction(30), bitrate=BITRATE)
+        await Broadcaster(feed, source, settings, duration=seconds).run()
     await net.wait_served(10.0)
     conn.send({"stream_bytes": feed.byte_length, "blocks": feed.length, **net.stats()})
     await net.stop()
@@ -90,8 +119,10 @@ async def _view(conn: Connection, directory: str, hub: str, key: bytes, index: i
     feed.close()
 
 
-def _broadcaster_main(conn: Connection, directory: str, hub: str, seconds: float) -> None:
-    run(_broadcast(conn, directory, hub, seconds))
+def _broadcaster_main(
+    conn: Connection, directory: str, hub: str, seconds: float, synthetic: bool
+) -> None:
+    run(_broadcast(conn, directory, hub, seconds, synthetic))
 
 
 def _viewer_main(conn: Connection, directory: str, hub: str, key: bytes, index: int) -> None:
@@ -103,7 +134,7 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else float("nan")
 
 
-async def _main(viewers: int, seconds: float) -> None:
+async def _main(viewers: int, seconds: float, synthetic: bool) -> None:
     ctx = mp.get_context("spawn")
     hub = await start_hub(config=HubConfig(rate_per_second=10_000, rate_burst=10_000))
     loop = asyncio.get_running_loop()
@@ -113,7 +144,9 @@ async def _main(viewers: int, seconds: float) -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         b_parent, b_child = ctx.Pipe()
-        b_proc = ctx.Process(target=_broadcaster_main, args=(b_child, directory, hub.url, seconds))
+        b_proc = ctx.Process(
+            target=_broadcaster_main, args=(b_child, directory, hub.url, seconds, synthetic)
+        )
         b_proc.start()
         key = await recv(b_parent)
         pipes, procs = [], []
@@ -143,8 +176,9 @@ async def _main(viewers: int, seconds: float) -> None:
     got = sum(r["block_bytes_from_writer"] + r["block_bytes_from_peers"] for r in results)
     dup = sum(r["duplicate_bytes"] for r in results)
     complete = sum(1 for r in results if r["blocks_from_writer"] + r["blocks_from_peers"] > 0)
+    what = "random 1 s blocks at exactly" if synthetic else "360p test pattern capped at"
     print(
-        f"{viewers} viewers, {seconds:.0f} s of 360p test pattern, 800 kbit/s cap: "
+        f"{viewers} viewers, {seconds:.0f} s of {what} {BITRATE // 1000} kbit/s: "
         f"{writer['blocks']} blocks, {stream / 1e6:.2f} MB ({8 * stream / seconds / 1e3:.0f} kbit/s "
         f"actual); {complete} viewers received blocks"
     )
@@ -174,8 +208,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--viewers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random-filled segments at exactly 800 kbit/s instead of the encoded test pattern "
+        "(which compresses far below its cap)",
+    )
     args = parser.parse_args()
-    run(_main(args.viewers, args.seconds))
+    run(_main(args.viewers, args.seconds, args.synthetic))
 
 
 if __name__ == "__main__":

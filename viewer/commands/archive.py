@@ -1,4 +1,7 @@
-"""`viewer archive KEY|NAME DIR`: parse the arguments and run viewer.archive; no logic of its own."""
+"""`viewer archive KEY|NAME DIR`: parse the arguments and run viewer.archive; no logic of its own.
+
+It never prints a traceback for bad input: errors are SwarmcastErrors, one line each.
+"""
 
 from __future__ import annotations
 

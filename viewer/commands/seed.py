@@ -1,4 +1,7 @@
-"""`viewer seed DIR`: parse the arguments and run viewer.archive.run_seed; no logic of its own."""
+"""`viewer seed DIR`: parse the arguments and run viewer.archive.run_seed; no logic of its own.
+
+It never prints a traceback for bad input: errors are SwarmcastErrors, one line each.
+"""
 
 from __future__ import annotations
 

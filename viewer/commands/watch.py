@@ -1,4 +1,7 @@
-"""`viewer watch KEY|NAME`: parse the arguments and run viewer.watch; no logic of its own."""
+"""`viewer watch KEY|NAME`: parse the arguments and run viewer.watch; no logic of its own.
+
+It never prints a traceback for bad input: errors are SwarmcastErrors, one line each.
+"""
 
 from __future__ import annotations
 
