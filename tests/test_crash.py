@@ -58,6 +58,7 @@ rng = random.Random()
 if reader.length < writer.length:
     up = RequestUpgrade(reader.length, writer.length - reader.length)
     reader.verify_and_apply(writer.proof(Request(1, 0, upgrade=up)))
+    reader.flush()  # a new signed length is durable only once flushed
     print("upgraded", reader.length, flush=True)
 applied = 0
 while True:

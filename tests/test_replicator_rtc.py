@@ -1,11 +1,15 @@
 """NetworkReplicator over real aiortc peers found through a real hub (in-process, 127.0.0.1): a
 real encoded stream (the Broadcaster on the test pattern) replicates live from the writer to
 viewers, viewers pass blocks to each other, and a viewer re-shares to one that arrives after the
-writer left. The copies verify and export to a playable MP4."""
+writer left. The copies verify and export to a playable MP4, and a viewer's copy becomes durable
+without the event loop ever waiting for the disk."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
 from pathlib import Path
@@ -197,3 +201,45 @@ async def test_a_peer_that_sends_garbage_is_dropped_and_banned(nodes, hub, tmp_p
         assert writer.stats()["peers_dropped"] == 1
     finally:
         await rogue.leave()
+
+
+async def test_a_viewer_makes_what_it_verified_durable_off_the_loop(nodes, tmp_path, monkeypatch):
+    writer_feed = Feed.create(tmp_path / "w", WRITER)
+    writer_feed.append([bytes([i]) * (1000 + 97 * i) for i in range(40)])
+    reader_feed = Feed.open(tmp_path / "r", key=WRITER.public_key, create=True)
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    def watched(name: str, real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(name)
+            real(fd)
+
+        return sync
+
+    monkeypatch.setattr(os, "fsync", watched("fsync", os.fsync))
+    monkeypatch.setattr(os, "fdatasync", watched("fdatasync", os.fdatasync))
+    writer = nodes(writer_feed, writer=True)
+    reader = nodes(reader_feed, archive=True)
+    await asyncio.gather(writer.start(), reader.start())
+    await until(lambda: complete(reader_feed, writer_feed))
+    # Nobody asked the viewer to flush: its replicator does, in a worker thread.
+    assert await reader.wait_durable(10.0)
+    shutil.copytree(tmp_path / "r", tmp_path / "copy1")  # what a kill -9 now would leave
+    with Feed.open(tmp_path / "copy1") as copy:
+        assert copy.length == 40 and copy.contiguous_length == 40
+        copy.verify_all()
+
+    # Live blocks (appended off the loop, as the Broadcaster does) are flushed at stop() at the
+    # latest, without waiting for the next periodic flush.
+    for i in range(40, 46):
+        await asyncio.to_thread(writer_feed.append, [bytes([i]) * 3000])
+    await until(lambda: complete(reader_feed, writer_feed))
+    await reader.stop()
+    assert not reader_feed.flush_due
+    shutil.copytree(tmp_path / "r", tmp_path / "copy2")
+    with Feed.open(tmp_path / "copy2") as copy:
+        assert copy.length == 46 and copy.contiguous_length == 46
+        copy.verify_all()
+    assert on_loop == [], "the event loop thread fsynced"

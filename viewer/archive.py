@@ -97,7 +97,8 @@ async def _archive(
     progress: Callable[[NetworkReplicator, int], None] | None,
     status: Callable[[str], None] | None,
 ) -> ArchiveResult:
-    feed = open_store(options.directory, key)
+    # Opening (or creating) a feed fsyncs: off the loop, like every other disk flush.
+    feed = await asyncio.to_thread(open_store, options.directory, key)
     net = network_replicator(feed, options.hub, archive=True, live=options.follow)
     try:
         await net.start()
@@ -114,7 +115,7 @@ async def _archive(
             byte_length=feed.byte_length,
             ended=_ended(feed),
         )
-        feed.close()
+        await asyncio.to_thread(feed.close)
     return result
 
 
@@ -229,7 +230,7 @@ async def seed(
 ) -> None:
     """Serve the stream archived in `directory` to its swarm until `stop` is set."""
     with store_lock(directory, create=False):
-        feed = Feed.open(directory)
+        feed = await asyncio.to_thread(Feed.open, directory)
         if feed.length == 0:
             feed.close()
             raise UsageError(f"{directory} holds an empty feed; archive a stream into it first")
@@ -241,7 +242,7 @@ async def seed(
             await stop.wait()
         finally:
             await net.stop()
-            feed.close()
+            await asyncio.to_thread(feed.close)
 
 
 def run_seed(directory: Path, hub: str) -> int:

@@ -320,7 +320,8 @@ class NetworkSource(BlockSource):
         except ValueError:
             pass
         await self.net.stop()
-        self._feed.close()
+        # The last flush of what was verified: off the loop.
+        await asyncio.to_thread(self._feed.close)
 
     def _on_feed_event(self, _event: FeedEvent) -> None:
         if threading.get_ident() == self._thread:

@@ -80,7 +80,7 @@ async def _watch(
     on_ready: Callable[[str], None] | None,
     status: Callable[[str], None] | None,
 ) -> None:
-    feed = open_store(store, key)
+    feed = await asyncio.to_thread(open_store, store, key)
     net = network_replicator(feed, options.hub, max_peers=options.max_peers)
     source = NetworkSource(net)
     server = PlayerServer(source, port=options.port)

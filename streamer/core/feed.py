@@ -8,7 +8,6 @@ rejected proof leaves the files untouched. Sans-IO apart from its own directory:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -35,14 +34,12 @@ from streamer.core.merkle import (
     ProofBatch,
     Verifier,
 )
-from streamer.core.storage import MAX_PENDING, Head, Storage
+from streamer.core.storage import MAX_PENDING, Flush, Head, Storage
 from streamer.core.wire import Data, Node, Request
 
 log = logging.getLogger(__name__)
 
 SECRET_KEY_FILE = "secret_key"
-# A sparse reader flushes after this many applied blocks (or at once for a new signed length).
-APPLY_FLUSH_EVERY = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +54,7 @@ class ApplyResult:
 @dataclass(frozen=True, slots=True)
 class FeedEvent:
     """Passed to listeners after each append (once durable) and each applied proof (once stored
-    and servable; a reader batches its flushes, see Feed.flush).
+    and servable; it becomes durable at the next Feed.flush).
 
     Blocks start..end-1 became present (start == end when none did); `upgraded` means the signed
     length grew to `length`; `local` is True for our own append, False for a peer's verified data.
@@ -93,12 +90,17 @@ class Feed:
     """A feed directory opened for reading (key only) or writing (with the secret key).
 
     Methods are thread-safe (one lock); listeners run on the thread that made the change.
+    verify_and_apply never waits for the disk (a reader calls flush() from a worker thread),
+    and flush() holds the lock only around its bookkeeping, never across an fsync.
     """
 
     def __init__(self, store: Storage, secret_key: bytes | None) -> None:
         head = store.head
         self._store = store
         self._lock = threading.RLock()
+        # One flush (or append commit) at a time, so heads reach the disk in order. Taken before
+        # self._lock, never while holding it.
+        self._flush_lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._verifier: Verifier
         if head.signer is None:
@@ -118,7 +120,10 @@ class Feed:
                 f"{store.directory} (key {head.key.hex()})"
             )
         self._secret_key = secret_key
-        self._unflushed = 0  # applied blocks whose flush is still batched
+        self._unflushed = 0  # applied proofs not yet made durable by flush()
+        # The signed state a peer's proof upgraded us to, kept in memory until flush() has made
+        # the data and tree it vouches for durable: the head on disk never runs ahead of them.
+        self._pending_head: Head | None = None
         self._recover_pending()
         self._nodes = _SignedNodes(store, head.length)
         try:
@@ -331,6 +336,16 @@ class Feed:
         return min(self._store.bitfield.contiguous_length, self._tree.length)
 
     @property
+    def closed(self) -> bool:
+        return self._store.closed
+
+    @property
+    def flush_due(self) -> bool:
+        """True while verified data from peers (blocks, a newer signed length) is stored but not
+        yet durable; flush() makes it so."""
+        return self._unflushed > 0 or self._pending_head is not None
+
+    @property
     def blocks_present(self) -> int:
         return self._store.bitfield.count
 
@@ -409,7 +424,7 @@ class Feed:
         if isinstance(blocks, (bytes, bytearray, memoryview)):
             raise TypeError("append takes a sequence of blocks; wrap a single block in a list")
         values = [bytes(b) for b in blocks]
-        with self._lock:
+        with self._flush_lock, self._lock:
             self._check_open()
             if self._secret_key is None:
                 raise NotWritableError(
@@ -432,7 +447,7 @@ class Feed:
             # Blocks applied from peers and not yet flushed need their nodes durable before
             # the bitfield records them, so they force a tree flush too.
             pending = store.head.pending + tuple(len(v) for v in values)
-            flush_tree = len(pending) > MAX_PENDING or self._unflushed > 0
+            flush_tree = len(pending) > MAX_PENDING or self.flush_due
             head = Head(
                 key=self.key,
                 fork=batch.fork,
@@ -451,6 +466,7 @@ class Feed:
                 bits.set_range(start, batch.length, False)
                 raise
             self._unflushed = 0
+            self._pending_head = None
             tree.commit(batch)
             self._nodes.limit = 2 * batch.length
         self._notify(FeedEvent(batch.length, start, batch.length, True, True))
@@ -498,7 +514,9 @@ class Feed:
     def verify_and_apply(self, data: Data) -> ApplyResult:
         """Verify a peer's proof and store what it proves (block, nodes, newer signed length).
 
-        ProofError (and nothing stored) when it does not verify.
+        ProofError (and nothing stored) when it does not verify. It never fsyncs: what it stores
+        is served at once and made durable by the next flush(); a crash before that merely
+        forgets it (the blocks are fetched again).
         """
         with self._lock:
             self._check_open()
@@ -518,38 +536,25 @@ class Feed:
             store.put_nodes(fresh)
             if new_block:
                 assert block is not None
+                # The in-memory bit only: storage writes it to the bitfield file after the flush
+                # that makes this block durable.
                 store.bitfield.set(block)
-            length = batch.length if batch.upgraded else tree.length
-            head = store.head
             if batch.upgraded:
-                head = Head(
-                    key=head.key,
+                self._pending_head = Head(
+                    key=store.head.key,
                     fork=batch.fork,
                     length=batch.length,
                     byte_length=batch.byte_length,
                     tree_hash=crypto.tree_hash(batch.roots),
                     signature=batch.signature or b"",
-                    signer=head.signer,
+                    signer=store.head.signer,
                 )
-            if batch.upgraded or self._unflushed + 1 >= APPLY_FLUSH_EVERY:
-                try:
-                    self._commit_all(head)
-                except BaseException:
-                    if new_block:
-                        assert block is not None
-                        store.bitfield.set(block, False)
-                    raise
-                if batch.upgraded:
-                    tree.commit(batch)
-                    self._nodes.limit = 2 * batch.length
-            else:
-                # Blocks inside the signed length need no new head: their flush is batched. The
-                # bitfield file learns of them only after that flush (storage orders it), so a
-                # crash before it merely forgets a few verified blocks; they are fetched again.
-                self._unflushed += 1
-            result = ApplyResult(batch.upgraded, tree.length, block if new_block else None)
+                tree.commit(batch)
+                self._nodes.limit = 2 * batch.length
+            self._unflushed += 1
+            length = tree.length
+            result = ApplyResult(batch.upgraded, length, block if new_block else None)
         if new_block or batch.upgraded:
-            assert result.length == length
             start = block if new_block and block is not None else 0
             self._notify(
                 FeedEvent(length, start, start + 1 if new_block else start, batch.upgraded, False)
@@ -622,30 +627,62 @@ class Feed:
             raise FeedError(f"the feed in {self._store.directory} is closed")
 
     def flush(self) -> None:
-        """Make every applied block durable now (verify_and_apply batches its flushes)."""
-        with self._lock:
-            self._check_open()
-            if self._unflushed or self._store.head.pending:
-                self._commit_all(self._store.head)
+        """Make every applied block and signed length durable now (verify_and_apply never does).
 
-    def _commit_all(self, head: Head) -> None:
-        """Flush data and tree, then write head (nothing pending, current contiguous count)."""
+        The lock is held only to take what must be written: the fsyncs run without it, so
+        verify_and_apply, get and proof go on meanwhile. Safe from any thread; blocking (call it
+        from a worker thread, not the event loop). FeedError if the disk refuses.
+        """
+        with self._flush_lock:
+            with self._lock:
+                self._check_open()
+                if not (self.flush_due or self._store.head.pending):
+                    return
+                head, flush, taken = self._begin_flush()
+            try:
+                self._store.sync(flush)
+                self._store.finish_flush(flush, head, durable=True)
+            except BaseException:
+                with self._lock:
+                    self._abort_flush(flush, taken)
+                raise
+
+    def _begin_flush(self) -> tuple[Head, Flush, tuple[int, Head | None]]:
+        """Under the lock: the head to record (the signed state now, nothing pending, the current
+        contiguous count), the writes to make durable first, and the bookkeeping they clear."""
+        store = self._store
+        base = self._pending_head or store.head
         head = replace(
-            head,
-            contiguous=min(self._store.bitfield.contiguous_length, head.length),
-            tree_flushed=head.length,
+            base,
+            contiguous=min(store.bitfield.contiguous_length, base.length),
+            tree_flushed=base.length,
             pending=(),
         )
-        self._store.commit(head)
-        self._unflushed = 0
+        flush = store.begin_flush()
+        taken = (self._unflushed, self._pending_head)
+        self._unflushed, self._pending_head = 0, None
+        return head, flush, taken
+
+    def _abort_flush(self, flush: Flush, taken: tuple[int, Head | None]) -> None:
+        """Under the lock: a flush failed, so what it took is due again."""
+        self._store.abort_flush(flush)
+        self._unflushed += taken[0]
+        # An upgrade applied since then is newer and covers the one taken.
+        self._pending_head = self._pending_head or taken[1]
 
     def close(self) -> None:
-        with self._lock:
+        """Flush what is due (a clean close leaves nothing to rebuild), then close the files.
+        Blocking like flush()."""
+        with self._flush_lock, self._lock:
             store = self._store
-            if store.locked and not store.closed and (self._unflushed or store.head.pending):
-                # A clean close leaves nothing to rebuild and no applied block unrecorded.
-                with contextlib.suppress(FeedError):
-                    self._commit_all(store.head)
+            if not store.closed and store.locked and (self.flush_due or store.head.pending):
+                head, flush, taken = self._begin_flush()
+                try:
+                    store.sync(flush)
+                    store.finish_flush(flush, head, durable=True)
+                except FeedError:
+                    # Closing anyway: what was not flushed is fetched (or rebuilt) next time.
+                    self._abort_flush(flush, taken)
             store.close()
 
     def __enter__(self) -> Feed:

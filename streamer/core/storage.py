@@ -5,7 +5,8 @@ at 40*i as u64le size || 32-byte hash (all zero = absent), `bitfield` one bit pe
 `head` the signed state in two CRC-checked 512-byte slots. A head is written only after the data
 it describes is fsynced, and after the tree too unless it lists the blocks whose nodes are still
 unflushed (`pending`, rebuilt from the data by feed.py); bitfield bits are written only after
-their blocks are durable. This module never verifies hashes or signatures (feed.py does).
+their blocks are durable. A flush comes in three steps (begin_flush, sync, finish_flush) so its
+fsyncs can run while the caller goes on writing. Never verifies hashes or signatures (feed.py does).
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ class Head:
     pending: tuple[int, ...] = ()
 
 
+@dataclass(slots=True)
+class Flush:
+    """The writes one flush makes durable, taken at once by Storage.begin_flush."""
+
+    data: bool  # the data file has writes not yet fsynced
+    tree: bool  # the tree file has writes not yet fsynced (and this flush covers them)
+    background: Future[None] | None  # an append's data fsync still running (begin_data_flush)
+    # (byte offset, bytes) of the bitfield as it stood: only bits of blocks already written.
+    bits: tuple[int, bytes] | None = None
+
+
 def encode_head(head: Head, seq: int) -> bytes:
     if len(head.pending) > MAX_PENDING or head.tree_flushed + len(head.pending) != head.length:
         raise ValueError("a head's pending sizes must cover tree_flushed..length")
@@ -130,7 +142,9 @@ class Storage:
         self._nodes: dict[int, Node | None] = {}
         self._data_dirty = False
         self._tree_dirty = False
-        self._head_dirty = False
+        self._head_dirty = False  # head or bitfield written since their last fsync
+        # Bitfield bytes lo..hi that a failed flush did not write: the next flush writes them.
+        self._bits_retry: tuple[int, int] | None = None
         self._locked = False
         self.read_only = False  # opened without write access: every write raises FeedError
         # One helper thread fsyncs the data file while the caller hashes and signs (both release
@@ -318,29 +332,83 @@ class Storage:
         it): a power cut may then fall back to the previous head, which is as consistent, and a
         killed process loses nothing since the page cache outlives it.
         """
-        self._lock_for_writing()
+        flush = self.begin_flush(tree=flush_tree)
         try:
-            self._wait_data_flush()
-            if self._data_dirty:
+            self.sync(flush)
+            self.finish_flush(flush, head, durable=False)
+        except BaseException:
+            self.abort_flush(flush)
+            raise
+
+    def begin_flush(self, *, tree: bool = True) -> Flush:
+        """Take every write made so far as the work of one flush; later writes belong to the next.
+
+        Call it where no write is half done (feed.py holds its lock), then sync(), then
+        finish_flush(), or abort_flush() if either fails. One flush at a time (feed.py's
+        flush lock): two could record their heads out of order.
+        """
+        self._lock_for_writing()
+        flush = Flush(self._data_dirty, self._tree_dirty and tree, self._data_flush)
+        self._data_dirty = False
+        self._data_flush = None
+        if tree:
+            self._tree_dirty = False
+        dirty = self.bitfield.take_dirty()
+        retry, self._bits_retry = self._bits_retry, None
+        if retry is None:
+            flush.bits = dirty
+        else:
+            lo, hi = retry
+            if dirty is not None:
+                lo, hi = min(lo, dirty[0]), max(hi, dirty[0] + len(dirty[1]))
+            flush.bits = (lo, self.bitfield.to_bytes()[lo:hi])
+        return flush
+
+    def sync(self, flush: Flush) -> None:
+        """fsync the data and tree writes `flush` took. It touches no shared state, so the caller
+        may go on writing meanwhile (a pwrite and an fsync of one file may run at once)."""
+        try:
+            if flush.background is not None:
+                flush.background.result()
+            if flush.data:
                 os.fdatasync(self._fds[DATA_FILE])
-                self._data_dirty = False
-            if self._tree_dirty and flush_tree:
+            if flush.tree:
                 os.fdatasync(self._fds[TREE_FILE])
-                self._tree_dirty = False
+        except OSError as exc:
+            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+
+    def finish_flush(self, flush: Flush, head: Head | None, *, durable: bool) -> None:
+        """After sync(flush): record head (it must vouch for nothing newer than what was synced),
+        then the bitfield bytes `flush` took; with durable, fsync both before returning."""
+        try:
             if head is not None and head != self._head:
                 seq = self._seq + 1
                 # Alternate slots: the previous head stays intact while this one is written.
                 os.pwrite(self._fds[HEAD_FILE], encode_head(head, seq), SLOT_BYTES * (seq % 2))
                 self._head, self._seq = head, seq
                 self._head_dirty = True
-            dirty = self.bitfield.take_dirty()
-            if dirty is not None:
-                os.pwrite(self._fds[BITFIELD_FILE], dirty[1], dirty[0])
+            if flush.bits is not None:
+                os.pwrite(self._fds[BITFIELD_FILE], flush.bits[1], flush.bits[0])
+                self._head_dirty = True
+            if durable and self._head_dirty:
+                os.fdatasync(self._fds[BITFIELD_FILE])
+                os.fdatasync(self._fds[HEAD_FILE])
+                self._head_dirty = False
         except OSError as exc:
             raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
 
+    def abort_flush(self, flush: Flush) -> None:
+        """sync() or finish_flush() failed: what `flush` took counts as unflushed again."""
+        self._data_dirty = self._data_dirty or flush.data or flush.background is not None
+        self._tree_dirty = self._tree_dirty or flush.tree
+        if flush.bits is not None:
+            lo, hi = flush.bits[0], flush.bits[0] + len(flush.bits[1])
+            if self._bits_retry is not None:
+                lo, hi = min(lo, self._bits_retry[0]), max(hi, self._bits_retry[1])
+            self._bits_retry = (lo, hi)
+
     def begin_data_flush(self) -> None:
-        """Start making the data written so far durable in the background; commit() waits."""
+        """Start making the data written so far durable in the background; the next flush waits."""
         if not self._data_dirty or self._data_flush is not None:
             return
         if self._flusher is None:
@@ -348,18 +416,11 @@ class Storage:
         self._data_dirty = False
         self._data_flush = self._flusher.submit(os.fdatasync, self._fds[DATA_FILE])
 
-    def _wait_data_flush(self) -> None:
-        flush, self._data_flush = self._data_flush, None
-        if flush is not None:
-            try:
-                flush.result()
-            except OSError:
-                self._data_dirty = True  # not durable: the next commit must try again
-                raise
-
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wait_data_flush()
+        background, self._data_flush = self._data_flush, None
+        if background is not None:
+            with contextlib.suppress(OSError):
+                background.result()
         if self._flusher is not None:
             self._flusher.shutdown(wait=True)
             self._flusher = None
@@ -370,10 +431,6 @@ class Storage:
                 os.fdatasync(self._fds[HEAD_FILE])
             self._head_dirty = False
         self._locked = False
-        # One helper thread fsyncs the data file while the caller hashes and signs (both release
-        # the GIL), so an append costs about max(flush, CPU) instead of their sum.
-        self._flusher: ThreadPoolExecutor | None = None
-        self._data_flush: Future[None] | None = None
         fds, self._fds = self._fds, {}
         for fd in fds.values():
             with contextlib.suppress(OSError):

@@ -3,8 +3,9 @@ the verified channels of a Swarm, in the manner of aioquic's asyncio protocol.
 
 Per neighbour it feeds received messages into a Session, sends what the Session has to send with
 the channel's backpressure, arms one loop timer for the Replicator, and acts on events (a peer
-that misbehaves is closed and banned). It never parses, stores or decides anything itself: the
-Feed stores, the Replicator decides, the Sessions check.
+that misbehaves is closed and banned); a worker thread makes what the Feed stored durable about
+once a second. It never parses, stores or decides anything itself, and never touches the disk
+on the loop: the Feed stores, the Replicator decides, the Sessions check.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.core.errors import FeedError
 from streamer.core.feed import Feed, FeedEvent
 from streamer.core.replication import Event, PeerMisbehaved, Session
 from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 SEND_BUDGET = 256 * 1024
 RATE_WINDOW_S = 3.0  # up/down rates are averaged over this much recent time
 MIN_TIMER_STEP = 0.001  # a timer never fires sooner than this after being armed (no spinning)
+# Verified blocks become durable within about this long: one flush (a few fsyncs) per interval
+# while blocks arrive, instead of one per block.
+FLUSH_INTERVAL_S = 1.0
 
 EventListener = Callable[[Event], None]
 
@@ -51,8 +57,10 @@ class NetworkReplicator:
 
     A writer (a writable feed) serves its appends; a reader fetches what the Replicator wants
     (playback window, live edge, explicit wants, all history with archive=True) and re-shares
-    everything it holds. start() joins the swarm; stop() leaves it. Without a swarm, channels
-    come from add_connection() (benchmarks, or a caller that dials peers itself).
+    everything it holds; what it verified is flushed to disk in a worker thread about every
+    FLUSH_INTERVAL_S and at stop() (wait_durable() waits for that). start() joins the swarm;
+    stop() leaves it. Without a swarm, channels come from add_connection() (benchmarks, or a
+    caller that dials peers itself).
     """
 
     def __init__(
@@ -78,6 +86,14 @@ class NetworkReplicator:
         self._samples: deque[tuple[float, int, int]] = deque()
         self._started = False
         self._stopping = False
+        self._loop_thread: int | None = None
+        # The flusher: one task that runs Feed.flush in a worker thread, one flush at a time.
+        self._flush_task: asyncio.Task[None] | None = None
+        self._flush_wanted = asyncio.Event()  # verified data arrived since the last flush began
+        self._flush_now = asyncio.Event()  # stop(): skip the batching wait
+        self._flush_done = asyncio.Condition()
+        self._flushes_started = 0
+        self._flushes_done = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -87,13 +103,17 @@ class NetworkReplicator:
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.feed.add_listener(self._on_feed_event)
+        self._flush_task = asyncio.ensure_future(self._flush_loop())
+        if self.feed.flush_due:
+            self._flush_wanted.set()
         if self.swarm is not None:
             self.swarm.on_connection(self.add_connection)
             await self.swarm.join()
 
     async def stop(self) -> None:
-        """Leave the swarm and close every session. Idempotent."""
+        """Leave the swarm, close every session and make what was verified durable. Idempotent."""
         if self._stopping or not self._started:
             return
         self._stopping = True
@@ -111,6 +131,14 @@ class NetworkReplicator:
         for peer in list(self._peers.values()):
             self.replicator.remove_session(peer.session)
         self._peers.clear()
+        if self._flush_task is not None:
+            self._flush_now.set()
+            self._flush_wanted.set()
+            # Shielded: a cancelled stop() must not cancel a flush half way through its wait.
+            await asyncio.shield(self._flush_task)
+        # Blocks verified while the last flush of the loop ran are not in it.
+        if self.feed.flush_due:
+            await self._flush()
 
     async def __aenter__(self) -> NetworkReplicator:
         await self.start()
@@ -184,6 +212,22 @@ class NetworkReplicator:
             "block_bytes_up": s["block_bytes_up"],
             "uploads_refused": s["uploads_refused"],
         }
+
+    async def wait_durable(self, timeout: float) -> bool:
+        """Wait until everything the feed verified so far is on disk (a flush that began after
+        this call has finished); False if `timeout` passed first. It flushes no sooner than usual."""
+        need = self._flushes_started + (1 if self.feed.flush_due else 0)
+        # Nodes-only proofs fire no feed event: make sure the flusher knows.
+        if self.feed.flush_due:
+            self._flush_wanted.set()
+        async with self._flush_done:
+            try:
+                await asyncio.wait_for(
+                    self._flush_done.wait_for(lambda: self._flushes_done >= need), timeout
+                )
+            except asyncio.TimeoutError:
+                return False
+        return True
 
     async def wait_served(self, timeout: float) -> bool:
         """Wait until every neighbour holds our newest block (a writer lingers on this after its
@@ -310,20 +354,55 @@ class NetworkReplicator:
         self.replicator.handle_timer(self._now())
         self._pump()
 
-    # ------------------------------------------------------------ our own appends
+    # ------------------------------------------------------------ feed changes
 
     def _on_feed_event(self, event: FeedEvent) -> None:
-        # Only our own appends need announcing here; blocks from peers are announced by the
-        # Replicator as they verify. Appends may come from a worker thread.
-        if not event.local or self._loop is None:
+        # Blocks from peers are announced by the Replicator as they verify; here they only need
+        # flushing. Our own appends need announcing (and are durable already). Either may come
+        # from a worker thread.
+        loop = self._loop
+        if loop is None:
             return
-        self._loop.call_soon_threadsafe(self._local_append)
+        if not event.local:
+            if threading.get_ident() == self._loop_thread:
+                self._flush_wanted.set()
+            else:
+                loop.call_soon_threadsafe(self._flush_wanted.set)
+            return
+        loop.call_soon_threadsafe(self._local_append)
 
     def _local_append(self) -> None:
         if self._stopping:
             return
         self.replicator.feed_changed(self._now())
         self._pump()
+
+    # ------------------------------------------------------------ durability
+
+    async def _flush_loop(self) -> None:
+        """Flush about every FLUSH_INTERVAL_S while verified data arrives; once more at stop()."""
+        while not self._stopping:
+            await self._flush_wanted.wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), FLUSH_INTERVAL_S)
+            self._flush_wanted.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """One Feed.flush in a worker thread: its fsyncs must never stall the loop (every peer)."""
+        if self.feed.closed:  # its owner closed it first (close() flushed it)
+            return
+        self._flushes_started += 1
+        try:
+            await asyncio.to_thread(self.feed.flush)
+        except FeedError as exc:
+            # The data stays due: the next flush tries again; until then a crash forgets it.
+            log.warning("cannot make the feed durable: %s", exc)
+            self._flush_wanted.set()
+        finally:
+            self._flushes_done += 1
+            async with self._flush_done:
+                self._flush_done.notify_all()
 
     # ------------------------------------------------------------ rates
 
