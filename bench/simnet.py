@@ -210,30 +210,36 @@ class SimNet:
         node.rep.handle_timer(self.now)
         self.touch(node)
 
-    def _pick(self, node: SimNode) -> Session | None:
-        """Small messages of any channel first, then the rest of the message going out, then a new
-        block answer (one at a time: finishing one copy before starting the next spreads a block
-        fastest)."""
+    def _pick(self, node: SimNode) -> tuple[Session, bool] | None:
+        """The channel to send the next chunk on, and whether it carries a block answer. Small
+        messages of any channel go first, then the rest of the answer going out, then a new answer:
+        one at a time, since finishing one copy before starting the next spreads a block fastest."""
         for s in node.links:
             if s.control_waiting and not s.mid_message:
-                return s
-        if node.current is not None and node.current.mid_message:
-            return node.current
+                return s, False
+        current = node.current
+        if current is not None and current.mid_message and current in node.links:
+            return current, True
+        for s in node.links:
+            if s.mid_message:
+                return s, True
         for s in node.links:
             if s.wants_to_send():
-                return s
+                return s, True
         return None
 
     def _send(self, node: SimNode) -> None:
         if node.busy:
             return
-        s = self._pick(node)
-        if s is None:
+        picked = self._pick(node)
+        if picked is None:
             return
+        s, data = picked
         chunks = s.datagrams_to_send(self.now, max_bytes=1)
         if not chunks:
             return
-        node.current = s
+        if data:
+            node.current = s
         chunk = chunks[0]
         node.busy = True
         node.bytes_up += len(chunk)

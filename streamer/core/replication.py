@@ -571,7 +571,7 @@ class Session:
         if msg.block is not None and not feed.has(msg.block.index):
             self._queue(NoData(msg.id, NO_DATA_MISSING))
             return
-        if msg.block is not None and not self._rep._admit_upload(self, msg.block.index):
+        if msg.block is not None and not self._rep._admit_upload(self, msg.block.index, now):
             if msg.upgrade is None:
                 self._queue(NoData(msg.id, NO_DATA_BUSY))
                 return

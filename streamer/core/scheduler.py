@@ -10,8 +10,9 @@ the sessions: time is passed in, and it never stores anything a session has not 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from streamer.core.replication import (
     BlockVerified,
@@ -39,7 +40,7 @@ class ReplicatorConfig:
 
     max_inflight_per_peer: int = 16  # our requests waiting at one peer
     max_queued_uploads: int = 1  # answers of new blocks waiting for our uplink; more: NoData(busy)
-    max_queued_history: int = 4  # answers of older blocks waiting, per peer
+    max_queued_history: int = 1  # answers of older blocks waiting for our uplink
     hot_window: int = 4  # blocks this close to the live edge are "new": many peers want them now
     playback_window: int = 8  # blocks from the playhead fetched first
     live_window: int = 2  # newest blocks fetched while following the live edge
@@ -52,6 +53,7 @@ class ReplicatorConfig:
     busy_backoff: float = 0.25  # wait before asking a peer that said "busy" for the same block
     missing_backoff: float = 2.0  # wait before asking a peer that said it lacks a block
     writer_copies: int = 1  # a writer serves each block this many times freely...
+    root_grace: float = 0.3  # ...and not first to a peer that was first for a recent block
     writer_extra_ratio: float = 0.2  # ...plus extra copies worth this share of the stream's bytes
     writer_extra_burst: int = 4  # ...saving up at most this many average blocks of extra copies
     scan_limit: int = 256  # wanted blocks examined per scheduling pass
@@ -84,7 +86,7 @@ class _Want:
     start: int
     end: int
     priority: int
-    seq: int = field(default=0)
+    seq: int = 0
 
 
 class Replicator:
@@ -116,10 +118,13 @@ class Replicator:
         self._uploads_waiting = 0
         self._copies: dict[int, int] = {}  # writer: block -> copies admitted
         self._tokens = 0.0  # writer: bytes of extra copies it may still serve
+        self._roots: deque[Session] = deque()  # writer: who got the newest blocks' first copies
+        self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
         self._seen_length = feed.length
         self._seen_bytes = feed.byte_length
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
         self._unavailable = 0  # wanted blocks no neighbour has, at the last full scheduling pass
+        self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
 
     # ------------------------------------------------------------ sessions
 
@@ -322,14 +327,17 @@ class Replicator:
         return best
 
     def _mark_checks(self, out: OutRequest) -> None:
+        """When to look whether a request is late. Lateness is measured against how long blocks
+        usually take to arrive here: a second request to a peer that is merely as slow as
+        everyone only doubles the load of a swarm that is already busy."""
         cfg = self.config
-        out.check_at = out.sent_at + cfg.late_after
+        usual = self._answer_time
+        out.check_at = out.sent_at + max(cfg.late_after, 3 * usual)
         if out.block is not None:
             deadline = self._deadline(out.block)
             if deadline is not None:
-                # Near its playback deadline a request counts as late sooner, but not at once:
-                # a block takes a while to cross a busy uplink.
-                soon = max(out.sent_at + 0.5 * cfg.late_after, deadline - cfg.deadline_margin)
+                # Near its playback deadline a request counts as late sooner, but not at once.
+                soon = max(out.sent_at + 2 * usual, deadline - cfg.deadline_margin)
                 out.check_at = min(out.check_at, soon)
 
     def _refuse(self, s: Session, key: int, until: float) -> None:
@@ -373,7 +381,7 @@ class Replicator:
         timeout = self.config.request_timeout
         for block, entries in list(self._inflight.items()):
             for s, out in list(entries):
-                if now - out.sent_at >= timeout:
+                if now >= out.sent_at + timeout:  # the very sum get_timer returns
                     self.totals.timeouts += 1
                     s.cancel(out)
                     self._forget(block, s, out)
@@ -384,7 +392,7 @@ class Replicator:
                     self._rerequest(block, s, out, now)
         if self._upgrade is not None:
             s, out = self._upgrade
-            if now - out.sent_at >= timeout:
+            if now >= out.sent_at + timeout:  # the very sum get_timer returns
                 self.totals.timeouts += 1
                 s.cancel(out)
                 self._upgrade = None
@@ -412,17 +420,31 @@ class Replicator:
 
     # ------------------------------------------------------------ called by sessions
 
-    def _admit_upload(self, s: Session, block: int) -> bool:
+    def _admit_upload(self, s: Session, block: int, now: float) -> bool:
         """May we answer a block request now? False: the session answers busy."""
         cfg = self.config
         if self.feed.writable:
             copies = self._copies.get(block, 0)
+            if copies == 0 and s in self._roots and len(self.sessions) > len(self._roots):
+                # A peer that got one of the last new blocks first is busy passing it on: let
+                # another neighbour be this block's first holder, unless none asks for a while.
+                asked = self._root_asked.setdefault(block, now)
+                if now - asked < cfg.root_grace:
+                    self.totals.uploads_refused += 1
+                    return False
             if copies >= cfg.writer_copies:
                 average = self.feed.byte_length / max(self.feed.length, 1)
                 if self._tokens < average or self._uploads_waiting >= cfg.max_queued_uploads:
                     self.totals.uploads_refused += 1
                     return False
                 self._tokens -= average
+            if copies == 0:
+                self._roots.append(s)
+                while len(self._roots) > max(1, len(self.sessions) // 2):
+                    self._roots.popleft()
+                self._root_asked.pop(block, None)
+                if len(self._root_asked) > REVEALED_MEMORY:
+                    self._root_asked.pop(next(iter(self._root_asked)))
             self._copies[block] = copies + 1
             if len(self._copies) > COPY_MEMORY:
                 floor = self.feed.length - COPY_MEMORY
@@ -433,7 +455,7 @@ class Replicator:
             if self._uploads_waiting >= cfg.max_queued_uploads:
                 self.totals.uploads_refused += 1
                 return False
-        elif s.uploads_waiting >= cfg.max_queued_history:
+        elif self._uploads_waiting >= cfg.max_queued_history:
             self.totals.uploads_refused += 1
             return False
         self._uploads_waiting += 1
@@ -480,6 +502,8 @@ class Replicator:
                 self._refuse(s, out.block, now + self.config.busy_backoff)
             return
         block, size = data.block.index, len(data.block.value)
+        if not stale:
+            self._answer_time += 0.1 * (now - out.sent_at - self._answer_time)
         if had:
             self.totals.duplicates += 1
             self.totals.duplicate_bytes += size
@@ -527,6 +551,8 @@ class Replicator:
             self._upgrade = None
         for key in [k for k in self._refusals if k[0] is s]:
             del self._refusals[key]
+        if s in self._roots:
+            self._roots.remove(s)
 
     # ------------------------------------------------------------ stats
 
