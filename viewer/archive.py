@@ -33,6 +33,7 @@ from viewer.netsource import (
     open_store,
     resolve_stream,
     store_lock,
+    until_failed,
     wait_for_stream,
 )
 
@@ -82,7 +83,8 @@ async def archive(
 ) -> ArchiveResult:
     """Fetch every block (up to the length first learned, or to the end with follow) into the
     directory. Returns when done or when `stop` is set; NetworkError when nothing arrives for
-    `options.timeout` seconds."""
+    `options.timeout` seconds; LocalStorageError at once when our disk refuses a write (what is
+    stored stays consistent, and the same command resumes)."""
     if options.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
     key = await resolve_stream(options.stream, options.hub)
@@ -103,9 +105,11 @@ async def _archive(
     try:
         await net.start()
         if not (feed.length > 0 and feed.has(0)):
-            await _until_stopped(wait_for_stream(net, options.timeout, status), stop)
+            await _until_stopped(
+                until_failed(net, wait_for_stream(net, options.timeout, status)), stop
+            )
         target = max(feed.length, net.remote_length())
-        await _until_stopped(_fetch(net, target, options, progress), stop)
+        await _until_stopped(until_failed(net, _fetch(net, target, options, progress)), stop)
     finally:
         await net.stop()
         result = ArchiveResult(
@@ -116,6 +120,8 @@ async def _archive(
             ended=_ended(feed),
         )
         await asyncio.to_thread(feed.close)
+    # A disk that refused the last flush (in stop()) fails the command too.
+    net.raise_if_failed()
     return result
 
 
@@ -239,10 +245,11 @@ async def seed(
             await net.start()
             if on_ready is not None:
                 on_ready(feed)
-            await stop.wait()
+            await until_failed(net, stop.wait())
         finally:
             await net.stop()
             await asyncio.to_thread(feed.close)
+        net.raise_if_failed()
 
 
 def run_seed(directory: Path, hub: str) -> int:

@@ -15,9 +15,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streamer.core import storage
 from streamer.core.errors import (
@@ -37,6 +37,8 @@ from viewer.source import BlockSource
 HUB_ENV = "SWARMCAST_HUB"
 DEFAULT_HUB = "http://127.0.0.1:8000"
 KEY_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+
+T = TypeVar("T")
 
 
 def default_hub() -> str:
@@ -104,6 +106,22 @@ def network_replicator(
     """A replicator for `feed` over the swarm found through `hub` (not started yet)."""
     swarm = Swarm(feed.discovery_key, feed.key, [hub], max_peers=max_peers)
     return NetworkReplicator(feed, swarm, archive=archive, live=live)
+
+
+async def until_failed(net: NetworkReplicator, work: Awaitable[T]) -> T:
+    """Await `work`; if replication stops on our own failure meanwhile (a full disk), cancel it
+    and raise that failure (one line) instead of waiting for a timeout that would blame peers."""
+    task = asyncio.ensure_future(work)
+    failed = asyncio.ensure_future(net.failed.wait())
+    try:
+        await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        failed.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    net.raise_if_failed()
+    return task.result()
 
 
 async def wait_for_stream(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from streamer.core.errors import NetworkError, UsageError
 from streamer.media.format import StreamFormatError
+from streamer.net.replicator import NetworkReplicator
 from viewer.netsource import (
     NetworkSource,
     default_store,
@@ -25,6 +26,7 @@ from viewer.netsource import (
     open_store,
     resolve_stream,
     store_lock,
+    until_failed,
     wait_for_stream,
 )
 from viewer.server import PlayerServer
@@ -86,28 +88,41 @@ async def _watch(
     server = PlayerServer(source, port=options.port)
     try:
         await net.start()
-        await wait_for_stream(net, options.timeout, status)
-        try:
-            start = await source.start_block(options.timeout, options.at)
-        except TimeoutError:
-            raise NetworkError(
-                f"peers of stream {key.hex()} did not send a media block within "
-                f"{options.timeout:.0f} s; try again later"
-            ) from None
-        except StreamFormatError as e:
-            raise NetworkError(
-                f"stream {key.hex()} is not a playable swarmcast stream: {e}"
-            ) from None
-        source.set_playhead(start)
-        await server.start()
-        if on_ready is not None:
-            on_ready(server.url)
-        if options.open_browser:
-            # webbrowser may start a process and wait for it: keep that off the loop.
-            await asyncio.to_thread(webbrowser.open, server.url)
-        await (stop or asyncio.Event()).wait()
+        # Our own disk failing ends the watch at once with its message, whatever it was doing.
+        await until_failed(net, _play(key, net, source, server, options, stop, on_ready, status))
     finally:
         await server.stop()  # also closes the source: the replicator, the swarm and the feed
+    net.raise_if_failed()
+
+
+async def _play(
+    key: bytes,
+    net: NetworkReplicator,
+    source: NetworkSource,
+    server: PlayerServer,
+    options: WatchOptions,
+    stop: asyncio.Event | None,
+    on_ready: Callable[[str], None] | None,
+    status: Callable[[str], None] | None,
+) -> None:
+    await wait_for_stream(net, options.timeout, status)
+    try:
+        start = await source.start_block(options.timeout, options.at)
+    except TimeoutError:
+        raise NetworkError(
+            f"peers of stream {key.hex()} did not send a media block within "
+            f"{options.timeout:.0f} s; try again later"
+        ) from None
+    except StreamFormatError as e:
+        raise NetworkError(f"stream {key.hex()} is not a playable swarmcast stream: {e}") from None
+    source.set_playhead(start)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server.url)
+    if options.open_browser:
+        # webbrowser may start a process and wait for it: keep that off the loop.
+        await asyncio.to_thread(webbrowser.open, server.url)
+    await (stop or asyncio.Event()).wait()
 
 
 def run_watch(options: WatchOptions) -> int:

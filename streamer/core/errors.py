@@ -9,7 +9,9 @@ is one line saying what is wrong and what to do; the CLIs print it and exit non-
     │   ├── KeyMismatchError  the key does not belong to this feed
     │   ├── CorruptFeedError  files are truncated or damaged
     │   ├── NotWritableError  append without the secret key
-    │   └── BlockNotFoundError  index out of range or block not present
+    │   ├── BlockNotFoundError  index out of range or block not present
+    │   └── LocalStorageError  our own disk refused a read or write (full, too large, I/O error):
+    │                          our fault, never the peer's
     ├── ProofError            a proof from a peer did not verify (the peer is at fault)
     ├── WireError             bytes from a peer that do not decode (the peer is at fault)
     ├── MediaError            a source that cannot be opened, decoded or encoded
@@ -53,6 +55,12 @@ class NotWritableError(FeedError):
 
 class BlockNotFoundError(FeedError):
     """A block index is out of range or the block is not present locally."""
+
+
+class LocalStorageError(FeedError):
+    """Our own disk refused to store or read feed data (no space, file size limit, I/O error).
+
+    Never the fault of the peer whose data we were storing: replication stops and reports it."""
 
 
 class ProofError(SwarmcastError):

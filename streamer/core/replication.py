@@ -4,7 +4,8 @@ Bytes in (`receive`), data-channel messages out (`datagrams_to_send`), events ou
 time always passed in. A Session parses and checks what its peer sends, keeps what we know of that
 peer (length, which blocks it holds, our requests to it, its requests to us) within fixed bounds,
 and leaves every choice of what to request or serve to its scheduler.Replicator. It never stores,
-announces or serves a block that has not verified, and it never does I/O.
+announces or serves a block that has not verified, never does I/O, and never blames the peer for
+our own failures (a full disk is a LocalError, not a PeerMisbehaved).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from streamer.core import crypto
-from streamer.core.errors import BlockNotFoundError, ProofError, WireError
+from streamer.core.errors import BlockNotFoundError, FeedError, ProofError, WireError
 from streamer.core.feed import ApplyResult
 from streamer.core.wire import (
     Bitfield,
@@ -48,6 +49,7 @@ __all__ = [
     "Event",
     "FeedLike",
     "HandshakeComplete",
+    "LocalError",
     "NO_DATA_BUSY",
     "NO_DATA_MISSING",
     "PeerMisbehaved",
@@ -56,6 +58,7 @@ __all__ = [
     "Session",
     "Upgraded",
     "check_handshake",
+    "is_local_error",
     "make_handshake",
 ]
 
@@ -119,7 +122,24 @@ class PeerMisbehaved:
     reason: str
 
 
-Event = HandshakeComplete | RemoteSynced | BlockVerified | Upgraded | PeerMisbehaved
+@dataclass(frozen=True, slots=True)
+class LocalError:
+    """Our own node failed while handling this peer's traffic: the disk refused a read or write,
+    or the feed is closed or damaged. The peer is not at fault. The replicator has stopped and
+    closed every session; the adapter must stop replicating, report `error`, and ban nobody."""
+
+    error: Exception
+
+
+Event = HandshakeComplete | RemoteSynced | BlockVerified | Upgraded | PeerMisbehaved | LocalError
+
+
+def is_local_error(exc: BaseException) -> bool:
+    """True if exc is our own node's fault rather than the peer's: a disk error, or a feed that is
+    closed, locked or damaged. BlockNotFoundError is not: hostile requests raise it."""
+    if isinstance(exc, BlockNotFoundError):
+        return False
+    return isinstance(exc, (FeedError, OSError))
 
 
 # ---------------------------------------------------------------- what a session needs of a feed
@@ -365,7 +385,12 @@ class Session:
         except (ProofError, ProtocolViolation) as e:
             self._misbehaved(str(e))
         except Exception as e:  # noqa: BLE001 - a peer must never be able to crash the node
-            self._misbehaved(f"internal error on a message from the peer: {type(e).__name__}: {e}")
+            if is_local_error(e):
+                self._local_error(e)
+            else:
+                self._misbehaved(
+                    f"internal error on a message from the peer: {type(e).__name__}: {e}"
+                )
         self._rep.schedule(now)
 
     def datagrams_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
@@ -492,17 +517,23 @@ class Session:
         if self._uploads:
             req = self._uploads.popleft()
             msg = self._answer(req)
+            if msg is None:
+                return False
             self._outbox.extend(self._framer.frame(encode_message(msg)))
             return True
         return False
 
-    def _answer(self, req: Request) -> Data | NoData:
-        """Build the proof for an admitted request now (our state may have grown meanwhile)."""
+    def _answer(self, req: Request) -> Data | NoData | None:
+        """Build the proof for an admitted request now (our state may have grown meanwhile);
+        None when our own feed failed (the replicator has stopped)."""
         self._rep._upload_started()
         try:
             data = self._feed.proof(req)
         except BlockNotFoundError:
             return NoData(req.id, NO_DATA_MISSING)
+        except (FeedError, OSError) as e:
+            self._local_error(e)
+            return None
         if data.block is not None:
             size = len(data.block.value)
             self.stats.blocks_up += 1
@@ -516,6 +547,14 @@ class Session:
         self._emit(PeerMisbehaved(reason))
         self._rep.totals.peers_dropped += 1
         self.close(reason)
+
+    def _local_error(self, error: Exception) -> None:
+        """Our own feed failed: report it on this session and stop the whole replicator, since
+        every session shares the feed. Nobody is dropped for misbehaving."""
+        if self._state == _CLOSED:
+            return
+        self._emit(LocalError(error))
+        self._rep._fail(error)
 
     def _on_open(self) -> None:
         self._emit(HandshakeComplete(self.remote_is_writer))

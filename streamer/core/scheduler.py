@@ -98,6 +98,8 @@ class Replicator:
       every session in `sessions` (and of the one it just fed), `room` being what the channel can
       take (e.g. 256 KiB minus its buffered amount), and read every session's events;
     - close and ban the peer on PeerMisbehaved;
+    - stop replicating and report the error on LocalError (our own disk or feed failed: `failure`
+      holds it, every session is closed, nothing more is requested, and nobody is banned);
     - run `handle_timer(now)` at `get_timer()`;
     - call `feed_changed(now)` after appending to the feed itself.
     """
@@ -125,6 +127,8 @@ class Replicator:
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
         self._unavailable = 0  # wanted blocks no neighbour has, at the last full scheduling pass
         self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
+        # Our own feed failed (a full disk, say): replication is over, whoever sent the data.
+        self.failure: Exception | None = None
 
     # ------------------------------------------------------------ sessions
 
@@ -146,6 +150,8 @@ class Replicator:
             verify_handshake=verify_handshake,
             remote_is_writer=remote_is_writer,
         )
+        if self.failure is not None:
+            session.close("replication stopped by a local error")
         if not session.closed:
             self.sessions.append(session)
         return session
@@ -240,7 +246,7 @@ class Replicator:
 
     def schedule(self, now: float) -> None:
         """Send the requests that should be in flight now (run after every input)."""
-        if self.feed.writable:
+        if self.feed.writable or self.failure is not None:
             return
         self._request_upgrade(now)
         self._request_blocks(now)
@@ -475,7 +481,8 @@ class Replicator:
         self.totals.block_bytes_up += size
 
     def _data(self, s: Session, out: OutRequest, data: Data, stale: bool, now: float) -> None:
-        """A Data answering one of our requests; ProofError (the peer is dropped) if invalid."""
+        """A Data answering one of our requests; ProofError (the peer is dropped) if invalid, or
+        the feed's own error (LocalStorageError, ...) if our disk refused what verified."""
         feed = self.feed
         if self._upgrade is not None and self._upgrade[1] is out:
             self._upgrade = None
@@ -537,6 +544,14 @@ class Replicator:
             self._refuse(s, out.block, now + backoff)
             if not busy:
                 s.remote_has.remove(out.block, out.block + 1)
+
+    def _fail(self, error: Exception) -> None:
+        """Our feed failed: stop for good. Every session closes; none counts as misbehaving."""
+        if self.failure is not None:
+            return
+        self.failure = error
+        for s in list(self.sessions):
+            s.close("replication stopped by a local error")
 
     def _session_closed(self, s: Session) -> None:
         if s in self.sessions:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamer.core.bitfield import Bitfield
-from streamer.core.errors import CorruptFeedError, FeedError, NotAFeedError
+from streamer.core.errors import CorruptFeedError, FeedError, LocalStorageError, NotAFeedError
 from streamer.core.wire import Node
 
 HEAD_FILE = "head"
@@ -49,6 +49,24 @@ _ZERO_NODE = bytes(NODE_BYTES)
 _NODE_CACHE_LIMIT = 1 << 17
 # Files a create may leave before its head exists (secret_key is feed.py's, written first).
 _CREATE_LEFTOVERS = {"data", "tree", "bitfield", "head.tmp", "secret_key"}
+
+# What to do about the disk errors a user can fix, by errno; others get their strerror.
+_ADVICE = {
+    errno.ENOSPC: "no space left on device; free some space and run again",
+    errno.EDQUOT: "disk quota exceeded; free some space (or raise the quota) and run again",
+    errno.EFBIG: (
+        "file too large: a file size limit was reached; raise it (ulimit -f) or use another "
+        "directory, and run again"
+    ),
+    errno.EROFS: "the file system is read-only; use a writable directory",
+    errno.EIO: "input/output error; check the disk, then run `streamer feed verify`",
+}
+
+
+def storage_error(directory: Path, exc: OSError, verb: str = "write to") -> LocalStorageError:
+    """The one-line LocalStorageError for a disk error on a feed directory."""
+    what = _ADVICE.get(exc.errno or 0) or f"{(exc.strerror or str(exc)).lower()}; check the disk"
+    return LocalStorageError(f"cannot {verb} {directory}: {what}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +201,7 @@ class Storage:
             os.replace(tmp, path / HEAD_FILE)
             _fsync_dir(path)
         except OSError as exc:
-            raise FeedError(f"cannot create a feed in {path}: {exc.strerror}") from None
+            raise storage_error(path, exc, "create a feed in") from None
         return cls.open(path)
 
     @classmethod
@@ -241,7 +259,10 @@ class Storage:
             return self._nodes[index]
         except KeyError:
             pass
-        raw = os.pread(self._fds[TREE_FILE], NODE_BYTES, NODE_BYTES * index)
+        try:
+            raw = os.pread(self._fds[TREE_FILE], NODE_BYTES, NODE_BYTES * index)
+        except OSError as exc:
+            raise storage_error(self.directory, exc, "read") from None
         node = None
         if len(raw) == NODE_BYTES and raw != _ZERO_NODE:
             size, digest = _NODE.unpack(raw)
@@ -256,18 +277,39 @@ class Storage:
         self._lock_for_writing()
         fd = self._fds[TREE_FILE]
         self._tree_dirty = True
+        node = None
         try:
             for node in nodes:
-                os.pwrite(fd, _NODE.pack(node.size, node.hash), NODE_BYTES * node.index)
+                raw, where = _NODE.pack(node.size, node.hash), NODE_BYTES * node.index
+                if os.pwrite(fd, raw, where) != NODE_BYTES:
+                    _pwrite_all(fd, raw, where)  # again: the disk's own error surfaces
                 self._nodes[node.index] = node
         except OSError as exc:
-            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+            assert node is not None
+            self._unwrite_node(node.index)
+            raise storage_error(self.directory, exc) from None
+
+    def _unwrite_node(self, index: int) -> None:
+        """A node write failed part way: a torn node must not read back as present (it would
+        make valid proofs look wrong), so zero its slot if the disk still lets us."""
+        self._nodes.pop(index, None)
+        fd = self._fds[TREE_FILE]
+        where = NODE_BYTES * index
+        with contextlib.suppress(OSError):
+            size = os.fstat(fd).st_size
+            if where < size <= where + NODE_BYTES:
+                os.ftruncate(fd, where)
+            elif size > where:
+                os.pwrite(fd, _ZERO_NODE, where)
 
     # ------------------------------------------------------------ data
 
     def read(self, offset: int, size: int) -> bytes:
         """size bytes at offset of the data file; CorruptFeedError if the file is shorter."""
-        raw = os.pread(self._fds[DATA_FILE], size, offset)
+        try:
+            raw = os.pread(self._fds[DATA_FILE], size, offset)
+        except OSError as exc:
+            raise storage_error(self.directory, exc, "read") from None
         if len(raw) != size:
             raise CorruptFeedError(
                 f"{self.directory} is damaged: the data file ends before byte {offset + size}"
@@ -290,14 +332,11 @@ class Storage:
             total = sum(len(b) for b in blocks)
             written = os.pwritev(fd, blocks, offset)
             if written < total:
-                rest = memoryview(b"".join(blocks))[written:]
-                offset += written
-                while rest:
-                    step = os.pwrite(fd, rest, offset)
-                    rest = rest[step:]
-                    offset += step
+                # The rest either goes in or raises the disk's real error (ENOSPC, EFBIG, ...).
+                _pwrite_all(fd, memoryview(b"".join(blocks))[written:], offset + written)
         except OSError as exc:
-            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+            # Bytes written before the failure belong to no block: no bit claims them.
+            raise storage_error(self.directory, exc) from None
 
     def _lock_for_writing(self) -> None:
         """Take the directory's write lock at the first write (readers such as `feed info` never
@@ -375,7 +414,7 @@ class Storage:
             if flush.tree:
                 os.fdatasync(self._fds[TREE_FILE])
         except OSError as exc:
-            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+            raise storage_error(self.directory, exc) from None
 
     def finish_flush(self, flush: Flush, head: Head | None, *, durable: bool) -> None:
         """After sync(flush): record head (it must vouch for nothing newer than what was synced),
@@ -395,7 +434,7 @@ class Storage:
                 os.fdatasync(self._fds[HEAD_FILE])
                 self._head_dirty = False
         except OSError as exc:
-            raise FeedError(f"cannot write to {self.directory}: {exc.strerror}") from None
+            raise storage_error(self.directory, exc) from None
 
     def abort_flush(self, flush: Flush) -> None:
         """sync() or finish_flush() failed: what `flush` took counts as unflushed again."""
@@ -469,6 +508,17 @@ def _read_head(fd: int, path: Path) -> tuple[Head, int]:
     if not valid:
         raise CorruptFeedError(f"{path} is damaged: both copies of its head record are unreadable")
     return max(valid, key=lambda s: s[1])
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """pwrite all of data at offset; a short write is retried so the disk's own error surfaces."""
+    rest = memoryview(data)
+    while rest:
+        step = os.pwrite(fd, rest, offset)
+        if step == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        rest = rest[step:]
+        offset += step
 
 
 def _read_all(fd: int) -> bytes:

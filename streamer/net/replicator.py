@@ -3,8 +3,9 @@ the verified channels of a Swarm, in the manner of aioquic's asyncio protocol.
 
 Per neighbour it feeds received messages into a Session, sends what the Session has to send with
 the channel's backpressure, arms one loop timer for the Replicator, and acts on events (a peer
-that misbehaves is closed and banned); a worker thread makes what the Feed stored durable about
-once a second. It never parses, stores or decides anything itself, and never touches the disk
+that misbehaves is closed and banned; our own disk failing stops everything, bans nobody and is
+kept in `failure` for the command to report); a worker thread makes what the Feed stored durable
+about once a second. It never parses, stores or decides anything itself, and never touches the disk
 on the loop: the Feed stores, the Replicator decides, the Sessions check.
 """
 
@@ -20,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.core.errors import FeedError
+from streamer.core.errors import FeedError, LocalStorageError, SwarmcastError
 from streamer.core.feed import Feed, FeedEvent
-from streamer.core.replication import Event, PeerMisbehaved, Session
+from streamer.core.replication import Event, LocalError, PeerMisbehaved, Session
 from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
+from streamer.core.storage import storage_error
 from streamer.net.channel import ChannelClosed, MessageChannel
 from streamer.net.swarm import Swarm
 
@@ -94,6 +96,9 @@ class NetworkReplicator:
         self._flush_done = asyncio.Condition()
         self._flushes_started = 0
         self._flushes_done = 0
+        # Our own feed or disk failed: replication has stopped; the command reports this.
+        self.failure: SwarmcastError | None = None
+        self.failed = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -139,6 +144,11 @@ class NetworkReplicator:
         # Blocks verified while the last flush of the loop ran are not in it.
         if self.feed.flush_due:
             await self._flush()
+
+    def raise_if_failed(self) -> None:
+        """Raise `failure` (a one-line SwarmcastError) if our own feed or disk failed."""
+        if self.failure is not None:
+            raise self.failure
 
     async def __aenter__(self) -> NetworkReplicator:
         await self.start()
@@ -249,6 +259,9 @@ class NetworkReplicator:
         whether the peer proved it is the writer). Called by the swarm for each neighbour."""
         if self._stopping or not self._started:
             return
+        if self.failure is not None:
+            asyncio.ensure_future(conn.close("replication stopped"))
+            return
         session = self.replicator.add_session(name=conn.peer_id, remote_is_writer=conn.is_writer)
         peer = _Peer(conn, session)
         self._peers[session] = peer
@@ -295,7 +308,7 @@ class NetworkReplicator:
                 task.cancel()
         if not peer.conn.closed:
             asyncio.ensure_future(peer.conn.close(peer.session.close_reason or "replication ended"))
-        if not self._stopping:
+        if not self._stopping and self.failure is None:
             self._pump()
 
     # ------------------------------------------------------------ the pump
@@ -319,7 +332,9 @@ class NetworkReplicator:
         self._arm_timer()
 
     def _on_event(self, peer: _Peer, event: Event) -> None:
-        if isinstance(event, PeerMisbehaved):
+        if isinstance(event, LocalError):
+            self._fail(event.error)
+        elif isinstance(event, PeerMisbehaved):
             log.warning(
                 "peer %s misbehaved (%s); dropping and banning it",
                 peer.conn.peer_id[:8],
@@ -334,9 +349,31 @@ class NetworkReplicator:
             except Exception:
                 log.exception("replication listener %r failed", listener)
 
+    def _fail(self, error: Exception) -> None:
+        """Our feed or disk failed: stop replicating with everyone (their channels close, nobody
+        is banned: they did nothing wrong) and wake whoever awaits `failed`."""
+        if self.failure is not None:
+            return
+        if isinstance(error, SwarmcastError):
+            self.failure = error
+        elif isinstance(error, OSError):
+            self.failure = storage_error(self.feed.directory, error)
+        else:
+            self.failure = LocalStorageError(f"the feed in {self.feed.directory} failed: {error}")
+        # Reported once, by the command; a log line here would say it twice.
+        log.debug("replication stopped by a local error: %s", self.failure)
+        # A flush failure reaches the Replicator only from here.
+        self.replicator._fail(error)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for peer in list(self._peers.values()):
+            self._drop(peer)
+        self.failed.set()
+
     def _arm_timer(self) -> None:
         loop = self._loop
-        if loop is None or self._stopping:
+        if loop is None or self._stopping or self.failure is not None:
             return
         when = self.replicator.get_timer()
         if when == self._timer_at:
@@ -396,9 +433,9 @@ class NetworkReplicator:
         try:
             await asyncio.to_thread(self.feed.flush)
         except FeedError as exc:
-            # The data stays due: the next flush tries again; until then a crash forgets it.
-            log.warning("cannot make the feed durable: %s", exc)
-            self._flush_wanted.set()
+            # Our disk refused: stop (the data stays due, and a crash merely forgets it); the
+            # verified blocks already on disk stay consistent with the head.
+            self._fail(exc)
         finally:
             self._flushes_done += 1
             async with self._flush_done:
