@@ -14,25 +14,23 @@ import fcntl
 import os
 import re
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from streamer.core import storage
 from streamer.core.errors import (
-    BlockNotFoundError,
     NetworkError,
     UsageError,
 )
 from streamer.core.feed import Feed, FeedEvent
 from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
-from streamer.media.format import Segment, StreamFormatError, StreamHeader
+from streamer.media.format import Segment, StreamHeader
 from streamer.net.hubclient import HubClient
 from streamer.net.replicator import NetworkReplicator
 from streamer.net.swarm import Swarm
-from viewer.source import BlockSource
+from viewer.source import LocalFeedSource
 
 HUB_ENV = "SWARMCAST_HUB"
 DEFAULT_HUB = "http://127.0.0.1:8000"
@@ -199,7 +197,7 @@ class FeedSignal:
             pass
 
 
-class NetworkSource(BlockSource):
+class NetworkSource(LocalFeedSource):
     """The blocks of a stream from the swarm, stored in (and re-shared from) a local sparse feed.
 
     get(i) asks the swarm for block i ahead of everything else and waits for it; set_playhead
@@ -207,64 +205,20 @@ class NetworkSource(BlockSource):
     closes them.
     """
 
+    _can_fetch = True
+
     def __init__(self, net: NetworkReplicator) -> None:
+        super().__init__(net.feed)
         self.net = net
-        self._feed = net.feed
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self._changed = asyncio.Event()
-        self._playhead = 0
-        self._ended = False
-        self._newest_wall_clock: float | None = None
-        self._newest_checked = -1
         self._header: StreamHeader | None = None
-        self._feed.add_listener(self._on_feed_event)
-
-    @property
-    def feed(self) -> Feed:
-        return self._feed
-
-    @property
-    def length(self) -> int:
-        return self._feed.length
-
-    @property
-    def ended(self) -> bool:
-        self._refresh()
-        return self._ended
-
-    def has(self, index: int) -> bool:
-        return 0 <= index < self._feed.length and self._feed.has(index)
-
-    async def get(self, index: int, timeout: float | None = None) -> bytes:
-        if index < 0:
-            raise BlockNotFoundError(f"block {index} does not exist")
-        deadline = None if timeout is None else self._loop.time() + timeout
-        asked = False
-        while not self.has(index):
-            if self.ended and index >= self._feed.length:
-                raise BlockNotFoundError(f"block {index} is past the end of the stream")
-            if not asked:
-                # Ahead of the playback window: someone is waiting for exactly this block.
-                self.net.want(index, index + 1, PRIORITY_HIGH)
-                asked = True
-            remaining = None if deadline is None else deadline - self._loop.time()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"block {index} did not arrive in time")
-            await self.wait_for_change(min(remaining, 1.0) if remaining is not None else 1.0)
-        return self._feed.get(index)
-
-    async def wait_for_change(self, timeout: float) -> bool:
-        event = self._changed
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     def set_playhead(self, index: int) -> None:
-        self._playhead = max(0, index)
+        super().set_playhead(index)
         self.net.set_playhead(self._playhead)
+
+    def _request(self, index: int) -> None:
+        # Ahead of the playback window: someone is waiting for exactly this block.
+        self.net.want(index, index + 1, PRIORITY_HIGH)
 
     async def header(self, timeout: float) -> StreamHeader:
         """The stream header (block 0), fetched if needed."""
@@ -305,64 +259,17 @@ class NetworkSource(BlockSource):
         return index
 
     def stats(self) -> dict[str, Any]:
-        self._refresh()
-        feed = self._feed
+        stats = super().stats()
         net = self.net.stats()
-        delay = 0.0
-        if self._newest_wall_clock is not None and not self._ended:
-            delay = max(0.0, time.time() - self._newest_wall_clock)
-        return {
-            "key": feed.key.hex(),
-            "length": feed.length,
-            "blocks_have": feed.blocks_present,
-            "byte_length": feed.byte_length,
-            "peers": net["peers"],
-            "bytes_up": net["bytes_up"],
-            "bytes_down": net["bytes_down"],
-            "live_delay_s": round(delay, 3),
-            "share_from_peers": net["share_from_peers"],
-            "down_rate": net["down_rate"],
-            "up_rate": net["up_rate"],
-            "ended": self._ended,
-            "playhead": self._playhead,
-            "writer_connected": self.net.writer_connected,
-            "blocks_from_writer": net["blocks_from_writer"],
-            "blocks_from_peers": net["blocks_from_peers"],
-            "blocks_up": net["blocks_up"],
-            "duplicates": net["duplicates"],
-        }
+        for field in ("peers", "bytes_up", "bytes_down", "share_from_peers", "down_rate", "up_rate"):
+            stats[field] = net[field]
+        stats["writer_connected"] = self.net.writer_connected
+        for field in ("blocks_from_writer", "blocks_from_peers", "blocks_up", "duplicates"):
+            stats[field] = net[field]
+        return stats
 
     async def close(self) -> None:
-        try:
-            self._feed.remove_listener(self._on_feed_event)
-        except ValueError:
-            pass
+        await super().close()
         await self.net.stop()
         # The last flush of what was verified: off the loop.
         await asyncio.to_thread(self._feed.close)
-
-    def _on_feed_event(self, _event: FeedEvent) -> None:
-        if threading.get_ident() == self._thread:
-            self._signal()
-        else:
-            self._loop.call_soon_threadsafe(self._signal)
-
-    def _signal(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _refresh(self) -> None:
-        """Re-read the newest held segment's header (end flag, wall clock) when that changed."""
-        feed = self._feed
-        newest = feed.length - 1
-        while newest >= 1 and not feed.has(newest) and newest > self._newest_checked:
-            newest -= 1
-        if newest < 1 or newest <= self._newest_checked:
-            return
-        self._newest_checked = newest
-        try:
-            segment = Segment.decode_header(feed.get(newest))
-        except StreamFormatError:
-            return
-        self._ended = segment.end and newest == feed.length - 1
-        self._newest_wall_clock = segment.wall_clock

@@ -8,6 +8,7 @@ parses media beyond the fixed segment header and never blocks the event loop on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -80,9 +81,13 @@ class LocalFeedSource(BlockSource):
     """A BlockSource over a Feed in this process, woken by the feed's listener callbacks.
 
     Waiting for a block that is not there yet means waiting for someone (a broadcaster in the
-    same process, say) to append it. Reads of single blocks stay on the loop: they are one small
-    pread, and the Feed is not shared with worker threads.
+    same process, say) to append it; a network source extends this class and also asks the swarm
+    for it (`_request`, `_can_fetch`). Reads of single blocks stay on the loop: they are one
+    small pread from the page cache.
     """
+
+    _can_fetch = False  # whether a missing block inside the signed length can still arrive
+    POLL_S = 1.0  # re-check at least this often while waiting (ended may change without a block)
 
     def __init__(self, feed: Feed) -> None:
         self._feed = feed
@@ -92,9 +97,12 @@ class LocalFeedSource(BlockSource):
         self._playhead = 0
         self._ended = False
         self._newest_wall_clock: float | None = None
-        self._checked_length = -1
-        self._refresh()
+        self._newest_checked = -1
         feed.add_listener(self._on_feed_event)
+
+    @property
+    def feed(self) -> Feed:
+        return self._feed
 
     @property
     def length(self) -> int:
@@ -112,13 +120,17 @@ class LocalFeedSource(BlockSource):
         if index < 0:
             raise BlockNotFoundError(f"block {index} does not exist")
         deadline = None if timeout is None else self._loop.time() + timeout
+        asked = False
         while not self.has(index):
-            if self.ended:
+            if self.ended and (index >= self._feed.length or not self._can_fetch):
                 raise BlockNotFoundError(f"block {index} is past the end of the stream")
+            if not asked:
+                self._request(index)
+                asked = True
             remaining = None if deadline is None else deadline - self._loop.time()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"block {index} did not arrive in time")
-            await self.wait_for_change(remaining if remaining is not None else 3600.0)
+            await self.wait_for_change(self.POLL_S if remaining is None else min(remaining, self.POLL_S))
         return self._feed.get(index)
 
     async def wait_for_change(self, timeout: float) -> bool:
@@ -134,14 +146,15 @@ class LocalFeedSource(BlockSource):
 
     def stats(self) -> dict[str, Any]:
         self._refresh()
+        feed = self._feed
         delay = 0.0
         if self._newest_wall_clock is not None and not self._ended:
             delay = max(0.0, time.time() - self._newest_wall_clock)
         return {
-            "key": self._feed.key.hex(),
-            "length": self._feed.length,
-            "blocks_have": self._feed.blocks_present,
-            "byte_length": self._feed.byte_length,
+            "key": feed.key.hex(),
+            "length": feed.length,
+            "blocks_have": feed.blocks_present,
+            "byte_length": feed.byte_length,
             "peers": 0,
             "bytes_up": 0,
             "bytes_down": 0,
@@ -154,12 +167,14 @@ class LocalFeedSource(BlockSource):
         }
 
     async def close(self) -> None:
-        remove = getattr(self._feed, "remove_listener", None)
-        if remove is not None:
-            remove(self._on_feed_event)
+        with contextlib.suppress(ValueError):
+            self._feed.remove_listener(self._on_feed_event)
+
+    def _request(self, index: int) -> None:
+        """Someone waits for block `index`: a network source asks the swarm for it first."""
 
     def _on_feed_event(self, *_event: object) -> None:
-        # Appends may come from a broadcaster thread; asyncio.Event is loop-bound.
+        # Appends and applied proofs may come from worker threads; asyncio.Event is loop-bound.
         if threading.get_ident() == self._loop_thread:
             self._signal()
         else:
@@ -170,16 +185,17 @@ class LocalFeedSource(BlockSource):
         self._changed = asyncio.Event()
 
     def _refresh(self) -> None:
-        """Re-read the newest block's header when the length changed (end flag, wall clock)."""
-        length = self._feed.length
-        if length == self._checked_length:
+        """Re-read the newest held segment's header (end flag, wall clock) when that changed."""
+        feed = self._feed
+        newest = feed.length - 1
+        while newest >= 1 and not feed.has(newest) and newest > self._newest_checked:
+            newest -= 1
+        if newest < 1 or newest <= self._newest_checked:
             return
-        if length < 2 or not self._feed.has(length - 1):
-            return
-        self._checked_length = length
+        self._newest_checked = newest
         try:
-            newest = Segment.decode_header(self._feed.get(length - 1))
+            segment = Segment.decode_header(feed.get(newest))
         except StreamFormatError:
             return
-        self._ended = newest.end
-        self._newest_wall_clock = newest.wall_clock
+        self._ended = segment.end and newest == feed.length - 1
+        self._newest_wall_clock = segment.wall_clock
