@@ -108,7 +108,9 @@ async def open_page(stream: EncodedStream, tmp_path: Path) -> AsyncIterator:
             tasks.append(asyncio.create_task(_appender(feed, stream, running)))
         await page.goto(server.url + query)
         session = Session(feed, server, page, stream)
-        await session.until("window.player && player.video.currentTime > 0", timeout=15)
+        await session.until(
+            "window.player && player.state.ready && player.video.currentTime > 0", timeout=15
+        )
         assert errors == []
         return session
 

@@ -13,6 +13,7 @@
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
   const state = {
+    ready: false, // the first positioning (live edge, ?at= or the start) is done
     info: null,
     rows: [], // rows[k] describes block k + 1: [index, pts, duration, flags, known]
     length: 0,
@@ -458,13 +459,18 @@
     setInterval(watchdog, 250);
     setInterval(render, 250);
     pump();
+    const untouched = state.generation;
     while (!lastMediaIndex()) await napUntilKicked(500);
     const at = parseFloat(new URLSearchParams(location.search).get("at"));
     const origin = state.rows[0][1];
-    // A finished stream (an archive) starts at its beginning, a live one at its edge.
-    if (!isNaN(at)) await seekTo(origin + at, false);
-    else if (state.ended) await seekTo(origin, false);
-    else await goLive();
+    // A finished stream (an archive) starts at its beginning, a live one at its edge, unless
+    // the viewer already picked a point while the page was starting.
+    if (state.generation === untouched) {
+      if (!isNaN(at)) await seekTo(origin + at, false);
+      else if (state.ended) await seekTo(origin, false);
+      else await goLive();
+    }
+    state.ready = true;
     setStatus("");
   }
 
