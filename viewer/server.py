@@ -34,6 +34,9 @@ MAX_LOOKAHEAD = 3  # blocks past the signed length a client may wait for (the ne
 MAX_WAIT_S = 60.0
 
 
+TIMING_BATCH = 32  # uncached segment headers read between two yields to the loop
+
+
 @dataclass(slots=True)
 class Timing:
     """The fixed header of one segment block: enough to place it on the timeline."""
@@ -78,6 +81,10 @@ class PlayerState:
         rows: list[tuple[int, float, float, int, bool]] = []
         next_pts = 0.0
         for index in range(1, length):
+            if index % TIMING_BATCH == 0 and index not in self.timings:
+                # A first look at a long archive reads many blocks: let other requests
+                # (block fetches, peers) run between batches.
+                await asyncio.sleep(0)
             known = await self.held_timing(index)
             if known is not None:
                 if known.flags & FLAG_END:
