@@ -32,8 +32,6 @@ STATIC_DIR = Path(str(resources.files("viewer") / "static"))
 BLOCK_CACHE = "public, max-age=31536000, immutable"  # a signed block never changes
 MAX_LOOKAHEAD = 3  # blocks past the signed length a client may wait for (the next live block)
 MAX_WAIT_S = 60.0
-
-
 TIMING_BATCH = 32  # uncached segment headers read between two yields to the loop
 
 
