@@ -208,6 +208,93 @@ def test_a_writer_appends_while_it_flushes_from_another_thread(tmp_path: Path) -
         reopened.verify_all()
 
 
+def test_nodes_of_a_length_lost_in_a_crash_are_not_trusted_after_the_next_upgrade(
+    tmp_path: Path,
+) -> None:
+    # The reader verifies length 48 and flushes, then verifies 54 (storing its roots, nodes 99
+    # and 105) and is killed before flushing: on disk, the head says 48 and the tree holds 99.
+    writer = Feed.create(tmp_path / "writer", crypto.key_pair(SEED))
+    writer.append([block(i) for i in range(48)])
+    reader = Feed.open(tmp_path / "reader", key=writer.key, create=True)
+    reader.verify_and_apply(writer.proof(upgrade(0, 48)))
+    reader.flush()
+    writer.append([block(i) for i in range(48, 54)])
+    reader.verify_and_apply(writer.proof(upgrade(48, 6)))
+    shutil.copytree(tmp_path / "reader", tmp_path / "killed")  # what kill -9 leaves
+    reader.close()
+    writer.append([block(i) for i in range(54, 57)])
+    with Feed.open(tmp_path / "killed") as survivor:
+        assert survivor.length == 48
+        # Length 57's roots come straight from 31 and 79: nothing links node 99 to them, so a
+        # proof of block 48 must climb to root 103, not stop at the leftover 99.
+        survivor.verify_and_apply(writer.proof(upgrade(48, 9)))
+        survivor.verify_and_apply(writer.proof(block_request(survivor, 48)))
+        survivor.flush()
+        survivor.verify_all()
+        assert survivor.present_ranges() == [(48, 49)]
+    with Feed.open(tmp_path / "killed") as reopened:
+        reopened.verify_all()
+        assert reopened.get(48) == block(48)
+    writer.close()
+
+
+class Killed(BaseException):
+    """Stands for kill -9 in the middle of a write: nothing after it runs."""
+
+
+def killed_after_node_writes(
+    count: int, real: Callable[[int, bytes, int], int]
+) -> Callable[[int, bytes, int], int]:
+    """os.pwrite that writes `count` tree nodes (40 bytes each), then dies."""
+    written = 0
+
+    def pwrite(fd: int, raw: bytes, offset: int) -> int:
+        nonlocal written
+        if len(raw) == 40:
+            if written == count:
+                raise Killed
+            written += 1
+        return real(fd, raw, offset)
+
+    return pwrite
+
+
+def test_a_proof_cut_short_while_storing_its_nodes_leaves_no_false_anchor(
+    tmp_path: Path, writer: Feed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = Feed.open(tmp_path / "reader", key=writer.key, create=True)
+    reader.verify_and_apply(writer.proof(upgrade(0, 64)))
+    reader.flush()
+    reader.close()
+    proof = writer.proof(block_request(Feed.open(tmp_path / "reader"), 48))
+    assert len(proof.block.nodes) == 6  # 98, 101, 107, 119, 79 and 31 up to root 63
+    real = os.pwrite
+    for cut in range(1, 12):  # of 12 node writes: the leaf, 6 siblings and 5 parents
+        copy = tmp_path / f"cut-{cut}"
+        shutil.copytree(tmp_path / "reader", copy)
+        crashed = Feed.open(copy)
+        monkeypatch.setattr(os, "pwrite", killed_after_node_writes(cut, real))
+        try:
+            with pytest.raises(Killed):
+                crashed.verify_and_apply(proof)
+        finally:
+            monkeypatch.setattr(os, "pwrite", real)
+        # What kill -9 leaves is the files as they are now (the page cache outlives the process).
+        shutil.copytree(copy, tmp_path / f"killed-{cut}")
+        crashed.close()
+        with Feed.open(tmp_path / f"killed-{cut}") as survivor:
+            survivor.verify_all()
+            # The nodes that made it hang from root 63; a proof may stop only where the path
+            # up is whole, so block 48 (and its neighbour 50) chain up once stored.
+            for index in (48, 50):
+                survivor.verify_and_apply(writer.proof(block_request(survivor, index)))
+            survivor.flush()
+            survivor.verify_all()
+        with Feed.open(tmp_path / f"killed-{cut}") as reopened:
+            reopened.verify_all()
+            assert reopened.present_ranges() == [(48, 49), (50, 51)]
+
+
 # The child applies proofs on its main thread while another thread flushes; "flushed N" means
 # the first N applies it reported are durable.
 FLUSHING_READER_CHILD = (

@@ -33,6 +33,7 @@ from streamer.core.merkle import (
     MerkleTree,
     ProofBatch,
     Verifier,
+    order_for_storing,
 )
 from streamer.core.storage import MAX_PENDING, Flush, Head, Storage
 from streamer.core.wire import Data, Node, Request
@@ -124,6 +125,9 @@ class Feed:
         # The signed state a peer's proof upgraded us to, kept in memory until flush() has made
         # the data and tree it vouches for durable: the head on disk never runs ahead of them.
         self._pending_head: Head | None = None
+        # A crash may have left nodes of a longer, never flushed, signed length: no proof may
+        # stop at one of them (see Storage.forget_nodes_from).
+        store.forget_nodes_from(2 * head.length)
         self._recover_pending()
         self._nodes = _SignedNodes(store, head.length)
         try:
@@ -525,7 +529,9 @@ class Feed:
             block = batch.block
             new_block = block is not None and not store.bitfield.get(block)
             # Only what we lack is written: a duplicate proof (two peers answered) costs no I/O.
-            fresh = [n for n in batch.nodes if store.get_node(n.index) != n]
+            # Top down, in sibling pairs, so that a write cut short leaves no node a later proof
+            # could stop at without its path to a root being stored.
+            fresh = order_for_storing(n for n in batch.nodes if store.get_node(n.index) != n)
             if not (new_block or fresh or batch.upgraded):
                 return ApplyResult(False, tree.length, None)
             if new_block:

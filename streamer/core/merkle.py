@@ -205,6 +205,15 @@ def _check_nodes(data: Data) -> None:
                 raise ProofError(f"malformed proof node {n.index}; the peer sent a bad proof")
 
 
+def order_for_storing(nodes: Iterable[Node]) -> list[Node]:
+    """Verified nodes in the order to write them: top down, siblings next to each other.
+
+    A write cut short (kill -9, a full disk) then leaves whole sibling pairs under parents that
+    are already stored, plus at most one lone node, which MerkleTree._anchored never trusts.
+    """
+    return sorted(nodes, key=lambda n: (-_depth_blocks(n.index), parent(n.index), n.index))
+
+
 def _depth_blocks(index: int) -> int:
     """Blocks under a node: 2^depth."""
     return (index + 1) & ~index
@@ -268,17 +277,27 @@ class MerkleTree:
         return sum(self._need(i).size for i in full_roots(2 * block))
 
     def missing_nodes(self, block: int) -> int:
-        """How many nodes on the path up from block's leaf we lack (Request.block.nodes)."""
+        """How many nodes on the path up from block's leaf we lack (Request.block.nodes): the
+        proof stops at the first node we hold whose own path to a root is stored (_anchored)."""
         head = 2 * self.length
         index = 2 * block
         if index >= head:
             return 0
         count = 0
-        get = self.reader.get_node
-        while not _contains(index, head) and get(index) is None:
+        roots = {r.index for r in self.roots}
+        while not _contains(index, head) and not self._anchored(index, roots):
             count += 1
             index = parent(index)
         return count
+
+    def _anchored(self, index: int, roots: set[int]) -> bool:
+        """Whether a proof may stop at node index: we hold it and it is a root, or we hold its
+        sibling too. Nodes are stored in sibling pairs, top down (order_for_storing), so a held
+        pair's parent is held and anchored in turn; a node held without its sibling is what a
+        crash or a failed write left half way through a proof, and its path up may be missing."""
+        if self.reader.get_node(index) is None:
+            return False
+        return index in roots or self.reader.get_node(sibling(index)) is not None
 
     # ------------------------------------------------------------ writing
 
@@ -551,6 +570,11 @@ class MerkleTree:
             if stored is None or stored.hash != top.hash or stored.size != top.size:
                 raise ProofError(
                     f"proof does not match our tree at node {top.index}; the peer sent a bad proof"
+                )
+            if not self._anchored(top.index, {r.index for r in self.roots}):
+                raise ProofError(
+                    f"proof stops at node {top.index}, whose path to a root we do not hold; "
+                    "the peer sent fewer nodes than asked"
                 )
         return batch
 

@@ -158,6 +158,8 @@ class Storage:
         self._seq = seq
         self.bitfield = bits
         self._nodes: dict[int, Node | None] = {}
+        # Set by forget_nodes_from: nodes from this index on are hidden until the first write cuts them.
+        self._stale_from: int | None = None
         self._data_dirty = False
         self._tree_dirty = False
         self._head_dirty = False  # head or bitfield written since their last fsync
@@ -254,7 +256,10 @@ class Storage:
     # ------------------------------------------------------------ tree
 
     def get_node(self, index: int) -> Node | None:
-        """The stored node at a flat-tree index, or None if absent (never written or zeroed)."""
+        """The stored node at a flat-tree index, or None if absent (never written, zeroed, or
+        hidden by forget_nodes_from)."""
+        if self._stale_from is not None and index >= self._stale_from:
+            return None
         try:
             return self._nodes[index]
         except KeyError:
@@ -271,6 +276,20 @@ class Storage:
             self._nodes.clear()
         self._nodes[index] = node
         return node
+
+    def forget_nodes_from(self, index: int) -> None:
+        """Treat the nodes at index and beyond as absent, and cut them from the tree file at the
+        first write (before anything is written: a read-only open leaves the file alone).
+
+        feed.py calls it on open with 2 * the signed length: nodes past it were left by a crash
+        after verifying a longer length that was never flushed. They hash right, but no node
+        links them to the roots a later upgrade brings (that proof may skip them), so a proof
+        that stopped at one would store blocks whose path to a root is not on disk.
+        """
+        if self._locked:
+            raise ValueError("forget_nodes_from must come before the first write")
+        self._nodes = {i: n for i, n in self._nodes.items() if i < index}
+        self._stale_from = index
 
     def put_nodes(self, nodes: list[Node]) -> None:
         """Write nodes (durable at the next commit)."""
@@ -358,7 +377,24 @@ class Storage:
         if _read_head(self._fds[HEAD_FILE], self.directory) != (self._head, self._seq):
             fcntl.flock(self._fds[HEAD_FILE], fcntl.LOCK_UN)
             raise FeedError(f"{self.directory} changed on disk since it was opened; open it again")
+        self._drop_stale_nodes()
         self._locked = True
+
+    def _drop_stale_nodes(self) -> None:
+        """Cut the nodes forget_nodes_from hid, so that every node past that point was
+        written by this handle (stored with its path to a root), and stop hiding."""
+        keep = self._stale_from
+        if keep is None:
+            return
+        fd = self._fds[TREE_FILE]
+        try:
+            # Not fsynced: should the cut be lost, the next open hides and cuts them again.
+            if os.fstat(fd).st_size > NODE_BYTES * keep:
+                os.ftruncate(fd, NODE_BYTES * keep)
+        except OSError as exc:
+            fcntl.flock(self._fds[HEAD_FILE], fcntl.LOCK_UN)
+            raise storage_error(self.directory, exc) from None
+        self._stale_from = None
 
     # ------------------------------------------------------------ commit
 
