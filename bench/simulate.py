@@ -70,7 +70,7 @@ class Simulation:
         return ReplicatorConfig(
             seed=self.rng.randrange(1 << 30),
             block_duration=self.args.segment,
-            live_window=2,
+            live_window=4,
             playback_window=4,
         )
 

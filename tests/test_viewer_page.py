@@ -188,6 +188,9 @@ async def test_clicking_the_timeline_seeks_there(open_page, stream: EncodedStrea
     assert box is not None
     edge = float(await s.js("player.state.liveEdge"))
     await s.page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] / 2)
+    # The click starts an asynchronous seek (fetch, append, land): wait for it to land rather
+    # than reading the position while the old one still plays.
+    await s.until(f"Math.abs(player.video.currentTime - {edge * 0.25}) < 1.0", timeout=10)
     await s.settled()
     assert abs(await s.current_time() - edge * 0.25) < 1.0
 
