@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +19,7 @@ import pytest
 from streamer.core import names
 from streamer.hub import HubConfig, HubServer, start_hub
 from tests.fixtures_redis import RedisProcess, redis_server, redis_url  # noqa: F401
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 10.0
@@ -27,20 +28,6 @@ TIMEOUT = 10.0
 def secret_key() -> bytes:
     signing = nacl.signing.SigningKey.generate()
     return bytes(signing) + bytes(signing.verify_key)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], what: str) -> None:
-    """Wait until `check` holds (for state with no event to wait on), failing after TIMEOUT."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

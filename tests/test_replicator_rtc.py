@@ -25,6 +25,7 @@ from streamer.hub import HubConfig, HubServer, start_hub
 from streamer.media.sources import open_source
 from streamer.net.replicator import NetworkReplicator
 from streamer.net.swarm import Swarm
+from tests.waiting import eventually
 from viewer.export import export_feed_async
 from viewer.netsource import NetworkSource
 from viewer.source import STATS_KEYS
@@ -71,16 +72,6 @@ def broadcaster(feed: Feed, seconds: float) -> Broadcaster:
     return Broadcaster(feed, source, settings, duration=seconds, fast=True)
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait for a condition over several nodes' feeds, which no single event signals."""
-
-    async def poll() -> None:
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
 def complete(reader: Feed, writer: Feed) -> bool:
     return reader.length == writer.length and reader.contiguous_length == writer.length
 
@@ -109,10 +100,10 @@ async def test_a_viewer_follows_a_live_encoded_stream_and_gets_an_exact_copy(nod
     verified: list[Event] = []
     reader.add_listener(verified.append)
     await asyncio.gather(writer.start(), reader.start())
-    await until(lambda: reader.peers == 1 and reader.writer_connected)
+    await eventually(lambda: reader.peers == 1 and reader.writer_connected)
 
     await broadcaster(writer_feed, 4.0).run()
-    await until(lambda: complete(reader_feed, writer_feed))
+    await eventually(lambda: complete(reader_feed, writer_feed))
 
     assert_same_stream(reader_feed, writer_feed)
     blocks = [e for e in verified if isinstance(e, BlockVerified)]
@@ -136,10 +127,10 @@ async def test_viewers_share_with_each_other_and_reshare_after_the_writer_left(n
         for i in range(2)
     ]
     await asyncio.gather(writer.start(), *(v.start() for v in viewers))
-    await until(lambda: all(v.peers == 2 for v in viewers))
+    await eventually(lambda: all(v.peers == 2 for v in viewers))
 
     await broadcaster(writer_feed, 6.0).run()
-    await until(lambda: all(complete(v.feed, writer_feed) for v in viewers))
+    await eventually(lambda: all(complete(v.feed, writer_feed) for v in viewers))
     for v in viewers:
         assert_same_stream(v.feed, writer_feed)
     # The writer serves each block freely once: the other viewer gets most of it from a peer.
@@ -150,7 +141,7 @@ async def test_viewers_share_with_each_other_and_reshare_after_the_writer_left(n
     late_feed = Feed.open(tmp_path / "late", key=WRITER.public_key, create=True)
     late = nodes(late_feed, archive=True)
     await late.start()
-    await until(lambda: complete(late_feed, writer_feed))
+    await eventually(lambda: complete(late_feed, writer_feed))
     assert_same_stream(late_feed, writer_feed)
     stats = late.stats()
     assert stats["blocks_from_writer"] == 0
@@ -175,7 +166,7 @@ async def test_the_network_source_fetches_what_the_player_asks_for(nodes, tmp_pa
     assert not source.has(1)
     assert await source.get(1, 20.0) == writer_feed.get(1)
     source.set_playhead(2)
-    await until(lambda: all(source.has(i) for i in range(2, writer_feed.length)))
+    await eventually(lambda: all(source.has(i) for i in range(2, writer_feed.length)))
     stats = source.stats()
     assert set(STATS_KEYS) <= set(stats)
     assert stats["blocks_have"] == writer_feed.length
@@ -197,7 +188,7 @@ async def test_a_peer_that_sends_garbage_is_dropped_and_banned(nodes, hub, tmp_p
         conn = await asyncio.wait_for(anext(rogue.connections()), 20.0)
         await conn.send(b"\xff" * 100)  # a frame that decodes to no protocol message
         await asyncio.wait_for(conn.wait_closed(), 10.0)
-        await until(lambda: writer.swarm.is_banned(rogue.peer_id), 5.0)
+        await eventually(lambda: writer.swarm.is_banned(rogue.peer_id), timeout=5.0)
         assert writer.stats()["peers_dropped"] == 1
     finally:
         await rogue.leave()
@@ -223,7 +214,7 @@ async def test_a_viewer_makes_what_it_verified_durable_off_the_loop(nodes, tmp_p
     writer = nodes(writer_feed, writer=True)
     reader = nodes(reader_feed, archive=True)
     await asyncio.gather(writer.start(), reader.start())
-    await until(lambda: complete(reader_feed, writer_feed))
+    await eventually(lambda: complete(reader_feed, writer_feed))
     # Nobody asked the viewer to flush: its replicator does, in a worker thread.
     assert await reader.wait_durable(10.0)
     shutil.copytree(tmp_path / "r", tmp_path / "copy1")  # what a kill -9 now would leave
@@ -235,7 +226,7 @@ async def test_a_viewer_makes_what_it_verified_durable_off_the_loop(nodes, tmp_p
     # latest, without waiting for the next periodic flush.
     for i in range(40, 46):
         await asyncio.to_thread(writer_feed.append, [bytes([i]) * 3000])
-    await until(lambda: complete(reader_feed, writer_feed))
+    await eventually(lambda: complete(reader_feed, writer_feed))
     await reader.stop()
     assert not reader_feed.flush_due
     shutil.copytree(tmp_path / "r", tmp_path / "copy2")

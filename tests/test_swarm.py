@@ -20,6 +20,7 @@ from streamer.net.hubclient import HubClient
 from streamer.net.loop import run
 from streamer.net.rtc import RtcPeer, parse_ice_servers
 from streamer.net.swarm import APP, Swarm
+from tests.waiting import eventually
 
 # Every peer of a test shares 127.0.0.1, so the hub's per-address rate limit must not bite.
 HUB_CONFIG = HubConfig(rate_per_second=10_000, rate_burst=10_000)
@@ -48,17 +49,6 @@ async def make_swarm(hub: HubServer) -> AsyncIterator[Callable[..., Swarm]]:
 
     yield make
     await asyncio.gather(*(s.leave() for s in swarms))
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait until `predicate()` holds; it reads the state of several swarms at once, which no
-    single event signals, so it is polled."""
-
-    async def poll() -> None:
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def connected(a: Swarm, b: Swarm) -> bool:
