@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-VECTORS_PATH = SHARED / "hypercore" / "vectors.json"
+DATA = Path(__file__).resolve().parent / "data"
+VECTORS_PATH = DATA / "hypercore-vectors.json"
 
 
 @pytest.fixture(scope="session")
 def vectors() -> dict:
-    """Reference values from npm hypercore 11 (../shared/hypercore/vectors.json)."""
+    """Reference values from npm hypercore 11 (tests/data/hypercore-vectors.json; see
+    tests/data/README.md for where they come from and how to regenerate them)."""
     return json.loads(VECTORS_PATH.read_text())
