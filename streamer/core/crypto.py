@@ -19,9 +19,12 @@ _U64 = struct.Struct("<Q")
 
 
 class NodeLike(Protocol):
-    index: int
-    size: int
-    hash: bytes
+    @property
+    def index(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def hash(self) -> bytes: ...
 
 
 class KeyPair(NamedTuple):

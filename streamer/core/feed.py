@@ -194,6 +194,7 @@ class Feed:
         if key is not None and len(key) != 32:
             raise KeyMismatchError(f"a feed key is 32 bytes, got {len(key)}")
         if create and not storage.is_feed(path):
+            expected: bytes | None
             if manifest_signer is not None:
                 expected = DefaultManifestVerifier(manifest_signer).key
             elif secret_key is not None:
