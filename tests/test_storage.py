@@ -75,6 +75,20 @@ def test_head_alternates_slots_and_the_newest_valid_slot_wins(tmp_path: Path) ->
     reopened.close()
 
 
+def test_a_torn_first_commit_leaves_the_creation_head(tmp_path: Path) -> None:
+    # The creation head (seq 1) must not share a slot with the next head (seq 2): tearing the
+    # first commit's write leaves a feed that still opens, empty.
+    make(tmp_path).close()
+    head_file = tmp_path / "feed" / "head"
+    raw = bytearray(head_file.read_bytes())
+    assert storage.decode_head(bytes(raw[512:]))[1] == 1
+    raw[0:512] = b"\xa5" * 512  # a torn write of seq 2, which goes to slot 0
+    head_file.write_bytes(bytes(raw))
+    reopened = Storage.open(tmp_path / "feed")
+    assert reopened.head.length == 0
+    reopened.close()
+
+
 def test_both_slots_damaged_is_a_corrupt_feed(tmp_path: Path) -> None:
     make(tmp_path).close()
     (tmp_path / "feed" / "head").write_bytes(b"\x00" * 100)

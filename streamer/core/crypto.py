@@ -1,4 +1,4 @@
-"""Hypercore-compatible hashing, keys and signatures (FORMAT §2-4, compat mode).
+"""Hypercore-compatible hashing, keys and signatures (docs/feed.md, compat mode).
 
 BLAKE2b-256 leaf/parent/tree hashes, Ed25519 key pairs and signatures (PyNaCl), namespaces,
 discovery keys and replication capabilities. Pure functions: never touches storage or the network.

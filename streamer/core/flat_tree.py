@@ -1,4 +1,4 @@
-"""Flat-tree index arithmetic (Hypercore FORMAT §1): block i is leaf 2i, parents are odd.
+"""Flat-tree index arithmetic (docs/feed.md): block i is leaf 2i, parents are odd.
 
 Pure integer functions on node indexes; this module never touches hashes, storage or I/O.
 """

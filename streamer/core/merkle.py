@@ -1,4 +1,4 @@
-"""The Merkle tree of a Hypercore-compatible feed (FORMAT §1-2, §5), sans-IO.
+"""The Merkle tree of a Hypercore-compatible feed (docs/feed.md), sans-IO.
 
 Builds append batches, proofs for wire.Request and verifies wire.Data against the signed roots, over
 any node reader (`get_node(index) -> Node | None`). Never writes storage itself: callers store a

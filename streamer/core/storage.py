@@ -196,7 +196,9 @@ class Storage:
                     os.fsync(fh.fileno())
             tmp = path / (HEAD_FILE + ".tmp")
             with open(tmp, "wb") as fh:
-                fh.write(encode_head(head, 1) + bytes(SLOT_BYTES))
+                # seq 1 lives in slot 1 (seq % 2), so the next head (seq 2, slot 0) never
+                # overwrites the only valid copy.
+                fh.write(bytes(SLOT_BYTES) + encode_head(head, 1))
                 fh.flush()
                 os.fsync(fh.fileno())
             # The rename is the moment the directory becomes a feed.

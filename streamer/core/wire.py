@@ -1,4 +1,4 @@
-"""Replication messages (FORMAT §5-6) and their compact-encoding bytes, plus data-channel framing.
+"""Replication messages (docs/wire.md) and their compact-encoding bytes, plus data-channel framing.
 
 encode_message/decode_message turn one channel message (`uint type || payload`) into bytes and back;
 Framer/Reassembler split and join messages for a data channel. Pure and sans-IO: decoding untrusted
