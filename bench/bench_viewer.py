@@ -154,7 +154,8 @@ async def bench_seeks(feed: Feed, seeks: int, browser: bool) -> None:
         http_times, direct_times = [], []
         for t in targets:
             began = time.perf_counter()
-            index = next(row[0] for row in reversed(rows) if row[1] <= t)  # the page's lookup
+            # the page's lookup
+            index = next(row["index"] for row in reversed(rows) if row["pts"] <= t)
             async with http.get(server.url + f"block/{index}.m4s") as response:
                 body = await response.read()
             http_times.append(time.perf_counter() - began)

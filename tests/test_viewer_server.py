@@ -140,12 +140,13 @@ async def test_the_timeline_places_every_block(live: Served, stream: EncodedStre
     assert info["segment_duration"] == 1.0
     assert info["ended"] is False
     assert info["length"] == SECONDS // 2 + 1
-    assert [row[0] for row in info["blocks"]] == list(range(1, SECONDS // 2 + 1))
-    assert [row[1] for row in info["blocks"]] == [float(i) for i in range(SECONDS // 2)]
-    assert all(row[4] == 1 for row in info["blocks"])
+    assert set(info["blocks"][0]) == {"index", "pts", "duration", "flags", "known"}
+    assert [row["index"] for row in info["blocks"]] == list(range(1, SECONDS // 2 + 1))
+    assert [row["pts"] for row in info["blocks"]] == [float(i) for i in range(SECONDS // 2)]
+    assert all(row["known"] is True for row in info["blocks"])
     assert info["live_edge"] == pytest.approx(SECONDS // 2)
     tail = await (await live.get("/timeline?from=3")).json()
-    assert [row[0] for row in tail["blocks"]] == [3, 4]
+    assert [row["index"] for row in tail["blocks"]] == [3, 4]
 
 
 async def test_the_timeline_of_an_ended_stream_leaves_out_the_end_marker(ended: Served) -> None:

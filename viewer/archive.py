@@ -8,7 +8,6 @@ it stopped because the feed remembers what it holds. Nothing unverified is ever 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ from rich.progress import (
 
 from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import Feed
-from streamer.media.format import Segment, StreamFormatError
+from streamer.media.format import feed_ended
+from streamer.net.aio import FeedWakeup, run_until, stop_on_signals
 from streamer.net.replicator import NetworkReplicator
 from viewer.netsource import (
-    FeedSignal,
     network_replicator,
     open_store,
     resolve_stream,
@@ -58,19 +57,9 @@ class ArchiveResult:
     ended: bool
 
 
-def _ended(feed: Feed) -> bool:
-    last = feed.length - 1
-    if last < 1 or not feed.has(last):
-        return False
-    try:
-        return Segment.decode_header(feed.get(last)).end
-    except StreamFormatError:
-        return False
-
-
 def _done(feed: Feed, target: int, follow: bool) -> bool:
     if follow:
-        return _ended(feed) and feed.contiguous_length >= feed.length
+        return feed_ended(feed) and feed.contiguous_length >= feed.length
     return feed.contiguous_length >= target
 
 
@@ -105,11 +94,9 @@ async def _archive(
     try:
         await net.start()
         if not (feed.length > 0 and feed.has(0)):
-            await _until_stopped(
-                until_failed(net, wait_for_stream(net, options.timeout, status)), stop
-            )
+            await run_until(until_failed(net, wait_for_stream(net, options.timeout, status)), stop)
         target = max(feed.length, net.remote_length())
-        await _until_stopped(until_failed(net, _fetch(net, target, options, progress)), stop)
+        await run_until(until_failed(net, _fetch(net, target, options, progress)), stop)
     finally:
         await net.stop()
         result = ArchiveResult(
@@ -117,27 +104,12 @@ async def _archive(
             length=feed.length,
             blocks=feed.blocks_present,
             byte_length=feed.byte_length,
-            ended=_ended(feed),
+            ended=feed_ended(feed),
         )
         await asyncio.to_thread(feed.close)
     # A disk that refused the last flush (in stop()) fails the command too.
     net.raise_if_failed()
     return result
-
-
-async def _until_stopped(coro: object, stop: asyncio.Event) -> None:
-    """Run `coro` until it finishes or `stop` is set (then it is cancelled quietly)."""
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    if task.done() and not task.cancelled():
-        task.result()
 
 
 async def _fetch(
@@ -148,10 +120,9 @@ async def _fetch(
 ) -> None:
     feed = net.feed
     loop = asyncio.get_running_loop()
-    changed = FeedSignal(feed)
     last_progress = loop.time()
     seen = feed.blocks_present
-    try:
+    with FeedWakeup(feed) as changed:
         while True:
             if options.follow:
                 target = max(target, feed.length, net.remote_length())
@@ -169,8 +140,6 @@ async def _fetch(
                     "again to resume"
                 )
             await changed.wait(0.5)
-    finally:
-        changed.close()
 
 
 def run_archive(options: ArchiveOptions) -> int:
@@ -181,9 +150,7 @@ def run_archive(options: ArchiveOptions) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop)
         columns = (
             TextColumn("[bold]archive"),
             BarColumn(),
@@ -257,9 +224,7 @@ def run_seed(directory: Path, hub: str) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop)
 
         def ready(feed: Feed) -> None:
             print(feed.key.hex(), flush=True)

@@ -18,7 +18,7 @@ import av
 
 from streamer.core.errors import BlockNotFoundError, SwarmcastError
 from streamer.core.feed import Feed
-from streamer.media.format import SEGMENT_HEADER_SIZE, Segment, StreamFormatError, StreamHeader
+from streamer.media.format import StreamFormatError, StreamHeader, Timeline, segment_media
 
 
 class ExportError(SwarmcastError):
@@ -76,28 +76,24 @@ def _plan(
 ) -> _Plan:
     """Choose the contiguous run of held media blocks covering [start_s, end_s]."""
     held = [i for i in range(1, length) if has(i)]
-    timing: dict[int, Segment] = {}
+    timeline = Timeline()
     for index in held:
-        segment = Segment.decode_header(read(index))
-        if segment.end:
+        if timeline.add_block(index, read(index)).end:
             break
-        timing[index] = segment
+    timing = timeline.known_entries()
     if not timing:
         raise ExportError("the archive holds no media blocks yet; nothing to export")
-    origin = timing[min(timing)].pts if 1 in timing else 0.0
+    origin = timeline.origin()
     want_from = origin + (start_s or 0.0)
     want_to = origin + end_s if end_s is not None else float("inf")
-    wanted = [
-        i for i, s in sorted(timing.items()) if s.pts + s.duration > want_from and s.pts < want_to
-    ]
+    wanted = [e.index for e in timeline.overlapping(want_from, want_to)]
     if not wanted:
         raise ExportError(
             f"no held block covers --from {start_s or 0:g} --to {end_s if end_s is not None else 'end'}; "
             "the stream is shorter than that"
         )
-    first = last = wanted[0]
-    while last + 1 in timing and timing[last + 1].pts < want_to:
-        last += 1
+    first = wanted[0]
+    last = timeline.run_from(first, want_to)
     asked_last = max(wanted) if end_s is not None else max(timing)
     missing = [i for i in range(1, length) if not has(i)]
     note = ""
@@ -109,7 +105,7 @@ def _plan(
             f"the archive is partial: block {gap} is missing, so only blocks {first}..{last} "
             f"were exported{before}; run `viewer archive` to fetch the rest"
         )
-    duration = timing[last].pts + timing[last].duration - timing[first].pts
+    duration = timing[last].stop - timing[first].pts
     return _Plan(first, last, timing[first].pts - origin, duration, partial, note)
 
 
@@ -164,7 +160,7 @@ def export_feed(
 
         def media() -> Iterator[bytes]:
             for index in range(plan.first, plan.last + 1):
-                yield feed.get(index)[SEGMENT_HEADER_SIZE:]
+                yield segment_media(feed.get(index))
 
         try:
             fd, tmp_path = tempfile.mkstemp(dir=parent, prefix=f".{out_path.name}.", suffix=".part")

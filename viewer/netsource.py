@@ -13,20 +13,20 @@ import contextlib
 import fcntl
 import os
 import re
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from streamer.core import storage
 from streamer.core.errors import (
     NetworkError,
     UsageError,
 )
-from streamer.core.feed import Feed, FeedEvent
+from streamer.core.feed import Feed
 from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
-from streamer.media.format import Segment, StreamHeader
+from streamer.media.format import StreamHeader, Timeline
+from streamer.net.aio import Deadline, FeedWakeup, run_until
 from streamer.net.hubclient import HubClient
 from streamer.net.replicator import NetworkReplicator
 from streamer.net.swarm import Swarm
@@ -109,17 +109,13 @@ def network_replicator(
 async def until_failed(net: NetworkReplicator, work: Awaitable[T]) -> T:
     """Await `work`; if replication stops on our own failure meanwhile (a full disk), cancel it
     and raise that failure (one line) instead of waiting for a timeout that would blame peers."""
-    task = asyncio.ensure_future(work)
-    failed = asyncio.ensure_future(net.failed.wait())
     try:
-        await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        failed.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        result = await run_until(work, net.failed)
+    except Exception:
+        net.raise_if_failed()  # our failure is the cause: it wins over what it caused
+        raise
     net.raise_if_failed()
-    return task.result()
+    return cast(T, result)
 
 
 async def wait_for_stream(
@@ -132,25 +128,20 @@ async def wait_for_stream(
     NetworkError after `timeout` seconds without that (no peer, or peers that lack it).
     """
     feed = net.feed
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    changed = FeedSignal(feed)
+    deadline = Deadline(timeout)
     told = False
-    try:
+    with FeedWakeup(feed) as changed:
         while not (feed.length > 0 and feed.has(0)):
             if feed.length > 0:
                 net.want(0, 1, PRIORITY_HIGH)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if deadline.expired():
                 raise NetworkError(_no_stream_message(net, feed, timeout))
             if not told and status is not None and net.peers == 0:
                 status(
                     f"waiting for peers of stream {feed.key.hex()[:16]}... (up to {timeout:.0f} s)"
                 )
                 told = True
-            await changed.wait(min(remaining, 0.5))
-    finally:
-        changed.close()
+            await changed.wait(deadline.capped(0.5))
 
 
 def _no_stream_message(net: NetworkReplicator, feed: Feed, timeout: float) -> str:
@@ -164,37 +155,6 @@ def _no_stream_message(net: NetworkReplicator, feed: Feed, timeout: float) -> st
         f"{net.peers} peer(s) of stream {key} did not send its header within {timeout:.0f} s; "
         "try again later"
     )
-
-
-class FeedSignal:
-    """An awaitable 'the feed changed', woken by feed listeners from any thread."""
-
-    def __init__(self, feed: Feed) -> None:
-        self._feed = feed
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self._event = asyncio.Event()
-        feed.add_listener(self._on_event)
-
-    def _on_event(self, _event: FeedEvent) -> None:
-        if threading.get_ident() == self._thread:
-            self._event.set()
-        else:
-            self._loop.call_soon_threadsafe(self._event.set)
-
-    async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        self._event.clear()
-        return True
-
-    def close(self) -> None:
-        try:
-            self._feed.remove_listener(self._on_event)
-        except ValueError:
-            pass
 
 
 class NetworkSource(LocalFeedSource):
@@ -211,6 +171,7 @@ class NetworkSource(LocalFeedSource):
         super().__init__(net.feed)
         self.net = net
         self._header: StreamHeader | None = None
+        self._timeline = Timeline()
 
     def set_playhead(self, index: int) -> None:
         super().set_playhead(index)
@@ -230,32 +191,29 @@ class NetworkSource(LocalFeedSource):
         """The block to start playing: the newest media block (any block is a keyframe), or the
         one covering `at` seconds of stream time. Fetches it (and its neighbours' headers as
         needed) before returning."""
-        deadline = self._loop.time() + timeout
+        deadline = Deadline(timeout)
         header = await self.header(timeout)
         while self._feed.length < 2:
             # Only the header so far: the broadcaster has just started.
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
+            if deadline.expired():
                 raise TimeoutError("the stream has no media block yet")
-            await self.wait_for_change(min(remaining, 1.0))
+            await self.wait_for_change(deadline.capped(1.0))
         length = self._feed.length
+        timeline = self._timeline
         if at is None:
-            index = length - 1
-            segment = Segment.decode_header(await self.get(index, timeout))
-            if segment.end and index > 1:
-                index -= 1
+            timeline.add_block(length - 1, await self.get(length - 1, timeout))
+            index = timeline.newest_media(length)
+            if index != length - 1:
                 await self.get(index, timeout)
             return index
-        # The segment grid puts `at` near block 1 + at / D; the fixed headers settle the rest.
-        index = min(max(1, 1 + int(at // header.segment_duration)), length - 1)
+        # The segment grid gives a first guess; the fixed headers settle the rest.
+        index = Timeline.grid_index(at, length, header.segment_duration)
         for _ in range(8):
-            segment = Segment.decode_header(await self.get(index, timeout))
-            if segment.end or (at < segment.pts and index > 1):
-                index -= 1
-            elif at >= segment.pts + segment.duration and index < length - 1:
-                index += 1
-            else:
+            timeline.add_block(index, await self.get(index, timeout))
+            step = timeline.seek_step(index, at, length)
+            if step == index:
                 break
+            index = step
         return index
 
     def stats(self) -> dict[str, Any]:

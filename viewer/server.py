@@ -19,13 +19,14 @@ from aiohttp import web
 
 from streamer.core.errors import BlockNotFoundError
 from streamer.media.format import (
-    FLAG_DISCONTINUITY,
-    FLAG_END,
-    SEGMENT_HEADER_SIZE,
-    Segment,
+    SegmentHeader,
     StreamFormatError,
     StreamHeader,
+    Timeline,
+    TimelineEntry,
+    segment_media,
 )
+from streamer.net.aio import run_until
 from viewer.source import BlockSource
 
 STATIC_DIR = Path(str(resources.files("viewer") / "static"))
@@ -35,24 +36,14 @@ MAX_WAIT_S = 60.0
 TIMING_BATCH = 32  # uncached segment headers read between two yields to the loop
 
 
-@dataclass(slots=True)
-class Timing:
-    """The fixed header of one segment block: enough to place it on the timeline."""
-
-    pts: float
-    duration: float
-    flags: int
-    wall_clock: float
-
-
 @dataclass
 class PlayerState:
-    """What the server knows about the stream beyond its source: parsed header, timing cache."""
+    """What the server knows about the stream beyond its source: parsed header, timeline."""
 
     source: BlockSource
     block_timeout: float
     header: StreamHeader | None = None
-    timings: dict[int, Timing] = field(default_factory=dict)
+    timeline: Timeline = field(default_factory=Timeline)
     player: dict[str, Any] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -61,44 +52,27 @@ class PlayerState:
             self.header = StreamHeader.decode(await self.source.get(0, self.block_timeout))
         return self.header
 
-    def remember(self, index: int, block: bytes) -> Timing:
-        segment = Segment.decode_header(block)
-        timing = Timing(segment.pts, segment.duration, segment.flags, segment.wall_clock)
-        self.timings[index] = timing
-        return timing
-
-    async def media_blocks(self) -> list[tuple[int, float, float, int, bool]]:
-        """(index, pts, duration, flags, known) for blocks 1.. up to the newest media block.
-
-        Blocks not held yet are placed by arithmetic from the nearest known block before them:
-        the segment grid makes block i cover about [(i-1)*D, i*D).
-        """
+    async def media_blocks(self) -> list[TimelineEntry]:
+        """The timeline's entries for blocks 1.. up to the newest media block, after reading the
+        headers of the blocks held (Timeline places the others on the segment grid)."""
         header = await self.stream_header()
-        d = header.segment_duration
         length = self.source.length
-        rows: list[tuple[int, float, float, int, bool]] = []
-        next_pts = 0.0
         for index in range(1, length):
-            if index % TIMING_BATCH == 0 and index not in self.timings:
+            if index % TIMING_BATCH == 0 and index not in self.timeline:
                 # A first look at a long archive reads many blocks: let other requests
                 # (block fetches, peers) run between batches.
                 await asyncio.sleep(0)
             known = await self.held_timing(index)
-            if known is not None:
-                if known.flags & FLAG_END:
-                    break
-                rows.append((index, known.pts, known.duration, known.flags, True))
-                next_pts = known.pts + known.duration
-            else:
-                rows.append((index, next_pts, d, 0, False))
-                next_pts += d
-        return rows
+            if known is not None and known.end:
+                break
+        return self.timeline.entries(length, header.segment_duration)
 
-    async def held_timing(self, index: int) -> Timing | None:
-        """The header of block `index` if it is held (read once, then cached)."""
-        known = self.timings.get(index)
+    async def held_timing(self, index: int) -> SegmentHeader | None:
+        """The header of block `index` if it is held (read once, then kept in the timeline)."""
+        known = self.timeline.get(index)
         if known is None and self.source.has(index):
-            known = self.remember(index, await self.source.get(index, self.block_timeout))
+            block = await self.source.get(index, self.block_timeout)
+            known = self.timeline.add_block(index, block)
         return known
 
 
@@ -145,20 +119,20 @@ async def _block(request: web.Request) -> web.Response:
     except BlockNotFoundError as exc:
         raise web.HTTPNotFound(text=str(exc)) from None
     try:
-        timing = state.remember(index, block)
+        segment = state.timeline.add_block(index, block)
     except StreamFormatError as exc:
         raise web.HTTPBadGateway(text=str(exc)) from None
-    if timing.flags & FLAG_END:
+    if segment.end:
         raise web.HTTPNotFound(text=f"block {index} is the end of the stream")
     source.set_playhead(index)
     return web.Response(
-        body=block[SEGMENT_HEADER_SIZE:],
+        body=segment_media(block),
         content_type="video/iso.segment",
         headers={
             "Cache-Control": BLOCK_CACHE,
-            "X-Pts": f"{timing.pts:.6f}",
-            "X-Duration": f"{timing.duration:.6f}",
-            "X-Flags": str(timing.flags),
+            "X-Pts": f"{segment.pts:.6f}",
+            "X-Duration": f"{segment.duration:.6f}",
+            "X-Flags": str(segment.flags),
         },
     )
 
@@ -171,7 +145,7 @@ async def _timeline(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="from must be a block index") from None
     header = await state.stream_header()
     rows = await state.media_blocks()
-    live_edge = rows[-1][1] + rows[-1][2] if rows else 0.0
+    live_edge = rows[-1].stop if rows else 0.0
     return _json(
         {
             "key": state.source.stats().get("key"),
@@ -185,12 +159,20 @@ async def _timeline(request: web.Request) -> web.Response:
             "length": state.source.length,
             "ended": state.source.ended,
             "live_edge": live_edge,
-            # One row per media block from `from` on: [index, pts, duration, flags, known]
-            "blocks": [
-                [i, round(p, 6), round(d, 6), f, int(k)] for i, p, d, f, k in rows[first - 1 :]
-            ],
+            # One object per media block from `from` on (TimelineEntry's fields).
+            "blocks": [_entry_json(entry) for entry in rows[first - 1 :]],
         }
     )
+
+
+def _entry_json(entry: TimelineEntry) -> dict[str, Any]:
+    return {
+        "index": entry.index,
+        "pts": round(entry.pts, 6),
+        "duration": round(entry.duration, 6),
+        "flags": entry.flags,
+        "known": entry.known,
+    }
 
 
 async def _events(request: web.Request) -> web.Response:
@@ -204,12 +186,8 @@ async def _events(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="since must be a block count and timeout seconds") from None
     changed = source.length != since
     if not changed:
-        waiter = asyncio.ensure_future(source.wait_for_change(timeout))
-        stopper = asyncio.ensure_future(state.stopping.wait())
-        done, pending = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        changed = waiter in done and waiter.result()
+        # None when the server stops first.
+        changed = bool(await run_until(source.wait_for_change(timeout), state.stopping))
     return _json(
         {
             "length": source.length,
@@ -224,7 +202,7 @@ async def _playlist(request: web.Request) -> web.Response:
     state = request.app[STATE]
     header = await state.stream_header()
     rows = await state.media_blocks()
-    target = math.ceil(max([header.segment_duration] + [d for _, _, d, _, _ in rows]))
+    target = math.ceil(max([header.segment_duration] + [e.duration for e in rows]))
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
@@ -234,11 +212,11 @@ async def _playlist(request: web.Request) -> web.Response:
         "#EXT-X-INDEPENDENT-SEGMENTS",
         '#EXT-X-MAP:URI="init.mp4"',
     ]
-    for index, _pts, duration, flags, _known in rows:
-        if flags & FLAG_DISCONTINUITY and index > 1:
+    for entry in rows:
+        if entry.discontinuity and entry.index > 1:
             lines.append("#EXT-X-DISCONTINUITY")
-        lines.append(f"#EXTINF:{duration:.6f},")
-        lines.append(f"block/{index}.m4s")
+        lines.append(f"#EXTINF:{entry.duration:.6f},")
+        lines.append(f"block/{entry.index}.m4s")
     if state.source.ended:
         lines.append("#EXT-X-ENDLIST")
     return web.Response(

@@ -7,15 +7,13 @@ parses media beyond the fixed segment header and never blocks the event loop on 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from streamer.core.errors import BlockNotFoundError
-from streamer.media.format import Segment, StreamFormatError
+from streamer.media.format import SegmentHeader, StreamFormatError, stream_ended
+from streamer.net.aio import Deadline, FeedWakeup
 
 if TYPE_CHECKING:
     from streamer.core.feed import Feed
@@ -47,7 +45,7 @@ class BlockSource(ABC):
     @property
     @abstractmethod
     def ended(self) -> bool:
-        """True once the newest block is the stream's FLAG_END marker."""
+        """True once the stream has ended (format.stream_ended)."""
 
     @abstractmethod
     def has(self, index: int) -> bool:
@@ -91,14 +89,11 @@ class LocalFeedSource(BlockSource):
 
     def __init__(self, feed: Feed) -> None:
         self._feed = feed
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._changed = asyncio.Event()
+        self._changes = FeedWakeup(feed)
         self._playhead = 0
         self._ended = False
         self._newest_wall_clock: float | None = None
         self._newest_checked = -1
-        feed.add_listener(self._on_feed_event)
 
     @property
     def feed(self) -> Feed:
@@ -119,7 +114,7 @@ class LocalFeedSource(BlockSource):
     async def get(self, index: int, timeout: float | None = None) -> bytes:
         if index < 0:
             raise BlockNotFoundError(f"block {index} does not exist")
-        deadline = None if timeout is None else self._loop.time() + timeout
+        deadline = Deadline(timeout)
         asked = False
         while not self.has(index):
             if self.ended and (index >= self._feed.length or not self._can_fetch):
@@ -127,19 +122,13 @@ class LocalFeedSource(BlockSource):
             if not asked:
                 self._request(index)
                 asked = True
-            remaining = None if deadline is None else deadline - self._loop.time()
-            if remaining is not None and remaining <= 0:
+            if deadline.expired():
                 raise TimeoutError(f"block {index} did not arrive in time")
-            await self.wait_for_change(self.POLL_S if remaining is None else min(remaining, self.POLL_S))
+            await self.wait_for_change(deadline.capped(self.POLL_S))
         return self._feed.get(index)
 
     async def wait_for_change(self, timeout: float) -> bool:
-        event = self._changed
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await self._changes.wait(timeout)
 
     def set_playhead(self, index: int) -> None:
         self._playhead = max(0, index)
@@ -167,22 +156,10 @@ class LocalFeedSource(BlockSource):
         }
 
     async def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            self._feed.remove_listener(self._on_feed_event)
+        self._changes.close()
 
     def _request(self, index: int) -> None:
         """Someone waits for block `index`: a network source asks the swarm for it first."""
-
-    def _on_feed_event(self, *_event: object) -> None:
-        # Appends and applied proofs may come from worker threads; asyncio.Event is loop-bound.
-        if threading.get_ident() == self._loop_thread:
-            self._signal()
-        else:
-            self._loop.call_soon_threadsafe(self._signal)
-
-    def _signal(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
 
     def _refresh(self) -> None:
         """Re-read the newest held segment's header (end flag, wall clock) when that changed."""
@@ -194,8 +171,8 @@ class LocalFeedSource(BlockSource):
             return
         self._newest_checked = newest
         try:
-            segment = Segment.decode_header(feed.get(newest))
+            header = SegmentHeader.decode(feed.get(newest))
         except StreamFormatError:
             return
-        self._ended = segment.end and newest == feed.length - 1
-        self._newest_wall_clock = segment.wall_clock
+        self._ended = stream_ended(feed.length, newest, header)
+        self._newest_wall_clock = header.wall_clock

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 import webbrowser
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from streamer.core.errors import NetworkError, UsageError
 from streamer.media.format import StreamFormatError
+from streamer.net.aio import stop_on_signals
 from streamer.net.replicator import NetworkReplicator
 from viewer.netsource import (
     NetworkSource,
@@ -131,9 +131,7 @@ def run_watch(options: WatchOptions) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop)
 
         def ready(url: str) -> None:
             print(url, flush=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from streamer.core.feed import Feed, FeedEvent
 from streamer.core.replication import Event, LocalError, PeerMisbehaved, Session
 from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
 from streamer.core.storage import storage_error
+from streamer.net.aio import call_on_loop, wait_event, within
 from streamer.net.channel import ChannelClosed, MessageChannel
 from streamer.net.swarm import Swarm
 
@@ -88,7 +88,6 @@ class NetworkReplicator:
         self._samples: deque[tuple[float, int, int]] = deque()
         self._started = False
         self._stopping = False
-        self._loop_thread: int | None = None
         # The flusher: one task that runs Feed.flush in a worker thread, one flush at a time.
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_wanted = asyncio.Event()  # verified data arrived since the last flush began
@@ -108,7 +107,6 @@ class NetworkReplicator:
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self.feed.add_listener(self._on_feed_event)
         self._flush_task = asyncio.ensure_future(self._flush_loop())
         if self.feed.flush_due:
@@ -231,13 +229,9 @@ class NetworkReplicator:
         if self.feed.flush_due:
             self._flush_wanted.set()
         async with self._flush_done:
-            try:
-                await asyncio.wait_for(
-                    self._flush_done.wait_for(lambda: self._flushes_done >= need), timeout
-                )
-            except asyncio.TimeoutError:
-                return False
-        return True
+            return await within(
+                self._flush_done.wait_for(lambda: self._flushes_done >= need), timeout
+            )
 
     async def wait_served(self, timeout: float) -> bool:
         """Wait until every neighbour holds our newest block (a writer lingers on this after its
@@ -401,10 +395,7 @@ class NetworkReplicator:
         if loop is None:
             return
         if not event.local:
-            if threading.get_ident() == self._loop_thread:
-                self._flush_wanted.set()
-            else:
-                loop.call_soon_threadsafe(self._flush_wanted.set)
+            call_on_loop(loop, self._flush_wanted.set)
             return
         loop.call_soon_threadsafe(self._local_append)
 
@@ -420,8 +411,7 @@ class NetworkReplicator:
         """Flush about every FLUSH_INTERVAL_S while verified data arrives; once more at stop()."""
         while not self._stopping:
             await self._flush_wanted.wait()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), FLUSH_INTERVAL_S)
+            await wait_event(self._flush_now, FLUSH_INTERVAL_S)
             self._flush_wanted.clear()
             await self._flush()
 

@@ -15,7 +15,7 @@
   const state = {
     ready: false, // the first positioning (live edge, ?at= or the start) is done
     info: null,
-    rows: [], // rows[k] describes block k + 1: [index, pts, duration, flags, known]
+    rows: [], // rows[k] describes block k + 1: {index, pts, duration, flags, known}
     length: 0,
     ended: false,
     liveEdge: 0,
@@ -138,7 +138,7 @@
   }
 
   function lastMediaIndex() {
-    return state.rows.length ? state.rows[state.rows.length - 1][0] : 0;
+    return state.rows.length ? state.rows[state.rows.length - 1].index : 0;
   }
 
   // The block covering stream time t: the last one starting at or before it.
@@ -149,10 +149,10 @@
     let hi = rows.length - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >> 1;
-      if (rows[mid][1] <= t + 1e-6) lo = mid;
+      if (rows[mid].pts <= t + 1e-6) lo = mid;
       else hi = mid - 1;
     }
-    return rows[lo][0];
+    return rows[lo].index;
   }
 
   function rowOf(index) {
@@ -168,7 +168,7 @@
     state.ended = info.ended;
     state.liveEdge = info.live_edge;
     state.rows.length = Math.min(state.rows.length, from - 1);
-    for (const row of info.blocks) state.rows[row[0] - 1] = row;
+    for (const row of info.blocks) state.rows[row.index - 1] = row;
   }
 
   // Fetches one block's fMP4 bytes; null when the server has no such block (yet).
@@ -180,7 +180,7 @@
       const dur = parseFloat(res.headers.get("X-Duration"));
       const flags = parseInt(res.headers.get("X-Flags") || "0", 10);
       const row = rowOf(index);
-      if (row && !isNaN(pts)) state.rows[index - 1] = [index, pts, dur, flags, 1];
+      if (row && !isNaN(pts)) state.rows[index - 1] = { index, pts, duration: dur, flags, known: true };
       return { status: 200, data: new Uint8Array(await res.arrayBuffer()) };
     } catch (err) {
       return { status: err.name === "AbortError" ? 0 : -1, data: null };
@@ -257,7 +257,7 @@
     const last = lastMediaIndex();
     if (!last) return;
     const row = rowOf(last);
-    return seekTo(Math.max(row[1], state.liveEdge - LIVE_START_S), true);
+    return seekTo(Math.max(row.pts, state.liveEdge - LIVE_START_S), true);
   }
 
   // Appends blocks after the playhead while less than AHEAD_S is buffered; waits at the edge.
@@ -381,7 +381,7 @@
   }
 
   function render() {
-    const start = state.rows.length ? state.rows[0][1] : 0;
+    const start = state.rows.length ? state.rows[0].pts : 0;
     const span = Math.max(0.001, state.liveEdge - start);
     const pct = (t) => `${Math.min(100, Math.max(0, ((t - start) / span) * 100))}%`;
     const r = sb ? bufferedRangeAt(video.currentTime) : null;
@@ -462,7 +462,7 @@
     const untouched = state.generation;
     while (!lastMediaIndex()) await napUntilKicked(500);
     const at = parseFloat(new URLSearchParams(location.search).get("at"));
-    const origin = state.rows[0][1];
+    const origin = state.rows[0].pts;
     // A finished stream (an archive) starts at its beginning, a live one at its edge, unless
     // the viewer already picked a point while the page was starting.
     if (state.generation === untouched) {
@@ -486,7 +486,7 @@
 
   $("timeline").addEventListener("click", (ev) => {
     const box = ev.currentTarget.getBoundingClientRect();
-    const start = state.rows.length ? state.rows[0][1] : 0;
+    const start = state.rows.length ? state.rows[0].pts : 0;
     const t = start + ((ev.clientX - box.left) / box.width) * (state.liveEdge - start);
     seekTo(t, false);
   });
