@@ -171,6 +171,15 @@ class Replicator:
         self._consume(session)
         return session
 
+    @property
+    def peers(self) -> int:
+        """Neighbours with an open session."""
+        return sum(1 for s in self.sessions if s.is_open)
+
+    @property
+    def writer_connected(self) -> bool:
+        return any(s.is_open and s.remote_is_writer for s in self.sessions)
+
     def remove_session(self, session: Session) -> None:
         """Forget a session whose channel closed; idempotent."""
         session.close("channel closed")
@@ -612,6 +621,8 @@ class Replicator:
             peers_dropped=t.peers_dropped,
             inflight=sum(len(e) for e in self._inflight.values()),
             unavailable=self._unavailable,
+            peers=self.peers,
+            writer_connected=self.writer_connected,
         )
         for s in self.sessions:
             traffic = s.stats
@@ -619,9 +630,6 @@ class Replicator:
             out.bytes_down += traffic.bytes_down
             out.blocks_up += traffic.blocks_up
             out.block_bytes_up += traffic.block_bytes_up
-            if s.is_open:
-                out.peers += 1
-                out.writer_connected = out.writer_connected or s.remote_is_writer
             out.neighbours.append(
                 NeighbourStats(s.name, s.remote_is_writer, s.remote_length, replace(traffic))
             )

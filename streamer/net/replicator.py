@@ -183,11 +183,11 @@ class NetworkReplicator:
     @property
     def peers(self) -> int:
         """Neighbours with an open session."""
-        return sum(1 for s in self._peers if s.is_open)
+        return self.replicator.peers
 
     @property
     def writer_connected(self) -> bool:
-        return any(s.is_open and s.remote_is_writer for s in self._peers)
+        return self.replicator.writer_connected
 
     def remote_length(self) -> int:
         """The longest signed length any neighbour announced."""
