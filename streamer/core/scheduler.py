@@ -197,7 +197,8 @@ class Replicator:
     def next_event(self) -> tuple[Session, Event] | None:
         """The next event for the adapter, with the session it happened on (the scheduler's own
         RequestAnswered and RequestRefused are not passed on)."""
-        self._consume_all()
+        if not self._events:
+            self._consume_all()
         return self._events.popleft() if self._events else None
 
     # ------------------------------------------------------------ session events
@@ -210,6 +211,7 @@ class Replicator:
                 return
             for s in pending:
                 self._consume(s)
+
 
     def _consume(self, s: Session) -> None:
         while (event := s.next_event()) is not None:
@@ -334,7 +336,7 @@ class Replicator:
         if not self.feed.writable and self.failure is None:
             self._request_upgrade(now)
             self._request_blocks(now)
-        self._consume_all()
+            self._consume_all()  # what this and the input before it did to the other sessions
 
     def _capacity(self, s: Session) -> bool:
         return s.is_open and len(s.inflight) < self.config.max_inflight_per_peer
