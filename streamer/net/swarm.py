@@ -25,9 +25,8 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
-from streamer.core import wire
-from streamer.core.errors import NetworkError, ProofError, WireError
-from streamer.core.replication import check_handshake, make_handshake
+from streamer.core.errors import NetworkError
+from streamer.core.handshake import HandshakeFailed, Handshaker
 from streamer.net.channel import ChannelClosed, MessageChannel
 from streamer.net.hubclient import HubClient, Subscription
 from streamer.net.rtc import MAX_SDP, RtcPeer, ice_servers_from_env, parse_ice_servers
@@ -431,7 +430,7 @@ class Swarm:
         except asyncio.CancelledError:
             await peer.close()
             raise
-        except _HandshakeFailed as e:
+        except HandshakeFailed as e:
             self.stats.handshakes_failed += 1
             self.ban(remote)
             log.warning(
@@ -469,21 +468,13 @@ class Swarm:
         self._accept(conn)
 
     async def _handshake(self, peer: RtcPeer, conn: MessageChannel, initiator: bool) -> None:
-        handshake_hash = peer.handshake_hash()
-        ours = make_handshake(self._feed_key, handshake_hash, initiator, self._writer_secret_key)
-        for chunk in wire.Framer().frame(wire.encode_message(ours)):
+        """The feed-key handshake (core.handshake, sans-IO) over a new channel."""
+        handshake = Handshaker(
+            self._feed_key, peer.handshake_hash(), initiator, self._writer_secret_key
+        )
+        for chunk in handshake.datagrams_to_send():
             await conn.send(chunk)
-        try:
-            messages = wire.Reassembler().feed(await conn.recv())
-            theirs = wire.decode_message(messages[0]) if messages else None
-        except WireError as e:
-            raise _HandshakeFailed(f"bad handshake message: {e}") from None
-        if not isinstance(theirs, wire.Handshake):
-            raise _HandshakeFailed("its first message is not a handshake")
-        try:
-            conn.is_writer = check_handshake(theirs, self._feed_key, handshake_hash, initiator)
-        except ProofError as e:
-            raise _HandshakeFailed(str(e)) from None
+        conn.is_writer = handshake.receive(await conn.recv())
 
     def _accept(self, conn: MessageChannel) -> None:
         remote = conn.peer_id
@@ -546,7 +537,3 @@ class Swarm:
         self._banned[peer_id] = now + self._ban_seconds
 
     _ban = ban  # the name streamer/net/replicator.py calls until it switches to ban()
-
-
-class _HandshakeFailed(Exception):
-    """The peer did not prove it knows the feed key (or lied about being the writer)."""
