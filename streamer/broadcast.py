@@ -23,7 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from streamer.core.errors import MediaError, UsageError
+from streamer.core.errors import MediaError, StreamFormatError, UsageError
 from streamer.core.feed import Feed
 from streamer.core.stats import NodeStats
 from streamer.media.encoder import (
@@ -33,13 +33,7 @@ from streamer.media.encoder import (
     EncoderSettings,
     Fragment,
 )
-from streamer.media.format import (
-    FLAG_DISCONTINUITY,
-    FLAG_END,
-    Segment,
-    StreamFormatError,
-    StreamHeader,
-)
+from streamer.media.format import FLAG_DISCONTINUITY, FLAG_END, Segment, StreamHeader
 from streamer.media.pipeline import Pipeline
 from streamer.media.sources import Source
 

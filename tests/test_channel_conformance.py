@@ -9,14 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamer.net.channel import (
-    MAX_MESSAGE_SIZE,
-    ChannelClosed,
-    MessageChannel,
-    MessageTooLarge,
-    memory_channel_pair,
-    message_cost,
-)
+from streamer.core.errors import ChannelClosed, MessageTooLarge
+from streamer.net.channel import MAX_MESSAGE_SIZE, MessageChannel, memory_channel_pair, message_cost
 from streamer.net.rtc import RtcPeer
 
 WINDOW = 256 * 1024  # small, so backpressure shows after a few messages

@@ -18,9 +18,16 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
-from streamer.core.errors import BlockNotFoundError, FeedError, ProofError, WireError
+from streamer.core.errors import (
+    BlockNotFoundError,
+    FeedError,
+    HandshakeFailed,
+    ProofError,
+    ProtocolViolation,
+    WireError,
+)
 from streamer.core.feed import ApplyResult
-from streamer.core.handshake import HandshakeFailed, Handshaker
+from streamer.core.handshake import Handshaker
 from streamer.core.stats import PeerStats
 from streamer.core.wire import (
     MAX_CHUNK,
@@ -78,9 +85,6 @@ RECENT_CANCELLED = 256  # cancelled requests whose late answers we still verify 
 _HANDSHAKE, _OPEN, _CLOSED = "handshake", "open", "closed"
 LOCAL_ERROR_REASON = "replication stopped by a local error"
 
-
-class ProtocolViolation(Exception):
-    """The peer broke the protocol (as opposed to sending a proof that does not verify)."""
 
 
 # ---------------------------------------------------------------- events

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
-from streamer.core.errors import NetworkError
+from streamer.core.errors import ChannelClosed, MessageTooLarge
 
 MAX_MESSAGE_SIZE = 64 * 1024  # browsers cap data-channel messages; wire.Framer splits above this
 MESSAGE_OVERHEAD = 64  # credit charged per message on top of its length, so empty ones cost too
@@ -24,12 +24,6 @@ def message_cost(size: int) -> int:
     return size + MESSAGE_OVERHEAD
 
 
-class ChannelClosed(NetworkError):
-    """The channel is closed: nothing more can be sent, and everything received has been read."""
-
-
-class MessageTooLarge(ValueError):
-    """A message above MAX_MESSAGE_SIZE was given to send(): the caller must frame it first."""
 
 
 @dataclass(slots=True)

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.core.errors import FeedError, LocalStorageError, SwarmcastError
+from streamer.core.errors import ChannelClosed, FeedError, LocalStorageError, SwarmcastError
 from streamer.core.feed import Feed, FeedEvent
 from streamer.core.replication import Event, LocalError, PeerMisbehaved, Session
 from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
 from streamer.core.stats import ReplicationStats
 from streamer.core.storage import storage_error
 from streamer.net.aio import call_on_loop, wait_event, within
-from streamer.net.channel import ChannelClosed, MessageChannel
+from streamer.net.channel import MessageChannel
 from streamer.net.swarm import Swarm
 
 __all__ = ["NetworkReplicator", "PRIORITY_HIGH"]

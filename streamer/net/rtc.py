@@ -27,14 +27,8 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription
 
-from streamer.core.errors import NetworkError, UsageError
-from streamer.net.channel import (
-    DEFAULT_WINDOW,
-    MAX_MESSAGE_SIZE,
-    ChannelClosed,
-    MessageChannel,
-    message_cost,
-)
+from streamer.core.errors import ChannelClosed, NetworkError, UsageError
+from streamer.net.channel import DEFAULT_WINDOW, MAX_MESSAGE_SIZE, MessageChannel, message_cost
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import Any
 
 from aiortc import RTCIceServer
 
-from streamer.core.errors import NetworkError
-from streamer.core.handshake import HandshakeFailed, Handshaker
-from streamer.net.channel import ChannelClosed, MessageChannel
+from streamer.core.errors import ChannelClosed, HandshakeFailed, NetworkError
+from streamer.core.handshake import Handshaker
+from streamer.net.channel import MessageChannel
 from streamer.net.hubclient import HubClient, Subscription
 from streamer.net.rtc import MAX_SDP, RtcPeer, ice_servers_from_env, parse_ice_servers
 
