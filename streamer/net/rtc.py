@@ -25,6 +25,7 @@ from aiortc import (
 from aiortc.sdp import SessionDescription
 
 from streamer.core.errors import NetworkError, UsageError
+from streamer.core.membership import MAX_SDP
 from streamer.net.channel import (
     DEFAULT_WINDOW,
     IDLE_TIMEOUT_S,
@@ -37,7 +38,6 @@ ICE_ENV = "SWARMCAST_ICE_SERVERS"
 LABEL = "swarmcast"
 HIGH_WATER = 1024 * 1024  # bytes queued in aiortc above which send() waits ...
 LOW_WATER = 256 * 1024  # ... until the queue drains below this (bufferedamountlow)
-MAX_SDP = 64 * 1024
 
 
 def parse_ice_servers(spec: str) -> list[RTCIceServer]:
