@@ -1,24 +1,24 @@
-"""The broadcaster: source -> encoder (worker thread) -> feed.append -> publishers (the swarm).
+"""The broadcaster: source -> encoder (worker thread) -> feed.append; the swarm follows the feed.
 
 Block 0 is the stream header; each later block one keyframe-aligned segment; a clean stop appends
 an empty FLAG_END block. Reopening a feed resumes its stream (same settings, timeline continued,
 FLAG_DISCONTINUITY on the first new segment). It never encodes on the event loop, never appends a
-block the stream's init segment cannot decode, and never parses argv (commands/broadcast.py does).
+block the stream's init segment cannot decode, and never parses argv: commands/broadcast.py
+turns the command line into a typed BroadcastOptions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
-import math
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -62,12 +62,35 @@ DEFAULT_MAX_SIZE = (
     1920,
     1080,
 )  # a bigger source is scaled down to fit unless --size says otherwise
-MAX_DIMENSION = 4096
 FPS_RANGE = (1.0, 120.0)
-BITRATE_RANGE = (50_000, 50_000_000)
-SEGMENT_RANGE = (0.2, 10.0)
 
-Publisher = Callable[[int], Awaitable[None] | None]
+
+class BroadcastState(Enum):
+    """Where a broadcast is; the stats JSON carries the value."""
+
+    STARTING = "starting"
+    LIVE = "live"
+    STOPPING = "stopping"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class BroadcastOptions:
+    """What the user asked for, already parsed and range-checked (commands/broadcast.py does that).
+
+    None means "not given": the resumed stream or the source decides (see plan_settings).
+    """
+
+    size: tuple[int, int] | None = None
+    fps: Fraction | None = None
+    bitrate: int | None = None  # video bits per second
+    segment: float | None = None  # seconds per segment
+    preset: str | None = None  # one of X264_PRESETS
+    title: str = ""
+    duration: float | None = None  # seconds of stream time, then stop
+    fast: bool = False  # encode as fast as possible instead of pacing a file at real time
+    stats_path: Path | None = None  # rewrite a JSON stats snapshot here every second
 
 
 @dataclass(frozen=True)
@@ -97,57 +120,7 @@ def resume_point(feed: Feed) -> ResumePoint | None:
     return ResumePoint(header, feed.length, end)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--size {text!r} is not WIDTHxHEIGHT, e.g. 1280x720") from None
-    if not (16 <= w <= MAX_DIMENSION and 16 <= h <= MAX_DIMENSION):
-        raise UsageError(
-            f"--size {text} is out of range; width and height must be 16..{MAX_DIMENSION}"
-        )
-    if w % 2 or h % 2:
-        raise UsageError(
-            f"--size {text} has an odd dimension; H.264 4:2:0 needs even width and height"
-        )
-    return w, h
-
-
-def parse_fps(text: str) -> Fraction:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"--fps {text!r} is not a number, e.g. 30 or 29.97") from None
-    if not FPS_RANGE[0] <= value <= FPS_RANGE[1]:
-        raise UsageError(f"--fps {text} is out of range; use {FPS_RANGE[0]:g}..{FPS_RANGE[1]:g}")
-    return _rational_fps(value)
-
-
-def parse_bitrate(text: str) -> int:
-    units = {"k": 1_000, "m": 1_000_000}
-    raw = text.strip().lower()
-    scale = units.get(raw[-1:], 1)
-    try:
-        value = float(raw[:-1] if raw[-1:] in units else raw) * scale
-    except ValueError:
-        raise UsageError(f"--bitrate {text!r} is not a bit rate, e.g. 2500k or 2.5M") from None
-    if not (BITRATE_RANGE[0] <= value <= BITRATE_RANGE[1]) or math.isnan(value):
-        raise UsageError(f"--bitrate {text} is out of range; use 50k..50M")
-    return int(value)
-
-
-def parse_seconds(option: str, text: str, low: float, high: float = math.inf) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{option} {text!r} is not a number of seconds") from None
-    if not low <= value <= high:
-        bound = f"{low:g}..{high:g}" if high != math.inf else f"at least {low:g}"
-        raise UsageError(f"{option} {text} is out of range; use {bound} seconds")
-    return value
-
-
-def _rational_fps(value: float) -> Fraction:
+def rational_fps(value: float) -> Fraction:
     """Snap a measured or typed rate to what it surely means: 30, 30000/1001, else 1/100 steps."""
     for candidate in (Fraction(round(value)), Fraction(round(value * 1.001) * 1000, 1001)):
         if candidate > 0 and abs(float(candidate) - value) < 0.01:
@@ -162,12 +135,7 @@ def _fit(width: int, height: int, box: tuple[int, int]) -> tuple[int, int]:
 
 def plan_settings(
     source: Source,
-    *,
-    size: tuple[int, int] | None = None,
-    fps: Fraction | None = None,
-    bitrate: int | None = None,
-    segment: float | None = None,
-    preset: str | None = None,
+    options: BroadcastOptions | None = None,
     resume: ResumePoint | None = None,
 ) -> EncoderSettings:
     """Encoder settings from explicit options, the resumed stream and the source, in that order.
@@ -175,15 +143,13 @@ def plan_settings(
     A resumed stream keeps its size, frame rate, segment, bit rate and preset (they shape the init
     segment every block must decode with); asking for different ones is a UsageError.
     """
-    if preset is not None and preset not in X264_PRESETS:
-        raise UsageError(
-            f"--preset {preset!r} is not an x264 preset; use one of {', '.join(X264_PRESETS)}"
-        )
+    o = options or BroadcastOptions()
+    size, fps, bitrate, segment, preset = o.size, o.fps, o.bitrate, o.segment, o.preset
     if resume is not None:
         h = resume.header
         kept = {
             "--size": ((h.width, h.height), size, f"{h.width}x{h.height}"),
-            "--fps": (_rational_fps(h.fps), fps, f"{h.fps:g}"),
+            "--fps": (rational_fps(h.fps), fps, f"{h.fps:g}"),
             "--segment": (h.segment_duration, segment, f"{h.segment_duration:g}"),
             "--bitrate": (h.extra.get("bitrate"), bitrate, str(h.extra.get("bitrate"))),
             "--preset": (h.extra.get("preset"), preset, str(h.extra.get("preset"))),
@@ -201,7 +167,7 @@ def plan_settings(
         return EncoderSettings(
             h.width,
             h.height,
-            _rational_fps(h.fps),
+            rational_fps(h.fps),
             int(h.extra["bitrate"]),
             h.segment_duration,
             str(h.extra["preset"]),
@@ -212,7 +178,7 @@ def plan_settings(
         size = _fit(source.width, source.height, DEFAULT_MAX_SIZE)
     if fps is None:
         nominal = source.fps if source.fps and FPS_RANGE[0] <= source.fps <= 60 else 30.0
-        fps = _rational_fps(nominal)
+        fps = rational_fps(nominal)
     segment = DEFAULT_SEGMENT if segment is None else segment
     if segment * fps < 1:
         raise UsageError(f"--segment {segment:g} is shorter than one frame at {float(fps):g} fps")
@@ -237,9 +203,9 @@ class Broadcaster:
     """Runs one broadcast of `source` into `feed` until the source ends, `duration` seconds of
     stream time pass, or stop() is called.
 
-    Attach the network without touching media code: `publishers` are called (on the event loop)
-    after each append with the feed's new length; `stats_providers` return fields (peers,
-    bytes_up, bytes_down, ...) merged into the stats snapshot.
+    The network attaches without touching media code: it follows the feed (Feed listeners), and
+    `stats_providers` return fields (peers, bytes_up, bytes_down, ...) merged into the stats
+    snapshot.
     """
 
     def __init__(
@@ -247,25 +213,23 @@ class Broadcaster:
         feed: Feed,
         source: Source,
         settings: EncoderSettings,
-        *,
-        title: str = "",
-        duration: float | None = None,
-        fast: bool = False,
-        stats_path: str | os.PathLike[str] | None = None,
+        options: BroadcastOptions | None = None,
     ) -> None:
+        o = options or BroadcastOptions()
         self.feed = feed
         self.source = source
         self.settings = settings
-        self.title = title or source.title or source.description
-        self.duration = duration
-        self.fast = fast
-        self.stats_path = Path(stats_path) if stats_path is not None else None
-        self.publishers: list[Publisher] = []
+        self.title = o.title or source.title or source.description
+        self.duration = o.duration
+        self.fast = o.fast
+        self.stats_path = o.stats_path
         self.stats_providers: list[Callable[[], Mapping[str, Any]]] = []
         self.resume = resume_point(feed)
         self.start = self.resume.end if self.resume else 0.0
-        self.pipeline = Pipeline(source, settings, start=self.start, duration=duration, fast=fast)
-        self.state = "starting"
+        self.pipeline = Pipeline(
+            source, settings, start=self.start, duration=self.duration, fast=self.fast
+        )
+        self.state = BroadcastState.STARTING
         self.segments_appended = 0
         self.live_delay_s: float | None = None
         # Per-frame latency from capture to the append of its block (seconds), most recent last.
@@ -279,8 +243,8 @@ class Broadcaster:
 
     def stop(self) -> None:
         """Ask for a clean end (last segment flushed, FLAG_END appended); safe from any thread."""
-        if self.state in ("starting", "live"):
-            self.state = "stopping"
+        if self.state in (BroadcastState.STARTING, BroadcastState.LIVE):
+            self.state = BroadcastState.STOPPING
         self.pipeline.stop()
 
     async def run(self) -> int:
@@ -316,9 +280,9 @@ class Broadcaster:
             if self._header_present:
                 end = Segment(self.pipeline.end_time, 0.0, time.time(), b"", FLAG_END)
                 await self._append(end.encode())
-            self.state = "ended"
+            self.state = BroadcastState.ENDED
         except BaseException:
-            self.state = "failed"
+            self.state = BroadcastState.FAILED
             self.pipeline.stop()
             with contextlib.suppress(BaseException):
                 await worker
@@ -361,8 +325,8 @@ class Broadcaster:
             )
             await self._append(header.encode())
             self._header_present = True
-        if self.state == "starting":
-            self.state = "live"
+        if self.state is BroadcastState.STARTING:
+            self.state = BroadcastState.LIVE
 
     async def _append_fragment(self, fragment: Fragment) -> None:
         segment = Segment(
@@ -378,16 +342,7 @@ class Broadcaster:
 
     async def _append(self, block: bytes) -> None:
         # Feed.append is thread-safe and flushes to disk: keep that wait off the event loop.
-        length = await asyncio.to_thread(self.feed.append, [block])
-        for publish in list(self.publishers):
-            try:
-                result = publish(length)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception(
-                    "a publisher failed after block %d; the broadcast goes on", length - 1
-                )
+        await asyncio.to_thread(self.feed.append, [block])
 
     def snapshot(self) -> dict[str, Any]:
         """The stats JSON: feed counters, swarm fields (0 until providers say otherwise), encoder."""
@@ -396,7 +351,7 @@ class Broadcaster:
         stats: dict[str, Any] = {
             "key": feed.key.hex(),
             "title": self.title,
-            "state": self.state,
+            "state": self.state.value,
             "length": feed.length,
             "blocks_have": feed.blocks_present,
             "byte_length": feed.byte_length,
