@@ -25,13 +25,7 @@ from typing import Any
 
 from streamer.core.errors import MediaError, UsageError
 from streamer.core.feed import Feed
-from streamer.media.encoder import (
-    AUDIO_CHANNELS,
-    AUDIO_RATE,
-    MEDIA_DELAY,
-    EncoderSettings,
-    Fragment,
-)
+from streamer.media.encoder import EncoderSettings, Fragment
 from streamer.media.format import (
     FLAG_DISCONTINUITY,
     FLAG_END,
@@ -39,6 +33,7 @@ from streamer.media.format import (
     StreamFormatError,
     StreamHeader,
 )
+from streamer.media.passthrough import COPY_PRESET, PassthroughPipeline, copy_check
 from streamer.media.pipeline import Pipeline
 from streamer.media.sources import Source
 
@@ -63,6 +58,7 @@ DEFAULT_MAX_SIZE = (
     1080,
 )  # a bigger source is scaled down to fit unless --size says otherwise
 FPS_RANGE = (1.0, 120.0)
+SEGMENT_RANGE = (0.2, 10.0)
 
 
 class BroadcastState(Enum):
@@ -91,6 +87,7 @@ class BroadcastOptions:
     duration: float | None = None  # seconds of stream time, then stop
     fast: bool = False  # encode as fast as possible instead of pacing a file at real time
     stats_path: Path | None = None  # rewrite a JSON stats snapshot here every second
+    copy: bool | None = None  # passthrough: True --copy, False --reencode, None when safe
 
 
 @dataclass(frozen=True)
@@ -145,6 +142,39 @@ def plan_settings(
     """
     o = options or BroadcastOptions()
     size, fps, bitrate, segment, preset = o.size, o.fps, o.bitrate, o.segment, o.preset
+    shaping = [
+        name
+        for name, value in (("--size", size), ("--fps", fps), ("--bitrate", bitrate))
+        + (("--preset", preset),)
+        if value is not None
+    ]
+    if o.copy and shaping:
+        raise UsageError(
+            f"--copy keeps the input's pictures as they are; {shaping[0]} needs re-encoding "
+            "(leave out --copy)"
+        )
+    if resume is not None and resume.header.extra.get("preset") == COPY_PRESET:
+        return _resume_copy(source, o, resume)
+    if resume is not None and o.copy:
+        raise UsageError(
+            "this feed's stream was encoded here; --copy cannot continue it (leave out --copy, "
+            "or start a new stream with another --feed)"
+        )
+    if resume is None and o.copy is not False and not shaping:
+        plan = copy_check(source, segment, SEGMENT_RANGE)
+        if plan.segment is not None:
+            return EncoderSettings(
+                source.width,
+                source.height,
+                rational_fps(source.fps),
+                _source_bitrate(source),
+                plan.segment,
+                COPY_PRESET,
+            )
+        if o.copy or hasattr(source, "packets"):
+            log.info(
+                "re-encoding: %s cannot be copied as it is: %s", source.description, plan.reason
+            )
     if resume is not None:
         h = resume.header
         kept = {
@@ -192,6 +222,40 @@ def plan_settings(
     )
 
 
+def _source_bitrate(source: Source) -> int:
+    video, _ = source.templates  # type: ignore[attr-defined]
+    return int(video.bit_rate or video.codec_context.bit_rate or 0)
+
+
+def _resume_copy(source: Source, o: BroadcastOptions, resume: ResumePoint) -> EncoderSettings:
+    """Settings to continue a passthrough stream, which only another passthrough can."""
+    h = resume.header
+    if o.copy is False:
+        raise UsageError(
+            "this feed's stream is a passthrough (the input's own H.264); --reencode cannot "
+            "continue it (start a new stream with another --feed)"
+        )
+    if o.segment is not None and o.segment != h.segment_duration:
+        raise UsageError(
+            f"this feed's stream uses --segment {h.segment_duration:g}; resume it with the same "
+            "value (or leave it out), or start a new stream with another --feed"
+        )
+    plan = copy_check(source, h.segment_duration, SEGMENT_RANGE)
+    if plan.segment is None:
+        raise MediaError(
+            f"this feed's stream is a passthrough, so only a copy can continue it, and "
+            f"{source.description} cannot be copied: {plan.reason}"
+        )
+    return EncoderSettings(
+        h.width,
+        h.height,
+        rational_fps(h.fps),
+        int(h.extra.get("bitrate") or 0),
+        h.segment_duration,
+        COPY_PRESET,
+    )
+
+
 def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     """Replace path with data as JSON so a reader never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -226,7 +290,8 @@ class Broadcaster:
         self.stats_providers: list[Callable[[], Mapping[str, Any]]] = []
         self.resume = resume_point(feed)
         self.start = self.resume.end if self.resume else 0.0
-        self.pipeline = Pipeline(
+        kind = PassthroughPipeline if settings.preset == COPY_PRESET else Pipeline
+        self.pipeline: Pipeline | PassthroughPipeline = kind(
             source, settings, start=self.start, duration=self.duration, fast=self.fast
         )
         self.state = BroadcastState.STARTING
@@ -298,6 +363,12 @@ class Broadcaster:
     async def _start_stream(self, init: bytes, mime: str) -> None:
         if self.resume is not None:
             if init != self.resume.header.init:
+                if self.settings.preset == COPY_PRESET:
+                    raise MediaError(
+                        "the input's H.264/AAC parameters differ from this passthrough stream's "
+                        "(publish with the same encoder settings as before), or start a new "
+                        "stream with another --feed"
+                    )
                 raise MediaError(
                     "this encoder produces a different init segment than the stream in the feed "
                     "(another FFmpeg/x264 version?); start a new stream with another --feed"
@@ -312,16 +383,8 @@ class Broadcaster:
                 height=s.height,
                 fps=float(s.fps),
                 segment_duration=s.segment,
-                sample_rate=AUDIO_RATE,
-                channels=AUDIO_CHANNELS,
                 init=init,
-                extra={
-                    "bitrate": s.bitrate,
-                    "preset": s.preset,
-                    "audio_bitrate": s.audio_bitrate,
-                    # media timestamps (tfdt) = segment pts + media_delay (the AAC priming frame)
-                    "media_delay": float(MEDIA_DELAY),
-                },
+                **self.pipeline.stream_fields(),
             )
             await self._append(header.encode())
             self._header_present = True
@@ -329,9 +392,8 @@ class Broadcaster:
             self.state = BroadcastState.LIVE
 
     async def _append_fragment(self, fragment: Fragment) -> None:
-        segment = Segment(
-            fragment.pts, fragment.duration, time.time(), fragment.data, self._next_flags
-        )
+        flags = self._next_flags | (FLAG_DISCONTINUITY if fragment.discontinuity else 0)
+        segment = Segment(fragment.pts, fragment.duration, time.time(), fragment.data, flags)
         self._next_flags = 0
         await self._append(segment.encode())
         appended = time.monotonic()
@@ -361,6 +423,7 @@ class Broadcaster:
             "live_delay_s": None if self.live_delay_s is None else round(self.live_delay_s, 3),
             "segments_appended": self.segments_appended,
             "stream_time_s": round(p.end_time, 3),
+            "mode": "copy" if self.settings.preset == COPY_PRESET else "encode",
             "encoder_frames": p.frames,
             "encoder_fps": round(p.frames / p.wall_seconds, 2) if p.wall_seconds else 0.0,
             "encoder_speed": round(p.stream_seconds / p.wall_seconds, 3) if p.wall_seconds else 0.0,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from streamer.broadcast import (
     FPS_RANGE,
+    SEGMENT_RANGE,
     X264_PRESETS,
     Broadcaster,
     BroadcastOptions,
@@ -32,6 +33,7 @@ from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import SECRET_KEY_FILE, Feed
 from streamer.core.names import validate_name
 from streamer.hub import HubServer, start_hub
+from streamer.media.passthrough import COPY_PRESET
 from streamer.media.sources import TEST_FPS, TEST_SIZE, open_source, parse_source
 from streamer.net.hubclient import HubClient
 from streamer.net.loop import run as run_loop
@@ -46,7 +48,6 @@ WRITER_MAX_PEERS = 3  # the broadcaster feeds a few viewers; they feed each othe
 LINGER_S = 5.0  # after the last segment, how long to wait for neighbours to fetch it
 MAX_DIMENSION = 4096
 BITRATE_RANGE = (50_000, 50_000_000)
-SEGMENT_RANGE = (0.2, 10.0)
 
 
 @dataclass(frozen=True)
@@ -136,20 +137,46 @@ def parse_options(args: argparse.Namespace) -> BroadcastOptions:
         else None,
         fast=args.fast,
         stats_path=stats_path,
+        copy=True if args.copy else False if args.reencode else None,
     )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "broadcast",
-        help="broadcast a file, a webcam or a test pattern",
+        help="broadcast a file, OBS over RTMP, a webcam, the screen or a test pattern",
         description=(
-            "Encode SOURCE to H.264/AAC in keyframe-aligned fMP4 segments and append them to a "
-            "signed feed. SOURCE: a media file or URL | webcam[:/dev/videoN] | test. Running "
-            "again on the same --feed resumes the same stream."
+            "Cut SOURCE into keyframe-aligned H.264/AAC fMP4 segments (copied when the input "
+            "allows, else encoded) and append them to a signed feed. SOURCE: a media file or "
+            "URL | rtmp://HOST:PORT/APP/KEY --listen (OBS, ffmpeg) | webcam[:DEVICE] | "
+            "screen[:DISPLAY] | test. Running again on the same --feed resumes the same stream."
         ),
     )
-    parser.add_argument("source", metavar="SOURCE", help="a file or URL, webcam[:DEVICE], or test")
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a file or URL, rtmp://HOST:PORT/APP/KEY with --listen, webcam[:DEVICE], "
+        "screen[:DISPLAY], or test",
+    )
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help="serve SOURCE's rtmp:// (or srt://) address and broadcast what a publisher pushes",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="S",
+        help="with --listen: give up when no publisher is live for S seconds (default: wait)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--copy",
+        action="store_true",
+        help="cut blocks from the input's H.264/AAC without re-encoding (default when safe)",
+    )
+    mode.add_argument(
+        "--reencode", action="store_true", help="always encode, even when copying is possible"
+    )
     parser.add_argument(
         "--feed",
         metavar="DIR",
@@ -187,7 +214,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fast", action="store_true", help="encode as fast as possible instead of in real time"
     )
     parser.add_argument(
-        "--audio", metavar="DEV", help="microphone for a webcam source (ALSA device, e.g. hw:0)"
+        "--audio",
+        metavar="DEV",
+        help="microphone for a webcam or screen source (ALSA device, e.g. hw:0)",
     )
     parser.add_argument(
         "--no-swarm", action="store_true", help="only write the feed, do not join a swarm"
@@ -210,11 +239,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = parse_options(args)
-    kind, _ = parse_source(args.source)
+    timeout = parse_seconds("--timeout", args.timeout, 0.1) if args.timeout is not None else None
+    kind, _ = parse_source(args.source, args.listen)
     if args.loop and kind != "file":
-        raise UsageError("--loop repeats a file; it does not apply to webcam or test sources")
-    if args.audio and kind != "webcam":
-        raise UsageError("--audio names a microphone and only goes with a webcam source")
+        raise UsageError("--loop repeats a file; it does not apply to live sources")
+    if args.audio and kind not in ("webcam", "screen"):
+        raise UsageError("--audio names a microphone and only goes with a webcam or screen source")
+    if timeout is not None and kind != "ingest":
+        raise UsageError("--timeout is how long --listen waits for a publisher; add --listen")
     key_pair = (
         keyfile.key_pair_from_secret_key(keyfile.read_secret_key(args.key)) if args.key else None
     )
@@ -258,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
             audio_device=args.audio,
             test_size=size_hint,
             test_fps=fps_hint,
+            listen=args.listen,
+            timeout=timeout,
         )
         try:
             settings = plan_settings(source, options, resume)
@@ -279,15 +313,16 @@ def run(args: argparse.Namespace) -> int:
             if resume
             else "starting a new stream"
         )
+        copying = settings.preset == COPY_PRESET
         log.info(
-            "%s: %s -> %s (%dx%d %.4g fps, %d kbit/s, %.3g s segments)",
+            "%s: %s -> %s (%dx%d %.4g fps, %s, %.3g s segments)",
             what,
             source.description,
             feed_dir,
             settings.width,
             settings.height,
             float(settings.fps),
-            settings.bitrate // 1000,
+            "copying the input's H.264/AAC" if copying else f"{settings.bitrate // 1000} kbit/s",
             settings.segment,
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)

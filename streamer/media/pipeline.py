@@ -10,8 +10,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from streamer.media.encoder import EncoderSettings, Fragment, StreamEncoder
+from streamer.media.encoder import (
+    AUDIO_CHANNELS,
+    AUDIO_RATE,
+    MEDIA_DELAY,
+    EncoderSettings,
+    Fragment,
+    StreamEncoder,
+)
 from streamer.media.sources import Source
 
 
@@ -43,6 +51,21 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the run to end soon; thread-safe. The last GOP is still flushed."""
         self.stop_event.set()
+
+    def stream_fields(self) -> dict[str, Any]:
+        """Stream header fields this pipeline decides."""
+        s = self.settings
+        return {
+            "sample_rate": AUDIO_RATE,
+            "channels": AUDIO_CHANNELS,
+            "extra": {
+                "bitrate": s.bitrate,
+                "preset": s.preset,
+                "audio_bitrate": s.audio_bitrate,
+                # media timestamps (tfdt) = segment pts + media_delay (the AAC priming frame)
+                "media_delay": float(MEDIA_DELAY),
+            },
+        }
 
     def run(
         self, on_init: Callable[[bytes, str], None], on_fragment: Callable[[Fragment], None]
@@ -87,7 +110,7 @@ class Pipeline:
                     item.captured = time.monotonic()
                 at = self.start + item.time
                 if item.kind == "video":
-                    deliver(encoder.add_video(item.frame, at, item.captured))
+                    deliver(encoder.add_video(item.frame, at, item.captured, item.discontinuity))
                 else:
                     deliver(encoder.add_audio(item.frame, at))
             deliver(encoder.close())
