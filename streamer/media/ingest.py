@@ -27,7 +27,7 @@ from streamer.media.sources import Source, SourceFrame, SourcePacket
 log = logging.getLogger(__name__)
 
 DEFAULT_RTMP_PORT = 1935
-PROBE_KEYFRAMES = 4  # keyframes a passthrough check looks at (three intervals)
+PROBE_KEYFRAMES = 3  # keyframes a passthrough check looks at (two intervals)
 PROBE_LIMIT_S = 12.0  # ... or this much video, whichever comes first
 OPEN_OPTIONS = {"analyzeduration": "1000000", "probesize": "2000000"}
 
@@ -50,7 +50,7 @@ def parse_ingest_url(url: str) -> IngestAddress:
     """rtmp://HOST[:PORT]/APP/KEY (UsageError if a part is missing)."""
     parts = urlsplit(url)
     try:
-        port = parts.port or DEFAULT_RTMP_PORT
+        port = DEFAULT_RTMP_PORT if parts.port is None else parts.port
     except ValueError:
         raise UsageError(f"{url}: the port is not a number from 0 to 65535") from None
     path = parts.path.strip("/")
@@ -400,9 +400,14 @@ class IngestSource(Source):
                     raise MediaError(f"the publisher's stream is undecodable ({exc})") from None
                 continue
             for frame in frames:
-                if frame.time is None:
+                if frame.pts is None:
                     continue
-                t = float(frame.time) + shift
+                # Frames flushed at the end carry no time base of their own: use the stream's.
+                stream = session.video if isinstance(frame, av.VideoFrame) else session.audio
+                base = frame.time_base or (stream.time_base if stream is not None else None)
+                if base is None:
+                    continue
+                t = float(frame.pts * base) + shift
                 if isinstance(frame, av.VideoFrame):
                     yield SourceFrame("video", frame, t, captured, pending_discontinuity)
                     pending_discontinuity = False

@@ -90,7 +90,8 @@ def copy_check(source: Any, segment: float | None, segment_range: tuple[float, f
         return CopyPlan(None, "it does not say its frame rate")
     keys = source.probe_keyframes()
     gaps = [b - a for a, b in zip(keys, keys[1:], strict=False)]
-    if len(gaps) < 2:
+    # A known grid needs one interval on it to trust; a grid read from the input needs two.
+    if len(gaps) < (1 if segment is not None else 2):
         return CopyPlan(
             None, f"it has too few keyframes to check ({len(keys)} in the first seconds)"
         )
