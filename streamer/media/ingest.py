@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RTMP_PORT = 1935
 PROBE_KEYFRAMES = 3  # keyframes a passthrough check looks at (two intervals)
 PROBE_LIMIT_S = 12.0  # ... or this much video, whichever comes first
-OPEN_OPTIONS = {"analyzeduration": "1000000", "probesize": "2000000"}
+OPEN_OPTIONS = {"analyzeduration": "200000", "probesize": "500000", "fpsprobesize": "0"}
 
 
 @dataclass(frozen=True)
