@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import signal
@@ -28,6 +29,7 @@ from streamer.broadcast import (
     rational_fps,
     resume_point,
 )
+from streamer.commands.status import show_status
 from streamer.core import keyfile, storage
 from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import SECRET_KEY_FILE, Feed
@@ -327,7 +329,10 @@ def run(args: argparse.Namespace) -> int:
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)
         swarm_plan = None if args.no_swarm else SwarmPlan(args.hub, secret_key, args.name)
-        run_loop(_broadcast(broadcaster, swarm_plan))
+        total = None
+        if options.fast and source.duration:
+            total = min(source.duration, options.duration or source.duration)
+        run_loop(_broadcast(broadcaster, swarm_plan, total))
         log.info(
             "stream ended: %d blocks, %.2f s of stream time",
             feed.length,
@@ -375,7 +380,11 @@ async def _go_live(
     return replicator, embedded
 
 
-async def _broadcast(broadcaster: Broadcaster, swarm_plan: SwarmPlan | None) -> None:
+async def _broadcast(
+    broadcaster: Broadcaster, swarm_plan: SwarmPlan | None, import_total: float | None = None
+) -> None:
+    """Run the broadcast (and its swarm) with a progress display; `import_total`: the seconds a
+    --fast import will take, for its progress bar."""
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
@@ -393,14 +402,21 @@ async def _broadcast(broadcaster: Broadcaster, swarm_plan: SwarmPlan | None) -> 
             pass  # not on the main thread or not on Unix: Ctrl-C then interrupts as usual
     replicator: NetworkReplicator | None = None
     embedded: HubServer | None = None
+    status: asyncio.Task | None = None
     try:
         if swarm_plan is not None:
             replicator, embedded = await _go_live(broadcaster, swarm_plan)
+        status = asyncio.create_task(show_status(broadcaster.snapshot, import_total))
         await broadcaster.run()
+        status.cancel()
         if replicator is not None and replicator.peers:
             # Give the neighbours a moment to fetch the last segment and the end marker.
             await replicator.wait_served(LINGER_S)
     finally:
+        if status is not None:
+            status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
         if replicator is not None:
             await replicator.stop()
         if embedded is not None:

@@ -173,6 +173,9 @@ class StreamEncoder:
                     "x264-params": f"keyint={self._keyint()}:min-keyint=1:scenecut=0",
                 },
             )
+            # x264 picks a thread count from the cores (0 = auto); with zerolatency they are
+            # slice threads, which split each frame instead of adding frames of delay.
+            self._video.codec_context.thread_count = 0
             self._video.width = settings.width
             self._video.height = settings.height
             self._video.pix_fmt = "yuv420p"

@@ -63,6 +63,7 @@ class Source:
     fps: float | None = None  # the source's nominal frame rate, if known
     has_audio: bool = False
     live: bool = False  # produces frames at real time by itself, so nobody else paces it
+    duration: float | None = None  # seconds, when known (a file; not a live source)
 
     def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
         raise NotImplementedError
@@ -116,6 +117,8 @@ class FileSource(Source):
         rate = vs.average_rate or vs.guessed_rate
         self.fps = float(rate) if rate else None
         self.has_audio = bool(self._container.streams.audio)
+        if self._container.duration and not loop:
+            self.duration = self._container.duration / av.time_base
         # Decode up to the first picture now, so an undecodable file fails before any feed exists.
         self._pass = self._decode_pass(self._container)
         self._prelude: list[tuple[str, av.VideoFrame | av.AudioFrame, float]] = []
