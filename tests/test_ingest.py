@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -90,6 +91,7 @@ def publish(
     gop: int = 30,
     audio: bool = True,
     video: bool = True,
+    codec: str = "libx264",
     check: bool = True,
 ) -> subprocess.CompletedProcess:
     """Debian's ffmpeg pushing a real-time test picture and tone, as OBS would."""
@@ -97,7 +99,9 @@ def publish(
     codecs: list[str] = []
     if video:
         inputs += ["-re", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
-        codecs += ["-c:v", "libx264", "-preset", "ultrafast", "-g", str(gop), "-bf", "0"]
+        codecs += ["-c:v", codec, "-g", str(gop)]
+        if codec == "libx264":
+            codecs += ["-preset", "ultrafast", "-bf", "0"]
     if audio:
         inputs += ["-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
         codecs += ["-c:a", "aac", "-b:a", "96k"]
@@ -253,3 +257,65 @@ def test_wrong_listen_urls_are_refused_in_one_line(tmp_path: Path) -> None:
         assert len(run.lines) == 1 and run.lines[0].startswith("streamer: error: "), run.stderr
         assert message in run.lines[0]
     assert not (tmp_path / "f").exists()
+
+
+def test_a_passthrough_stream_refuses_a_publisher_with_other_settings(tmp_path: Path) -> None:
+    run = Broadcast(
+        "rtmp://127.0.0.1:0/live/k",
+        "--listen",
+        "--timeout",
+        "20",
+        "--copy",
+        "--feed",
+        str(tmp_path / "feed"),
+        "--no-swarm",
+    )
+    url = f"rtmp://127.0.0.1:{run.port()}/live/k"
+    publish(url, 3)
+    run.wait_for("the publisher disconnected")
+    publish(url, 1, size="640x360", check=False)
+    run.wait_for("refused publisher 127.0.0.1: it sends h264 640x360 .* other encoder settings")
+    publish(url, 2)
+    run.wait_for("the publisher disconnected", nth=2)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish() == 0, run.stderr
+    header, segments = _stream(tmp_path / "feed")
+    assert (header.width, header.height) == (320, 180)
+    media = [s for s in segments if not s.end]
+    assert [s.discontinuity for s in media] == [False, False, False, True, False]
+    decoded = decode(header.init + b"".join(s.data for s in media))
+    assert len(decoded.video_times) == 150
+
+
+def test_a_publisher_sending_another_codec_is_encoded_saying_why(tmp_path: Path) -> None:
+    run = Broadcast(
+        "rtmp://127.0.0.1:0/live/k",
+        "--listen",
+        "--timeout",
+        "3",
+        "--size",
+        "160x90",
+        "--feed",
+        str(tmp_path / "feed"),
+        "--no-swarm",
+    )
+    publish(f"rtmp://127.0.0.1:{run.port()}/live/k", 2, codec="flv")
+    run.wait_for("no publisher came back")
+    assert run.finish() == 0, run.stderr
+    header, segments = _stream(tmp_path / "feed")
+    assert header.mime.startswith('video/mp4; codecs="avc1.') and segments[-1].end
+    assert sum(s.duration for s in segments) == pytest.approx(2.0, abs=0.1)
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = Broadcast(
+            f"rtmp://127.0.0.1:{port}/live/k", "--listen", "--feed", str(tmp_path / "f")
+        )
+        assert run.finish() == 1
+    assert run.lines == [
+        f"streamer: error: cannot listen for RTMP on 127.0.0.1:{port}: Address already in use"
+    ]

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import av
 
 from streamer.core.errors import MediaError, UsageError
+from streamer.media.frames import Source, SourceFrame, SourcePacket
 from streamer.media.rtmp import Publisher, RtmpServer
-from streamer.media.sources import Source, SourceFrame, SourcePacket
 
 log = logging.getLogger(__name__)
 

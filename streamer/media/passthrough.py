@@ -29,7 +29,7 @@ from streamer.media.encoder import (
     Fragment,
     avc_codec_string,
 )
-from streamer.media.sources import SourcePacket
+from streamer.media.frames import SourcePacket
 
 # Media time = stream time + this delay, so the first B-frame's decode time is never negative
 # (B-frames decode up to a few frames before they show); kept in the stream header.
@@ -162,6 +162,9 @@ class PassthroughPipeline:
     def run(
         self, on_init: Callable[[bytes, str], None], on_fragment: Callable[[Fragment], None]
     ) -> None:
+        keep = getattr(self.source, "keep_publisher_settings", None)
+        if keep is not None:  # a later publisher must send what this init segment describes
+            keep()
         video_in, audio_in = self.source.templates
         if audio_in is None:
             raise MediaError("passthrough needs an audio track; this source has none")

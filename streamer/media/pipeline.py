@@ -27,7 +27,7 @@ from streamer.media.encoder import (
     Fragment,
     StreamEncoder,
 )
-from streamer.media.sources import Source, SourceFrame
+from streamer.media.frames import Source, SourceFrame
 
 log = logging.getLogger(__name__)
 

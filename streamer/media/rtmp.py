@@ -227,7 +227,7 @@ class RtmpServer:
         try:
             self._sock = socket.create_server((host, port), reuse_port=False, backlog=8)
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise MediaError(f"cannot listen for RTMP on {host}:{port}: {reason}") from None
         self.port = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="rtmp-accept")

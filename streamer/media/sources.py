@@ -1,4 +1,5 @@
-"""Media sources: a file or URL PyAV can open, a webcam (v4l2, optional ALSA microphone), or the
+"""Media sources: a file or URL PyAV can open, a webcam or the screen (v4l2 / x11grab, or the
+macOS and Windows inputs, optional microphone), an ingest listener (media/ingest.py), or the
 generated test pattern. Each yields decoded frames timed in seconds from the source's start.
 
 Sources only capture and decode: they never scale, encode or pace a non-live source (the
@@ -14,13 +15,15 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
 
 import av
 
 from streamer.core.errors import MediaError
+from streamer.media.frames import Source, SourceFrame, SourcePacket
+from streamer.media.ingest import IngestSource
 from streamer.media.testpattern import TestPattern
+
+__all__ = ["Source", "SourceFrame", "SourcePacket", "open_source", "parse_source"]
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +33,6 @@ TEST_FPS = 30.0
 _AUDIO_CHUNK = 1024  # test-pattern samples per audio frame
 # Demuxers FFmpeg picks for text files by their extension; they are never what a user meant.
 _NOT_MEDIA_FORMATS = {"tty"}
-
-
-@dataclass
-class SourceFrame:
-    kind: Literal["video", "audio"]
-    frame: av.VideoFrame | av.AudioFrame
-    time: float  # seconds since the source started (monotonic, also across --loop passes)
-    captured: float  # time.monotonic() when the frame was captured or decoded
-    discontinuity: bool = False  # the first video frame after the input restarted (a reconnect)
-
-
-@dataclass
-class SourcePacket:
-    """A compressed packet for passthrough, timed like SourceFrame (pts and dts in seconds)."""
-
-    kind: Literal["video", "audio"]
-    packet: av.Packet
-    pts: float
-    dts: float
-    captured: float
-    discontinuity: bool = False
-
-
-class Source:
-    """Base of all sources; subclasses fill in the attributes and frames()."""
-
-    description: str = ""
-    title: str = ""  # a default stream title
-    width: int = 0
-    height: int = 0
-    fps: float | None = None  # the source's nominal frame rate, if known
-    has_audio: bool = False
-    live: bool = False  # produces frames at real time by itself, so nobody else paces it
-    duration: float | None = None  # seconds, when known (a file; not a live source)
-
-    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release devices and files; safe to call twice."""
 
 
 def _open_input(
@@ -537,7 +500,5 @@ def open_source(
             "--audio selects a microphone and only goes with a webcam or screen source"
         )
     if kind == "ingest":
-        from streamer.media.ingest import IngestSource
-
         return IngestSource(spec, timeout=timeout)
     return FileSource(spec, loop=loop)
