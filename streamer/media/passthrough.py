@@ -226,7 +226,10 @@ class PassthroughPipeline:
                 if self.duration is not None and item.pts >= self.duration - 1e-6:
                     if key:
                         break
-                    continue
+                    # A frame shown later but decoded earlier may be what a B-frame before the
+                    # end refers to: keep it (the stream then ends a frame or two later).
+                    if not is_video or item.dts >= self.duration - 1e-6:
+                        continue
                 if self.paced:
                     wait = wall0 + item.dts - time.monotonic()
                     if wait > 0 and stop.wait(wait):
