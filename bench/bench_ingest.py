@@ -143,8 +143,9 @@ def main() -> None:
         f"{cores} cores; re-encode and bare x264: {PRESET} + zerolatency, {BITRATE}"
     )
     print(
-        f"{'input':8} {'mode':12} {'cpu-s per stream-s':>19} {'media path only':>16} "
-        f"{'realtime x':>11} {'cores used':>11}"
+        f"{'':22}{'whole process':^32}   {'media path':^32}\n"
+        f"{'input':8} {'mode':12} {'cpu-s/stream-s':>14} {'realtime x':>10} {'cores':>6}"
+        f"   {'cpu-s/stream-s':>14} {'realtime x':>10} {'cores':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sizes.split(","):
@@ -154,18 +155,20 @@ def main() -> None:
             for mode in ("--copy", "--reencode"):
                 cpu, wall, stats = broadcast(source, mode, Path(tmp) / f"{name}{mode}")
                 assert stats["mode"] == mode.strip("-").replace("reencode", "encode"), stats
-                rows.append((mode.strip("-"), cpu, wall, f"{stats['cpu_per_stream_s']:.3f}"))
-            rows.append(("bare x264", *bare_x264(source, fps), "-"))
+                per_s, speed = stats["cpu_per_stream_s"], stats["encoder_speed"]
+                media = f"{per_s:14.3f} {speed:10.2f} {per_s * speed:6.2f}"
+                rows.append((mode.strip("-"), cpu, wall, media))
+            rows.append(("bare x264", *bare_x264(source, fps), f"{'(same)':>14}"))
             for label, cpu, wall, media in rows:
                 s = args.seconds
                 print(
-                    f"{name:8} {label:12} {cpu / s:19.3f} {media:>16} {s / wall:11.2f} "
-                    f"{cpu / wall:11.2f}"
+                    f"{name:8} {label:12} {cpu / s:14.3f} {s / wall:10.2f} {cpu / wall:6.2f}"
+                    f"   {media}"
                 )
     print(
-        "\n(whole process: Python start-up, demux, fMP4 cutting, signed feed appends; media path "
-        "only: the broadcaster's own cpu_per_stream_s; bare x264: ffmpeg decoding the same file "
-        "and encoding it to nothing)"
+        "\n(whole process: the child's CPU and wall time, Python start-up included; media path: "
+        "the broadcaster's own stats (cpu_per_stream_s, encoder_speed) from its first to its last "
+        "block; bare x264: ffmpeg decoding the same file and encoding it to nothing)"
     )
     w, h, fps = SIZES[args.live_size]
     print(
