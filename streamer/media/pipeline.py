@@ -1,5 +1,7 @@
-"""Source -> encoder -> fragments, run synchronously in one worker thread: paces non-live sources
-at real time (unless fast), stops at a duration or when asked, and always flushes the last GOP.
+"""Source -> encoder -> fragments in worker threads: a reader thread decodes and scales the
+source's frames while the encoding thread runs x264 (itself threaded) and the muxer, so the
+stages overlap. Paces non-live sources at real time (unless fast), stops at a duration or when
+asked, and always flushes the last GOP.
 
 It hands the init segment and each fragment to callbacks and keeps encoder statistics; it never
 touches a feed or an event loop itself (the callbacks decide how results cross threads).
@@ -7,12 +9,85 @@ touches a feed or an event loop itself (the callbacks decide how results cross t
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from streamer.media.encoder import EncoderSettings, Fragment, StreamEncoder
-from streamer.media.sources import Source
+import av
+
+from streamer.core.errors import MediaError
+from streamer.media.encoder import (
+    AUDIO_CHANNELS,
+    AUDIO_RATE,
+    MEDIA_DELAY,
+    EncoderSettings,
+    Fragment,
+    StreamEncoder,
+)
+from streamer.media.frames import Source, SourceFrame
+
+log = logging.getLogger(__name__)
+
+READ_AHEAD = 8  # decoded frames the reader may hold ready for the encoder
+_END = object()
+
+
+def read_ahead(
+    frames: Iterator[SourceFrame],
+    prepare: Callable[[SourceFrame], SourceFrame],
+    stop: threading.Event,
+    depth: int = READ_AHEAD,
+) -> Iterator[SourceFrame]:
+    """Pull `frames` (and apply `prepare`) in a reader thread, up to `depth` ahead of the
+    consumer. The reader has stopped when this generator returns or raises."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            for item in frames:
+                item = prepare(item)
+                while not done.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set():
+                    return
+            ready.put(_END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ready.put(exc)
+
+    thread = threading.Thread(target=reader, daemon=True, name="media-reader")
+    thread.start()
+    try:
+        while True:
+            try:
+                item = ready.get(timeout=0.1)
+            except queue.Empty:
+                if not thread.is_alive() and ready.empty():
+                    return
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        done.set()
+        stop.set()  # the run is over: a source waiting for input gives up too
+        stop_wait = time.monotonic() + 10
+        while thread.is_alive() and time.monotonic() < stop_wait:
+            try:  # unblock a reader waiting to put
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+        if thread.is_alive():
+            log.warning("the media reader did not stop in time")
 
 
 class Pipeline:
@@ -44,6 +119,21 @@ class Pipeline:
         """Ask the run to end soon; thread-safe. The last GOP is still flushed."""
         self.stop_event.set()
 
+    def stream_fields(self) -> dict[str, Any]:
+        """Stream header fields this pipeline decides."""
+        s = self.settings
+        return {
+            "sample_rate": AUDIO_RATE,
+            "channels": AUDIO_CHANNELS,
+            "extra": {
+                "bitrate": s.bitrate,
+                "preset": s.preset,
+                "audio_bitrate": s.audio_bitrate,
+                # media timestamps (tfdt) = segment pts + media_delay (the AAC priming frame)
+                "media_delay": float(MEDIA_DELAY),
+            },
+        }
+
     def run(
         self, on_init: Callable[[bytes, str], None], on_fragment: Callable[[Fragment], None]
     ) -> None:
@@ -72,8 +162,24 @@ class Pipeline:
             self.wall_seconds = time.monotonic() - wall0
 
         stop = self.stop_event
+        size = (self.settings.width, self.settings.height)
+
+        def prepare(item: SourceFrame) -> SourceFrame:
+            # Scale here, in the reader thread, rather than in the encoding thread.
+            if item.kind == "video" and (item.frame.width, item.frame.height) != size:
+                try:
+                    item.frame = item.frame.reformat(
+                        width=size[0], height=size[1], format="yuv420p"
+                    )
+                except (av.FFmpegError, ValueError) as exc:
+                    raise MediaError(f"cannot convert a video frame: {exc}") from None
+            elif item.kind == "video" and item.frame.format.name != "yuv420p":
+                item.frame = item.frame.reformat(format="yuv420p")
+            return item
+
+        items = read_ahead(self.source.frames(stop), prepare, stop)
         try:
-            for item in self.source.frames(stop):
+            for item in items:
                 if stop.is_set():
                     break
                 if self.duration is not None and item.time >= self.duration:
@@ -87,7 +193,7 @@ class Pipeline:
                     item.captured = time.monotonic()
                 at = self.start + item.time
                 if item.kind == "video":
-                    deliver(encoder.add_video(item.frame, at, item.captured))
+                    deliver(encoder.add_video(item.frame, at, item.captured, item.discontinuity))
                 else:
                     deliver(encoder.add_audio(item.frame, at))
             deliver(encoder.close())
@@ -95,4 +201,5 @@ class Pipeline:
             encoder.abort()
             raise
         finally:
+            items.close()  # joins the reader thread before the source closes under it
             self.source.close()
