@@ -353,14 +353,18 @@ def test_js_proofs_are_byte_identical_to_python_and_verify_there(js: JsPeer) -> 
         assert served >= 20
 
 
-def test_blake2b_matches_hashlib_for_every_length_key_and_digest_size(js: JsPeer) -> None:
+@pytest.mark.parametrize("backend", ["wasm", "js"])
+def test_blake2b_matches_hashlib_for_every_length_key_and_digest_size(
+    js: JsPeer, backend: str
+) -> None:
     rnd = random.Random(2)
     for _ in range(60):
-        data = rnd.randbytes(rnd.choice([0, 1, 127, 128, 129, 256, 1000, 70000]))
+        data = rnd.randbytes(rnd.choice([0, 1, 127, 128, 129, 256, 1000, 70000, 200000]))
         outlen = rnd.randrange(1, 65)
         key = rnd.randbytes(rnd.randrange(0, 65))
-        got = js("blake2b", data=data.hex(), outlen=outlen, key=key.hex())["digest"]
-        assert got == hashlib.blake2b(data, digest_size=outlen, key=key).hexdigest()
+        got = js("blake2b", data=data.hex(), outlen=outlen, key=key.hex(), backend=backend)
+        assert got["backend"] == backend
+        assert got["digest"] == hashlib.blake2b(data, digest_size=outlen, key=key).hexdigest()
 
 
 # ---------------------------------------------------------------- format and handshake

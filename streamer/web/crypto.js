@@ -22,7 +22,7 @@ export const [
 
 const LEAF = new Uint8Array([0])
 const PARENT = 1
-const ROOT = new Uint8Array([2])
+const ROOT = 2
 
 /** Hash of a data block: H(0x00 | u64le(len) | block). */
 export function leafHash (block) {
@@ -47,15 +47,14 @@ export function parentHash (a, b) {
 
 /** Hash of a tree's full roots (left to right): H(0x02 | (hash | u64 index | u64 size)*). */
 export function treeHash (roots) {
-  const h = new Blake2b(32).update(ROOT)
-  const b = new Uint8Array(48)
-  for (const r of roots) {
-    b.set(r.hash, 0)
-    writeUint64LE(b, 32, r.index)
-    writeUint64LE(b, 40, r.size)
-    h.update(b)
-  }
-  return h.digest()
+  const b = new Uint8Array(1 + 48 * roots.length)
+  b[0] = ROOT
+  roots.forEach((r, i) => {
+    b.set(r.hash, 1 + 48 * i)
+    writeUint64LE(b, 33 + 48 * i, r.index)
+    writeUint64LE(b, 41 + 48 * i, r.size)
+  })
+  return blake2b(b)
 }
 
 /** Compat signable bytes: TREE | treeHash | u64 length | u64 fork (80 bytes). */

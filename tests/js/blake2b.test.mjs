@@ -3,12 +3,31 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
-import { Blake2b, blake2b } from '../../streamer/web/blake2b.js'
+import { Blake2b, backend, blake2b, setBackend } from '../../streamer/web/blake2b.js'
 import * as c from '../../streamer/web/crypto.js'
 import { fromHex, toHex } from '../../streamer/web/encoding.js'
 import { blockValues, vectors } from './helpers.mjs'
 
 const te = new TextEncoder()
+
+test('WebAssembly is used where available (node has it)', () => {
+  assert.equal(backend(), 'wasm')
+})
+
+// Every check runs with both compressors: WebAssembly and the JavaScript fallback.
+for (const name of ['wasm', 'js']) {
+  const it = (title, fn) => test(`[${name}] ${title}`, (t) => {
+    setBackend(name)
+    try {
+      return fn(t)
+    } finally {
+      setBackend('wasm')
+    }
+  })
+  suite(it)
+}
+
+function suite (test) {
 
 test('RFC 7693 Appendix A: BLAKE2b-512("abc")', () => {
   assert.equal(toHex(blake2b(te.encode('abc'), 64)),
@@ -78,3 +97,15 @@ test('bad lengths and keys are refused; a digest is taken once', () => {
   assert.throws(() => h.digest())
   assert.throws(() => h.update(new Uint8Array(1)))
 })
+
+  test('inputs crossing the WebAssembly input area (over 64 KiB at once)', () => {
+    const big = new Uint8Array(200000).map((_, i) => (i * 13) & 255)
+    const h = new Blake2b(32)
+    h.update(big.subarray(0, 5)).update(big.subarray(5, 150000)).update(big.subarray(150000))
+    assert.deepEqual(h.digest(), blake2b(big))
+    assert.equal(toHex(blake2b(big)), BIG_DIGEST)
+  })
+}
+
+// hashlib.blake2b(bytes((i * 13) & 255 for i in range(200000)), digest_size=32).hexdigest()
+const BIG_DIGEST = 'e125bab2daf6abe1d7dcbd5bf26498d70f41b316856848c2baa50fc2745732c9'

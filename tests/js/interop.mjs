@@ -7,7 +7,7 @@
 
 import { createInterface } from 'node:readline'
 
-import { blake2b } from '../../streamer/web/blake2b.js'
+import { blake2b, setBackend } from '../../streamer/web/blake2b.js'
 import { fromHex, toHex } from '../../streamer/web/encoding.js'
 import { MemoryFeed } from '../../streamer/web/feed.js'
 import * as format from '../../streamer/web/format.js'
@@ -197,8 +197,13 @@ const OPS = {
       return { valid: false, error: e.message }
     }
   },
-  blake2b ({ data, outlen, key }) {
-    return { digest: toHex(blake2b(fromHex(data), outlen, key ? fromHex(key) : undefined)) }
+  blake2b ({ data, outlen, key, backend }) {
+    const used = setBackend(backend || 'wasm')
+    try {
+      return { backend: used, digest: toHex(blake2b(fromHex(data), outlen, key ? fromHex(key) : undefined)) }
+    } finally {
+      setBackend('wasm')
+    }
   },
   init ({ key, config }) {
     peer = { rep: new Replicator(new MemoryFeed(fromHex(key)), config || {}), sessions: new Map() }
