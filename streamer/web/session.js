@@ -316,8 +316,9 @@ export class Session {
     try {
       data = this._feed.proof(req)
     } catch (e) {
-      if (e instanceof BlockNotFoundError) return { type: 'noData', request: req.id, reason: NO_DATA_MISSING }
-      throw e
+      // Evicted since it was admitted, or beyond what we can prove: the peer asks someone else.
+      if (!(e instanceof BlockNotFoundError)) console.error('swarmcast: cannot answer a request', e)
+      return { type: 'noData', request: req.id, reason: NO_DATA_MISSING }
     }
     if (data.block) {
       const size = data.block.value.length

@@ -370,6 +370,7 @@ export const MESSAGE_OVERHEAD = 64 // credit charged per binary message on top o
 export const DEFAULT_WINDOW = 4 * 1024 * 1024 // bytes a receiver buffers before its sender waits
 export const KEEPALIVE_S = 5
 export const IDLE_TIMEOUT_S = 20
+export const HIGH_WATER_DEFAULT = 1024 * 1024 // transport bytes queued above which senders wait
 
 /** What one binary message of `size` bytes counts against a receive window (both ends agree). */
 export function messageCost (size) {
@@ -384,6 +385,9 @@ export function messageCost (size) {
  */
 export class FlowControl {
   constructor ({ window = DEFAULT_WINDOW, keepalive = KEEPALIVE_S, idleTimeout = IDLE_TIMEOUT_S, now = 0 } = {}) {
+    if (window < 2 * messageCost(MAX_CHUNK)) {
+      throw new RangeError('the receive window must hold at least two full messages')
+    }
     this.window = window
     this.credit = window // bytes we may still send
     this.allowance = window // bytes the peer may still send before we grant more

@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs'
 
 import { fromHex } from '../../streamer/web/encoding.js'
+import { MemoryFeed } from '../../streamer/web/feed.js'
 import { CompatVerifier, DefaultManifestVerifier, MemoryNodeStore, MerkleTree } from '../../streamer/web/merkle.js'
 import { fullRoots } from '../../streamer/web/flat-tree.js'
 
@@ -58,4 +59,20 @@ export function clone (x) {
     return out
   }
   return x
+}
+
+/** A feed already holding the reference feed's blocks 0..length-1, as if it had verified them. */
+export function seededFeed (length = 8) {
+  const values = blockValues()
+  const feed = new MemoryFeed(publicKey)
+  feed.nodes.put(nodesAt(length))
+  feed.tree = new MerkleTree(feed.nodes, feed.verifier, {
+    length, signature: fromHex(vectors.cores.compat.lengths[length - 1].signature),
+  })
+  for (let i = 0; i < length; i++) {
+    feed.blocks.set(i, values[i])
+    feed.blockBytes += values[i].length
+    feed.present.add(i, i + 1)
+  }
+  return feed
 }

@@ -7,31 +7,15 @@ import { test } from 'node:test'
 import { blake2b } from '../../streamer/web/blake2b.js'
 import { concat, fromHex, toHex } from '../../streamer/web/encoding.js'
 import { MemoryFeed } from '../../streamer/web/feed.js'
-import { MerkleTree } from '../../streamer/web/merkle.js'
 import { PRIORITY_HIGH, Replicator } from '../../streamer/web/replicator.js'
 import {
   checkHandshake, handshakeHash, makeHandshake, sdpFingerprint,
 } from '../../streamer/web/session.js'
 import * as wire from '../../streamer/web/wire.js'
-import { blockValues, nodesAt, publicKey, vectors } from './helpers.mjs'
+import { blockValues, publicKey, seededFeed, vectors } from './helpers.mjs'
 
 const values = blockValues()
 const key = publicKey
-
-/** A feed already holding the reference feed's 8 blocks, as if it had verified them. */
-function seededFeed (length = 8) {
-  const feed = new MemoryFeed(key)
-  feed.nodes.put(nodesAt(length))
-  feed.tree = new MerkleTree(feed.nodes, feed.verifier, {
-    length, signature: fromHex(vectors.cores.compat.lengths[length - 1].signature),
-  })
-  for (let i = 0; i < length; i++) {
-    feed.blocks.set(i, values[i])
-    feed.blockBytes += values[i].length
-    feed.present.add(i, i + 1)
-  }
-  return feed
-}
 
 class Net {
   constructor () {

@@ -157,30 +157,32 @@ test('framing: chunks of at most 64 KiB that reassemble, with the 8 MiB cap', ()
 })
 
 test('flow control: credits, grants, overruns, bad grants, keepalive and idleness', () => {
-  const window = 1000
-  const a = new wire.FlowControl({ window, now: 0 })
-  assert.equal(a.canSend(window - 64), true)
-  assert.equal(a.canSend(window - 63), false)
-  a.sent(500 - 64, 1)
-  assert.equal(a.canSend(500 - 64), true)
-  a.sent(500 - 64, 1)
+  const W = 200000
+  assert.throws(() => new wire.FlowControl({ window: 1000 }), RangeError)
+  const a = new wire.FlowControl({ window: W, now: 0 })
+  assert.equal(a.canSend(W - 64), true)
+  assert.equal(a.canSend(W - 63), false)
+  a.sent(W / 2 - 64, 1)
+  a.sent(W / 2 - 64, 1)
   assert.equal(a.canSend(0), false)
-  assert.equal(a.control('c500', 2), null)
-  assert.equal(a.canSend(500 - 64), true)
+  assert.equal(a.control('c100000', 2), null)
+  assert.equal(a.canSend(100000 - 64), true)
+  assert.equal(a.canSend(100000 - 63), false)
   assert.ok(a.control('c0', 2) instanceof Error)
-  assert.ok(a.control('c1001', 2) instanceof Error)
+  assert.ok(a.control(`c${W + 1}`, 2) instanceof Error)
   assert.ok(a.control('cx', 2) instanceof Error)
   assert.equal(a.control('p', 2), null)
 
-  const b = new wire.FlowControl({ window, now: 0 })
-  assert.equal(b.received(136, 1), null)
-  assert.equal(b.consumed(136), null) // 200 < window / 4
-  assert.equal(b.received(136, 1), null)
-  assert.equal(b.consumed(136), 'c400')
-  assert.equal(b.received(936, 1), null) // 1000 - 400 + 400 granted back = 1000 allowed
+  const b = new wire.FlowControl({ window: W, now: 0 })
+  assert.equal(b.received(20000 - 64, 1), null)
+  assert.equal(b.consumed(20000 - 64), null) // 20000 < W / 4
+  assert.equal(b.received(30000 - 64, 1), null)
+  assert.equal(b.consumed(30000 - 64), 'c50000')
+  assert.equal(b.received(W - 64, 1), null) // W - 50000 + 50000 granted back = W allowed
   assert.ok(b.received(0, 1) instanceof Error) // overran
 
   const c = new wire.FlowControl({ now: 0 })
+  assert.equal(c.window, wire.DEFAULT_WINDOW)
   assert.equal(c.tick(4.9), null)
   assert.equal(c.tick(5), 'p')
   c.sentText(5)
