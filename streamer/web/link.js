@@ -30,8 +30,9 @@ export class Link {
     return this.closeReason !== null
   }
 
-  /** A data-channel message arrived (string: control; bytes: the session's); resolves once the
-   *  session handled it. Check `closed` afterwards: the channel must then be closed. */
+  /** A data-channel message arrived (string: control; Uint8Array or ArrayBuffer: the session's);
+   *  resolves once the session handled it. Check `closed` afterwards: the channel must then be
+   *  closed (and, if the session reported a misbehaving peer, the peer banned). */
   async receive (message, now) {
     if (this.closed) return
     if (typeof message === 'string') {
@@ -39,6 +40,7 @@ export class Link {
       if (err) this.close(err.message)
       return
     }
+    if (message instanceof ArrayBuffer) message = new Uint8Array(message) // binaryType 'arraybuffer'
     const err = this.flow.received(message.length, now)
     if (err) {
       this.close(err.message)
