@@ -6,12 +6,15 @@ to a sparse reader (hashes only: how a tab takes most blocks). Python (hashlib +
 every proof once; both sides verify the same bytes. Target for the tab: >= 2,000 proofs/s.
 The two sides take turns for --rounds rounds and each figure is the best round (the machine is
 shared, so the least disturbed round is the fairest comparison).
-Usage: python3 bench/bench_js_verify.py [--quick] [--block-size BYTES] [--rounds N]
+With --browser the tab's side also runs in headless Chromium (/usr/bin/chromium, through
+playwright), the same code as a page on 127.0.0.1.
+Usage: python3 bench/bench_js_verify.py [--quick] [--block-size BYTES] [--rounds N] [--browser]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import shutil
@@ -37,11 +40,62 @@ def write(path: Path, messages: list[bytes]) -> None:
             f.write(struct.pack("<I", len(m)) + m)
 
 
+PAGE = """<!doctype html><meta charset="utf-8"><script type="module">
+import { measure, messages } from '/bench/js_verify_core.mjs'
+const hex = (s) => Uint8Array.from(s.match(/../g) || [], (b) => parseInt(b, 16))
+const get = async (name) => messages(new Uint8Array(await (await fetch('/work/' + name)).arrayBuffer()))
+const q = new URLSearchParams(location.search)
+const run = async () => measure({
+  verifyRaw: await get('verify.bin'), firstRaw: (await get('first.bin'))[0],
+  applyRaw: await get('apply.bin'), key: hex(q.get('key')), msg: hex(q.get('msg')), sig: hex(q.get('sig')),
+})
+run().then((r) => { window.rates = r }, (e) => { window.rates = { error: String(e) } })
+</script>"""
+
+
+async def in_chromium(work: Path, key: bytes, msg: bytes, sig: bytes) -> dict[str, float]:
+    """The same measurement as a page served from 127.0.0.1 (a secure context) in Chromium."""
+    from aiohttp import web
+    from playwright.async_api import async_playwright
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_static("/work/", work)
+    app.router.add_static("/bench/", HERE)
+    app.router.add_static("/streamer/web/", HERE.parent / "streamer" / "web")
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+            )
+            tab = await browser.new_page()
+            await tab.goto(
+                f"http://127.0.0.1:{port}/?key={key.hex()}&msg={msg.hex()}&sig={sig.hex()}"
+            )
+            await tab.wait_for_function("window.rates !== undefined", timeout=600_000)
+            rates = await tab.evaluate("window.rates")
+            await browser.close()
+    finally:
+        await runner.cleanup()
+    if "error" in rates:
+        raise RuntimeError(f"the page failed: {rates['error']}")
+    return rates
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples")
     ap.add_argument("--block-size", type=int, default=1024, help="bytes per block (default 1024)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    ap.add_argument("--browser", action="store_true", help="also measure in headless Chromium")
     args = ap.parse_args()
     size = args.block_size
     count = 10_000 if size <= 4096 else 1_000  # keeps the feed in memory under ~64 MiB per 64 KiB
@@ -131,9 +185,15 @@ def main() -> int:
                 return 1
             for name, rate in json.loads(run.stdout).items():
                 tab[name] = max(tab.get(name, 0.0), rate)
+        chromium: dict[str, float] = {}
+        if args.browser:
+            for _ in range(args.rounds):
+                rates = asyncio.run(in_chromium(Path(work), kp.public_key, msg, sig))
+                for name, rate in rates.items():
+                    chromium[name] = max(chromium.get(name, 0.0), rate)
     params = {"blocks": count, "block_size": size, "samples": samples, "rounds": args.rounds}
     print(f"params: {json.dumps(params)} (best round of each)")
-    print(f"{'figure (per second)':<26}{'tab (JS)':>12}{'Python':>12}{'JS/Py':>8}")
+    print(f"{'figure (per second)':<26}{'node':>10}{'chromium':>10}{'Python':>10}{'node/Py':>9}")
     for name in (
         "proof_verify",
         "proof_verify_concurrent",
@@ -144,7 +204,8 @@ def main() -> int:
         js_rate = tab.get(name)
         py = ours.get(name if name != "proof_verify_concurrent" else "proof_verify")
         ratio = f"{js_rate / py:.2f}x" if js_rate and py else "-"
-        print(f"{name:<26}{js_rate or 0:>12,.0f}{py or 0:>12,.0f}{ratio:>8}")
+        crm = f"{chromium[name]:,.0f}" if name in chromium else "-"
+        print(f"{name:<26}{js_rate or 0:>10,.0f}{crm:>10}{py or 0:>10,.0f}{ratio:>9}")
     print(
         f"node {subprocess.run([node, '--version'], capture_output=True, text=True).stdout.strip()}; "
         "target for the tab: proof_verify >= 2,000/s"
