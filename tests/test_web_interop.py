@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streamer.core import crypto, wire
+from streamer.core import crypto, names, wire
 from streamer.core.errors import BlockNotFoundError, ProofError, WireError
 from streamer.core.feed import Feed
 from streamer.core.flat_tree import full_roots
@@ -458,6 +458,34 @@ async def test_handshake_from_real_aiortc_sdps_matches_python(js: JsPeer) -> Non
     finally:
         await a.close()
         await b.close()
+
+
+def test_name_records_signed_in_python_verify_in_js(js: JsPeer) -> None:
+    kp = crypto.key_pair(b"\x05" * 32)
+    good = names.sign_record("my-first.stream_1", kp.secret_key, 1_700_000_000).to_json()
+    other = names.sign_record("other", crypto.key_pair(b"\x06" * 32).secret_key, 5).to_json()
+    records = [
+        good,
+        {**good, "time": good["time"] + 1},
+        {**good, "name": "my-first-stream"},
+        {**good, "key": other["key"]},
+        {**good, "name": "Upper"},
+        {**good, "signature": "00" * 63},
+        {**good, "time": -1},
+        [],
+    ]
+    results = js("names", records=records)["results"]
+    assert results[0] == {
+        "valid": True,
+        "name": good["name"],
+        "key": kp.public_key.hex(),
+        "time": good["time"],
+    }
+    for record, got in zip(records[1:], results[1:], strict=True):
+        assert got["valid"] is False and got["error"].startswith("ProofError"), record
+        with pytest.raises(ProofError):
+            names.parse_verified(record)
+    assert "bad signature" in results[1]["error"]
 
 
 # ---------------------------------------------------------------- live replication

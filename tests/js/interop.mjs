@@ -14,6 +14,7 @@ import * as format from '../../streamer/web/format.js'
 import {
   CompatVerifier, DefaultManifestVerifier, MemoryNodeStore, MerkleTree,
 } from '../../streamer/web/merkle.js'
+import { verifyNameRecord } from '../../streamer/web/names.js'
 import { PRIORITY_HIGH, Replicator } from '../../streamer/web/replicator.js'
 import { checkHandshake, handshakeHash, makeHandshake, sdpFingerprint } from '../../streamer/web/session.js'
 import * as wire from '../../streamer/web/wire.js'
@@ -196,6 +197,18 @@ const OPS = {
     } catch (e) {
       return { valid: false, error: e.message }
     }
+  },
+  async names ({ records }) {
+    const results = []
+    for (const r of records) {
+      try {
+        const got = await verifyNameRecord(r)
+        results.push({ valid: true, name: got.name, key: toHex(got.key), time: got.time })
+      } catch (e) {
+        results.push({ valid: false, error: `${e.name}: ${e.message}` })
+      }
+    }
+    return { results }
   },
   blake2b ({ data, outlen, key, backend }) {
     const used = setBackend(backend || 'wasm')
