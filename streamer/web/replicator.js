@@ -135,6 +135,16 @@ export class Replicator {
     }
   }
 
+  /** Whether the scheduler would fetch `block` if it were missing (playback window, wants, live
+   *  edge): memory bounds must not evict such a block, or it would be fetched again at once. */
+  isWanted (block) {
+    const cfg = this.config
+    const length = this.feed.length
+    if (this._playhead !== null && block >= this._playhead && block < this._playhead + cfg.playbackWindow) return true
+    if (cfg.live && block >= length - cfg.liveWindow && block < length) return true
+    return this._wants.some((w) => block >= w.start && block < w.end)
+  }
+
   _deadline (block) {
     const head = this._playhead
     if (head === null || !(head <= block && block < head + this.config.playbackWindow)) return null
