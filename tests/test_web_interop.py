@@ -18,6 +18,7 @@ from streamer.core import crypto, names, wire
 from streamer.core.errors import BlockNotFoundError, ProofError, WireError
 from streamer.core.feed import Feed
 from streamer.core.flat_tree import full_roots
+from streamer.core.handshake import Handshaker, check_handshake, make_handshake
 from streamer.core.merkle import (
     CompatVerifier,
     DefaultManifestVerifier,
@@ -29,8 +30,6 @@ from streamer.core.replication import (
     HandshakeComplete,
     PeerMisbehaved,
     Session,
-    check_handshake,
-    make_handshake,
 )
 from streamer.core.scheduler import Replicator, ReplicatorConfig
 from streamer.media.format import Segment, StreamHeader
@@ -503,8 +502,10 @@ class Mixed:
         self.js = js
         self.now = 0.0
         self.reps: list[Replicator] = []
-        self.links: dict[str, tuple[Session, Any]] = {}  # JS session name -> (py session, tamper)
-        self.events: dict[str, list[dict[str, Any]]] = {}
+        # JS session name -> (Python session, its replicator, tamper)
+        self.links: dict[str, tuple[Session, Replicator, Any]] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}  # the JS side's, by session name
+        self.py_events: dict[int, list[Any]] = {}  # id(Python session) -> its events
         self.js_timer: float | None = None
         self.state: dict[str, Any] = {}
 
@@ -512,21 +513,16 @@ class Mixed:
         self, name: str, rep: Replicator, *, js_initiator: bool, tamper: Any = None
     ) -> Session:
         hh = hashlib.blake2b(name.encode(), digest_size=32).digest()
-        key = rep.feed.key
         sk = rep.feed._secret_key if rep.feed.writable else None  # type: ignore[attr-defined]  # noqa: SLF001
-        py_initiator = not js_initiator
-        s = rep.add_session(
-            handshake=make_handshake(key, hh, py_initiator, sk),
-            verify_handshake=lambda h: check_handshake(h, key, hh, py_initiator),
-        )
+        s = rep.add_session(handshake=Handshaker(rep.feed.key, hh, not js_initiator, sk))
         self.js("session", name=name, handshake_hash=hh.hex(), initiator=js_initiator)
-        self.links[name] = (s, tamper)
+        self.links[name] = (s, rep, tamper)
         return s
 
     def settle(self) -> None:
         for _ in range(10_000):
             inbox: dict[str, list[str]] = {}
-            for name, (s, tamper) in self.links.items():
+            for name, (s, _, tamper) in self.links.items():
                 chunks = s.datagrams_to_send(self.now)
                 if tamper is not None:
                     chunks = [t for c in chunks if (t := tamper(c))]
@@ -534,15 +530,18 @@ class Mixed:
             reply = self.js("step", now=self.now, inbox=inbox)
             moved = any(inbox.values())
             for name, chunks in reply["outbox"].items():
-                s = self.links[name][0]
+                s, rep, _ = self.links[name]
                 for c in chunks:
-                    s.receive(bytes.fromhex(c), self.now)
+                    rep.receive(s, bytes.fromhex(c), self.now)
                     moved = True
             for name, events in reply["events"].items():
                 self.events.setdefault(name, []).extend(events)
+            for rep in self.reps:
+                while (item := rep.next_event()) is not None:
+                    self.py_events.setdefault(id(item[0]), []).append(item[1])
             self.js_timer = reply["timer"]
             self.state = reply
-            if not moved and not any(s.wants_to_send() for s, _ in self.links.values()):
+            if not moved and not any(s.wants_to_send() for s, _, _ in self.links.values()):
                 return
         raise AssertionError("the network never went quiet")
 
@@ -562,13 +561,6 @@ class Mixed:
                     r.handle_timer(self.now)
             self.settle()
         self.now = end
-
-
-def events_of(session: Session) -> list[Any]:
-    out = []
-    while (e := session.next_event()) is not None:
-        out.append(e)
-    return out
 
 
 def test_python_writer_to_js_tab_to_python_viewer(js: JsPeer, tmp_path: Path) -> None:
@@ -600,11 +592,12 @@ def test_python_writer_to_js_tab_to_python_viewer(js: JsPeer, tmp_path: Path) ->
     # The Python viewer's only neighbour is the tab: every block it holds came through JS proofs.
     assert viewer.feed.length == 12
     assert [viewer.feed.get(i) for i in range(12)] == [segment(i) for i in range(12)]  # type: ignore[attr-defined]
-    v_events = events_of(v_s)
+    v_events = net.py_events[id(v_s)]
     assert HandshakeComplete(remote_is_writer=False) in v_events
     assert sorted(e.index for e in v_events if isinstance(e, BlockVerified)) == list(range(12))
-    assert not [e for e in v_events + events_of(w_s) if isinstance(e, PeerMisbehaved)]
-    assert viewer.stats()["blocks_from_peers"] == 12
+    w_events = net.py_events.get(id(w_s), [])
+    assert not [e for e in v_events + w_events if isinstance(e, PeerMisbehaved)]
+    assert viewer.stats(net.now).blocks_from_peers == 12
 
 
 def test_js_tab_drops_a_python_peer_that_sends_a_forged_block(js: JsPeer, tmp_path: Path) -> None:
