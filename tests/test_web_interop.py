@@ -582,7 +582,11 @@ def test_python_writer_to_js_tab_to_python_viewer(js: JsPeer, tmp_path: Path) ->
     js("want", start=0, end=12)  # the tab also fetches what it missed before joining the edge
     net.run(5)
 
-    tab = js("stats")
+    tab = js("stats", now=net.now)
+    # the tab reports the same stats JSON as a Python node (core/stats.py)
+    py_stats = viewer.stats(net.now).as_json()
+    assert list(tab["stats"]) == list(py_stats)
+    assert list(tab["stats"]["neighbours"][0]) == list(py_stats["neighbours"][0])
     assert net.state["length"] == 12
     assert net.state["held"] == [[0, 12]]
     assert tab["blocks"] == {str(i): segment(i).hex() for i in range(12)}

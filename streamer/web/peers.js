@@ -114,14 +114,20 @@ export class PeerSet {
     this.replicator.setPlayhead(block, now)
   }
 
-  /** Stats with the keys of the Python replicator's, plus memory and neighbour figures. */
-  stats () {
+  /** The node's stats with the keys of /stats (core/stats.py NodeStats.as_json; the player
+   *  fills live_delay_s and ended), plus the tab's memory and ban figures. */
+  stats (now = null) {
+    const feed = this.feed
     return {
-      ...this.replicator.stats(),
-      length: this.feed.length,
-      block_bytes_held: this.feed.blockBytes,
+      key: [...feed.key].map((b) => b.toString(16).padStart(2, '0')).join(''),
+      length: feed.length,
+      blocks_have: feed.present.count(),
+      byte_length: feed.byteLength,
+      live_delay_s: null,
+      ended: false,
+      ...this.replicator.stats(now),
+      block_bytes_held: feed.blockBytes,
       blocks_evicted: this.evicted,
-      neighbours: [...this.links.values()].filter((e) => e.link.session.isOpen).length,
       banned: this._banned.size,
     }
   }

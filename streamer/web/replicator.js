@@ -8,6 +8,7 @@
 // the writer, so the writer's upload budget of the Python scheduler has no counterpart here.
 
 import { Session } from './session.js'
+import { RateMeter, shareFromPeers } from './stats.js'
 import { MAX_CHUNK } from './wire.js'
 
 export const PRIORITY_HIGH = 2 // want(): after the playback window, before the live edge
@@ -62,10 +63,12 @@ export class Replicator {
     this.config = { ...DEFAULT_CONFIG, ...config }
     this.sessions = []
     this.totals = {
-      bytes_up: 0, bytes_down: 0, blocks_up: 0, block_bytes_up: 0, blocks_from_writer: 0,
-      blocks_from_peers: 0, block_bytes_from_writer: 0, block_bytes_from_peers: 0, duplicates: 0,
-      duplicate_bytes: 0, rerequests: 0, timeouts: 0, uploads_refused: 0, peers_dropped: 0,
+      blocks_from_writer: 0, blocks_from_peers: 0, block_bytes_from_writer: 0,
+      block_bytes_from_peers: 0, duplicates: 0, duplicate_bytes: 0, rerequests: 0, timeouts: 0,
+      uploads_refused: 0, peers_dropped: 0,
     }
+    this._closed = { bytes_up: 0, bytes_down: 0, blocks_up: 0, block_bytes_up: 0 } // closed sessions'
+    this._rates = new RateMeter()
     this._rand = rng(this.config.seed)
     this._inflight = new Map() // block -> [[session, out], ...]
     this._upgrade = null // [session, out]
@@ -156,6 +159,7 @@ export class Replicator {
 
   /** Send the requests that should be in flight now (run after every input). */
   schedule (now) {
+    this._sample(now)
     this._requestUpgrade(now)
     this._requestBlocks(now)
   }
@@ -359,10 +363,7 @@ export class Replicator {
   _uploadStarted () { this._uploadsWaiting-- }
   _uploadDropped (block) { this._uploadsWaiting-- }
 
-  _blockUploaded (s, block, size) {
-    this.totals.blocks_up++
-    this.totals.block_bytes_up += size
-  }
+  _blockUploaded (s, block, size) {}
 
   /** A Data answering one of our requests: verified (ProofError drops the peer), then stored,
    *  then announced to every other peer. */
@@ -433,8 +434,7 @@ export class Replicator {
   _sessionClosed (s) {
     const i = this.sessions.indexOf(s)
     if (i >= 0) this.sessions.splice(i, 1)
-    this.totals.bytes_up += s.stats.bytes_up
-    this.totals.bytes_down += s.stats.bytes_down
+    for (const k of ['bytes_up', 'bytes_down', 'blocks_up', 'block_bytes_up']) this._closed[k] += s.stats[k]
     for (const [block, entries] of [...this._inflight]) {
       for (const [t, out] of entries) if (t === s) this._forget(block, t, out)
     }
@@ -454,20 +454,62 @@ export class Replicator {
 
   // ------------------------------------------------------------ stats
 
-  /** JSON-ready totals and per-peer traffic, with the keys of the Python replicator's stats(). */
-  stats () {
-    const totals = { ...this.totals }
+  /** Neighbours with an open session. */
+  get peers () {
+    return this.sessions.filter((s) => s.isOpen).length
+  }
+
+  get writerConnected () {
+    return this.sessions.some((s) => s.isOpen && s.remoteIsWriter)
+  }
+
+  _traffic () {
+    let up = this._closed.bytes_up
+    let down = this._closed.bytes_down
     for (const s of this.sessions) {
-      totals.bytes_up += s.stats.bytes_up
-      totals.bytes_down += s.stats.bytes_down
+      up += s.stats.bytes_up
+      down += s.stats.bytes_down
     }
-    const down = totals.block_bytes_from_writer + totals.block_bytes_from_peers
-    totals.writer_share = down ? totals.block_bytes_from_writer / down : 0
-    totals.inflight = [...this._inflight.values()].reduce((n, e) => n + e.length, 0)
-    totals.unavailable = this._unavailable
-    totals.peers = this.sessions.map((s) => ({
-      name: s.name, is_writer: s.remoteIsWriter, remote_length: s.remoteLength, ...s.stats,
-    }))
-    return totals
+    return [up, down]
+  }
+
+  _sample (now) {
+    if (this._rates.due(now)) this._rates.sample(now, ...this._traffic())
+  }
+
+  /** What this node replicated so far, as core/stats.py's ReplicationStats.as_json(). */
+  stats (now = null) {
+    if (now !== null) this._sample(now)
+    const t = this.totals
+    const out = {
+      peers: this.peers,
+      writer_connected: this.writerConnected,
+      bytes_up: this._closed.bytes_up,
+      bytes_down: this._closed.bytes_down,
+      up_rate: 0,
+      down_rate: 0,
+      blocks_up: this._closed.blocks_up,
+      block_bytes_up: this._closed.block_bytes_up,
+      blocks_from_writer: t.blocks_from_writer,
+      blocks_from_peers: t.blocks_from_peers,
+      block_bytes_from_writer: t.block_bytes_from_writer,
+      block_bytes_from_peers: t.block_bytes_from_peers,
+      duplicates: t.duplicates,
+      duplicate_bytes: t.duplicate_bytes,
+      rerequests: t.rerequests,
+      timeouts: t.timeouts,
+      uploads_refused: t.uploads_refused,
+      peers_dropped: t.peers_dropped,
+      inflight: [...this._inflight.values()].reduce((n, e) => n + e.length, 0),
+      unavailable: this._unavailable,
+      share_from_peers: shareFromPeers(t.block_bytes_from_writer, t.block_bytes_from_peers),
+      neighbours: [],
+    }
+    ;[out.up_rate, out.down_rate] = this._rates.rates
+    for (const s of this.sessions) {
+      for (const k of ['bytes_up', 'bytes_down', 'blocks_up', 'block_bytes_up']) out[k] += s.stats[k]
+      out.neighbours.push({ name: s.name, is_writer: s.remoteIsWriter, remote_length: s.remoteLength, ...s.stats })
+    }
+    return out
   }
 }

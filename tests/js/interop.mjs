@@ -237,8 +237,8 @@ const OPS = {
     return {}
   },
   step,
-  stats () {
-    return { stats: peer.rep.stats(), blocks: Object.fromEntries([...peer.rep.feed.blocks].map(([i, v]) => [i, toHex(v)])) }
+  stats (cmd) {
+    return { stats: peer.rep.stats(cmd.now ?? null), blocks: Object.fromEntries([...peer.rep.feed.blocks].map(([i, v]) => [i, toHex(v)])) }
   },
 }
 

@@ -65,12 +65,21 @@ test('two neighbours handshake over their SDP fingerprints and replicate', async
   for (let i = 0; i < 8; i++) assert.deepEqual(reader.feed.get(i), values[i])
   assert.ok(events.some((e) => e.type === 'handshake' && e.peer === 's'))
   assert.equal(events.filter((e) => e.type === 'block').length, 8)
-  const stats = reader.stats()
-  for (const k of ['bytes_up', 'bytes_down', 'blocks_from_peers', 'writer_share', 'inflight', 'peers', 'neighbours']) {
-    assert.ok(k in stats, k)
-  }
-  assert.equal(stats.neighbours, 1)
+  const stats = reader.stats(3)
+  assert.deepEqual(Object.keys(stats), [
+    'key', 'length', 'blocks_have', 'byte_length', 'live_delay_s', 'ended', 'peers',
+    'writer_connected', 'bytes_up', 'bytes_down', 'up_rate', 'down_rate', 'blocks_up',
+    'block_bytes_up', 'blocks_from_writer', 'blocks_from_peers', 'block_bytes_from_writer',
+    'block_bytes_from_peers', 'duplicates', 'duplicate_bytes', 'rerequests', 'timeouts',
+    'uploads_refused', 'peers_dropped', 'inflight', 'unavailable', 'share_from_peers',
+    'neighbours', 'block_bytes_held', 'blocks_evicted', 'banned',
+  ])
+  assert.equal(stats.peers, 1)
+  assert.equal(stats.neighbours.length, 1)
+  assert.equal(stats.blocks_have, 8)
   assert.equal(stats.blocks_from_peers, 8)
+  assert.equal(stats.share_from_peers, 1)
+  assert.ok(stats.down_rate > 0)
 })
 
 test('memory stays bounded: far blocks are evicted, block 0 and wanted blocks kept', async () => {
