@@ -13,7 +13,8 @@ import { Link } from './link.js'
 import { Replicator } from './replicator.js'
 import { checkHandshake, handshakeHash, makeHandshake, sdpFingerprint } from './session.js'
 
-export const BAN_SECONDS = 300
+export const BAN_SECONDS = 60 // docs/wire.md: ban_seconds
+export const MAX_BANNED = 1024 // bans remembered; the oldest is forgotten beyond this
 export const HANDSHAKE_TIMEOUT_S = 10
 export const MAX_BLOCK_BYTES = 96 * 1024 * 1024
 
@@ -45,6 +46,9 @@ export class PeerSet {
   }
 
   ban (peer, now) {
+    for (const [p, until] of this._banned) if (until <= now) this._banned.delete(p)
+    this._banned.delete(peer)
+    if (this._banned.size >= MAX_BANNED) this._banned.delete(this._banned.keys().next().value)
     this._banned.set(peer, now + this.banSeconds)
   }
 

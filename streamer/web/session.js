@@ -140,6 +140,7 @@ export class Session {
     this._events = []
     this._announcedLength = 0
     this._chain = Promise.resolve()
+    this._gotFirst = false // the peer's first binary message arrived
     this.stats = new PeerStats()
     this.closeReason = null
     if (handshake !== null) {
@@ -171,6 +172,14 @@ export class Session {
     } catch (e) {
       this._chain = this._chain.then(() => this._misbehaved(`undecodable bytes: ${e.message}`))
       return this._chain
+    }
+    if (this._state === HANDSHAKE && !this._gotFirst) {
+      this._gotFirst = true
+      if (!messages.length) {
+        // The peer's first data-channel message must be its whole handshake (docs/wire.md).
+        this._chain = this._chain.then(() => this._misbehaved('bad handshake: its first message is not a handshake (part of a message)'))
+        return this._chain
+      }
     }
     for (const raw of messages) {
       this._chain = this._chain.then(() => this._handleRaw(raw, now))

@@ -152,3 +152,14 @@ test('data with a block or upgrade we did not ask for gets the peer dropped', as
     assert.match(s.closeReason, reason)
   }
 })
+
+test('a handshake split over two chunks is refused: the first message must be whole', async () => {
+  const rep = new Replicator(new MemoryFeed(key))
+  const hs = { type: 'handshake', capability: new Uint8Array(32), seeks: true, writerSignature: null }
+  const s = rep.addSession({ handshake: hs, verifyHandshake: async () => false })
+  const chunks = new wire.Framer(20).frame(wire.encodeMessage(hs))
+  assert.ok(chunks.length > 1)
+  for (const c of chunks) await s.receive(c, 0)
+  assert.equal(s.closed, true)
+  assert.match(s.closeReason, /first message is not a handshake/)
+})
