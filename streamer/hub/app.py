@@ -25,6 +25,7 @@ from streamer.hub.redisbridge import RedisBridge
 from streamer.hub.registry import ChannelRegistry, channel_key, parse_channels
 from streamer.hub.rejections import Refused, Rejection
 from streamer.hub.sse import SSE_HEADERS, Subscriber, pump
+from streamer.hub.watch import add_routes as add_watch_routes
 
 log = logging.getLogger("streamer.hub")
 
@@ -92,6 +93,7 @@ class Hub:
         app.router.add_route("*", "/metrics", self._metrics_handler)
         app.router.add_route("*", "/v1/{tail:.*}", self._v1)
         app.router.add_route("*", "/names/{name}", self._names)
+        add_watch_routes(app)
         app.on_response_prepare.append(_add_cors)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)

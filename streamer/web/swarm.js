@@ -1,0 +1,333 @@
+// The tab in its stream's swarm: the hub's signalhub API (SSE + POST), the membership policy
+// (membership.js), and RTCPeerConnection / RTCDataChannel glue around the PeerSet (peers.js).
+//
+// One job: move bytes and signaling messages; every rule lives in the sans-IO modules. Like
+// streamer/net/swarm.py: the lower peer id offers one reliable, ordered data channel labelled
+// "swarmcast"; SDP goes whole (ICE gathering completes first); the offerer waits 15 s for the
+// answer, both wait 15 s for the channel to open, then the PeerSet runs the handshake bound to
+// both SDPs' DTLS fingerprints (10 s). A verified handshake makes the peer a neighbour; a peer
+// that misbehaves is dropped and banned (by the PeerSet for replication, by the membership for
+// signaling).
+
+import { discoveryKey } from './crypto.js'
+import { toHex } from './encoding.js'
+import { HIGH_WATER, LOW_WATER, TICK_S } from './link.js'
+import { answerMessage, byeMessage, Membership, newPeerId, offerMessage } from './membership.js'
+
+export const APP = 'swarmcast'
+export const LABEL = 'swarmcast'
+export const CONNECT_TIMEOUT_S = 15
+export const GATHER_TIMEOUT_S = 10 // ICE gathering that never completes: send what we have
+
+const seconds = () => performance.now() / 1000
+
+function timeout (ms, what) {
+  let timer
+  const p = new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(what)), ms) })
+  p.clear = () => clearTimeout(timer)
+  return p
+}
+
+function gathered (pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve()
+  return new Promise((resolve) => {
+    const done = () => { clearTimeout(timer); resolve() }
+    const timer = setTimeout(done, GATHER_TIMEOUT_S * 1000)
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') done()
+    })
+  })
+}
+
+function channelOpen (dc, ms) {
+  if (dc.readyState === 'open') return Promise.resolve()
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('the data channel did not open in time')), ms)
+    dc.addEventListener('open', () => { clearTimeout(t); resolve() }, { once: true })
+    dc.addEventListener('close', () => { clearTimeout(t); reject(new Error('the data channel closed')) }, { once: true })
+  })
+}
+
+export class TabSwarm {
+  /**
+   * @param peers the PeerSet replicating the feed (its onEvent must call swarm.peerEvent)
+   * @param opts {hub (base URL), iceServers, maxPeers, log(text)}
+   */
+  constructor (peers, { hub, iceServers = [], maxPeers = 6, log = () => {} }) {
+    this.peers = peers
+    this.hub = hub.replace(/\/+$/, '')
+    this.iceServers = iceServers
+    this.log = log
+    this.peerId = newPeerId()
+    this.dk = toHex(discoveryKey(peers.feed.key))
+    this.membership = new Membership(this.peerId, { maxPeers })
+    this.conns = new Map() // peer id -> {pc, dc}: channels handed to the PeerSet
+    this.dials = new Map() // peer id -> {pc, answer: {resolve, reject}, done}
+    this.counters = {
+      hub_messages_ignored: 0, dials_failed: 0, handshakes_failed: 0, connections_opened: 0,
+      evictions: 0, posts_failed: 0,
+    }
+    this._source = null
+    this._announceTimer = null
+    this._tick = null
+    this._opening = null
+    this._left = false
+  }
+
+  /** Subscribe to the hub and start announcing. */
+  join () {
+    const url = `${this.hub}/v1/${APP}/${this.dk},${this.dk}.${this.peerId}`
+    this._source = new EventSource(url)
+    this._source.onopen = () => { this.membership.requestAnnounce(); this._scheduleAnnounce() }
+    this._source.onmessage = (ev) => this._onSignal(ev.data)
+    this._tick = setInterval(() => { this.peers.tick(seconds()); this.flushAll() }, (TICK_S * 1000) / 5)
+    this._scheduleAnnounce()
+  }
+
+  /** Post bye and close everything. */
+  leave () {
+    if (this._left) return
+    this._left = true
+    this.membership.leave()
+    this._post(byeMessage(), true)
+    if (this._source) this._source.close()
+    clearTimeout(this._announceTimer)
+    clearInterval(this._tick)
+    for (const d of this.dials.values()) d.pc.close()
+    for (const [peer, c] of this.conns) {
+      c.pc.close()
+      this.peers.closed(peer, seconds())
+    }
+    this.conns.clear()
+  }
+
+  stats () {
+    return { peer_id: this.peerId, neighbours_writer: [...this.membership.neighbours.values()].filter(Boolean).length, ...this.counters }
+  }
+
+  // -------------------------------------------------------------- signaling
+
+  async _post (action, keepalive = false) {
+    const channel = action.to === null ? this.dk : `${this.dk}.${action.to}`
+    try {
+      const res = await fetch(`${this.hub}/v1/${APP}/${channel}`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ ...action.message, from: this.peerId }),
+        keepalive,
+      })
+      if (!res.ok) throw new Error(`hub answered ${res.status}`)
+      return true
+    } catch (e) {
+      this.counters.posts_failed++
+      return false
+    }
+  }
+
+  _onSignal (text) {
+    let msg
+    try {
+      msg = JSON.parse(text)
+    } catch {
+      this.counters.hub_messages_ignored++
+      return
+    }
+    for (const action of this.membership.signal(msg, seconds())) this._execute(action)
+    this._scheduleAnnounce()
+  }
+
+  _scheduleAnnounce () {
+    if (this._left) return
+    clearTimeout(this._announceTimer)
+    const wait = Math.max(0, this.membership.announceDeadline() - seconds())
+    this._announceTimer = setTimeout(() => this._announce(), Math.min(wait, 60) * 1000)
+  }
+
+  _announce () {
+    if (this.membership.announceDeadline() > seconds()) return this._scheduleAnnounce()
+    for (const action of this.membership.announce()) this._execute(action)
+    this.membership.announced(seconds())
+    this._scheduleAnnounce()
+  }
+
+  _execute (action) {
+    switch (action.type) {
+      case 'post': this._post(action); break
+      case 'dial': this._dial(action.peer, action.offer); break
+      case 'evict': {
+        const c = this.conns.get(action.peer)
+        if (c) {
+          this.counters.evictions++
+          this._closeConn(action.peer, 'made room for a newcomer')
+        }
+        break
+      }
+      case 'answer': {
+        const d = this.dials.get(action.peer)
+        if (d && d.answer) {
+          if (action.sdp !== null) d.answer.resolve(action.sdp)
+          else d.answer.reject(new Error(`peer ${action.peer.slice(0, 8)} declined the connection`))
+        }
+        break
+      }
+      case 'cancelDial': {
+        const d = this.dials.get(action.peer)
+        if (d) d.cancel(new Error('the peer left'))
+        break
+      }
+      case 'ignored': this.counters.hub_messages_ignored++; break
+    }
+  }
+
+  // -------------------------------------------------------------- connections
+
+  _dial (peer, offer) {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers })
+    const dial = { pc, answer: null, cancel: null, handshake: null }
+    const cancelled = new Promise((resolve, reject) => { dial.cancel = reject })
+    cancelled.catch(() => {})
+    this.dials.set(peer, dial)
+    this._connect(peer, offer, dial, cancelled)
+      .catch((e) => {
+        this.counters.dials_failed++
+        this.log(`connecting to ${peer.slice(0, 8)} failed: ${e.message}`)
+        if (this.conns.get(peer)?.pc !== pc) pc.close()
+      })
+      .finally(() => {
+        if (this.dials.get(peer) === dial) this.dials.delete(peer)
+        this.membership.dialEnded(peer)
+        this._scheduleAnnounce()
+      })
+  }
+
+  async _connect (peer, offer, dial, cancelled) {
+    const { pc } = dial
+    const race = (p) => Promise.race([p, cancelled])
+    let dc
+    const initiator = offer === null
+    let remoteSdp
+    if (initiator) {
+      dc = pc.createDataChannel(LABEL)
+      await pc.setLocalDescription(await pc.createOffer())
+      await race(gathered(pc))
+      const answered = new Promise((resolve, reject) => { dial.answer = { resolve, reject } })
+      await this._post(offerMessage(peer, pc.localDescription.sdp))
+      const limit = timeout(CONNECT_TIMEOUT_S * 1000, 'no answer to our offer')
+      try {
+        remoteSdp = await race(Promise.race([answered, limit]))
+      } finally {
+        limit.clear()
+      }
+      await pc.setRemoteDescription({ type: 'answer', sdp: remoteSdp })
+    } else {
+      remoteSdp = offer
+      const got = new Promise((resolve) => {
+        pc.ondatachannel = ({ channel }) => {
+          if (channel.label === LABEL && !dc) resolve(channel)
+          else channel.close()
+        }
+      })
+      await pc.setRemoteDescription({ type: 'offer', sdp: offer })
+      await pc.setLocalDescription(await pc.createAnswer())
+      await race(gathered(pc))
+      await this._post(answerMessage(peer, pc.localDescription.sdp))
+      const limit = timeout(CONNECT_TIMEOUT_S * 1000, 'no data channel in time')
+      try {
+        dc = await race(Promise.race([got, limit]))
+      } finally {
+        limit.clear()
+      }
+    }
+    await race(channelOpen(dc, CONNECT_TIMEOUT_S * 1000))
+    if (this._left) throw new Error('left the swarm')
+    const verified = new Promise((resolve, reject) => { dial.handshake = { resolve, reject } })
+    this._attach(peer, pc, dc, remoteSdp, initiator)
+    await verified // PeerSet closes a link whose handshake takes over 10 s
+  }
+
+  _attach (peer, pc, dc, remoteSdp, initiator) {
+    dc.binaryType = 'arraybuffer'
+    dc.bufferedAmountLowThreshold = LOW_WATER
+    const old = this.conns.get(peer)
+    this._opening = peer
+    let link
+    try {
+      link = this.peers.open(peer, { localSdp: pc.localDescription.sdp, remoteSdp, initiator, now: seconds() })
+    } finally {
+      this._opening = null
+    }
+    if (old) old.pc.close()
+    if (!link) {
+      this.conns.delete(peer)
+      pc.close()
+      throw new Error('the peer is banned')
+    }
+    const conn = { pc, dc }
+    this.conns.set(peer, conn)
+    let chain = Promise.resolve()
+    dc.onmessage = (ev) => {
+      chain = chain.then(() => this.peers.receive(peer, ev.data, seconds())).then(() => this.flushAll())
+    }
+    dc.onbufferedamountlow = () => this.flush(peer)
+    dc.onclose = () => {
+      if (this.conns.get(peer) === conn) this.peers.closed(peer, seconds())
+    }
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed' && this.conns.get(peer) === conn) this._closeConn(peer, 'connection failed')
+    }
+    this.flushAll()
+  }
+
+  _closeConn (peer, reason) {
+    const c = this.conns.get(peer)
+    if (!c) return
+    this.conns.delete(peer)
+    const link = this.peers.links.get(peer)
+    if (link) link.link.close(reason)
+    this.peers.closed(peer, seconds())
+    c.pc.close()
+  }
+
+  /** The PeerSet's events: wire them into the membership (call from PeerSet's onEvent). */
+  peerEvent (e) {
+    const now = seconds()
+    const dial = this.dials.get(e.peer)
+    if (e.type === 'handshake') {
+      this.counters.connections_opened++
+      this.membership.connected(e.peer, e.remoteIsWriter)
+      if (dial && dial.handshake) dial.handshake.resolve()
+      this._scheduleAnnounce()
+    } else if (e.type === 'misbehaved') {
+      this.membership.ban(e.peer, now)
+      if (!this.membership.neighbours.has(e.peer)) this.counters.handshakes_failed++
+      this.log(`dropped and banned ${e.peer.slice(0, 8)}: ${e.reason}`)
+    } else if (e.type === 'closed' && this._opening !== e.peer) {
+      if (dial && dial.handshake) dial.handshake.reject(new Error(e.reason || 'closed'))
+      const c = this.conns.get(e.peer)
+      if (c) {
+        this.conns.delete(e.peer)
+        c.pc.close()
+      }
+      this.membership.disconnected(e.peer)
+      this._scheduleAnnounce()
+    }
+  }
+
+  // -------------------------------------------------------------- bytes
+
+  flush (peer) {
+    const c = this.conns.get(peer)
+    if (!c || c.dc.readyState !== 'open') return
+    try {
+      for (const m of this.peers.outgoing(peer, seconds(), HIGH_WATER - c.dc.bufferedAmount)) c.dc.send(m)
+    } catch (e) {
+      this._closeConn(peer, `send failed: ${e.message}`)
+      return
+    }
+    if (this.peers.isClosed(peer)) this._closeConn(peer, 'closed')
+  }
+
+  flushAll () {
+    for (const peer of [...this.conns.keys()]) this.flush(peer)
+  }
+}
