@@ -374,8 +374,10 @@ async def _go_live(
     replicator = NetworkReplicator(feed, swarm)
     broadcaster.stats_providers.append(replicator.stats_fields)
     await replicator.start()
+    target = name or feed.key.hex()
     log.info(
-        "live on the swarm; watch with:\n  viewer watch %s --hub %s", name or feed.key.hex(), hub
+        "live on the swarm; watch with:\n  viewer watch %s --hub %s\n  or in a browser: %s/watch/%s",
+        target, hub, hub.rstrip("/"), target,
     )
     return replicator, embedded
 

@@ -39,6 +39,15 @@ function gathered (pc) {
   })
 }
 
+/** Hold what arrives on `dc` until the PeerSet takes the channel: the peer's handshake may come
+ *  before our own answer has been posted (or the channel handed over). */
+function buffer (dc) {
+  dc.binaryType = 'arraybuffer'
+  const early = []
+  dc.onmessage = (ev) => early.push(ev.data)
+  return early
+}
+
 function channelOpen (dc, ms) {
   if (dc.readyState === 'open') return Promise.resolve()
   return new Promise((resolve, reject) => {
@@ -204,10 +213,12 @@ export class TabSwarm {
     const { pc } = dial
     const race = (p) => Promise.race([p, cancelled])
     let dc
+    let early = []
     const initiator = offer === null
     let remoteSdp
     if (initiator) {
       dc = pc.createDataChannel(LABEL)
+      early = buffer(dc)
       await pc.setLocalDescription(await pc.createOffer())
       await race(gathered(pc))
       const answered = new Promise((resolve, reject) => { dial.answer = { resolve, reject } })
@@ -223,8 +234,12 @@ export class TabSwarm {
       remoteSdp = offer
       const got = new Promise((resolve) => {
         pc.ondatachannel = ({ channel }) => {
-          if (channel.label === LABEL && !dc) resolve(channel)
-          else channel.close()
+          if (channel.label === LABEL && !dc) {
+            early = buffer(channel)
+            resolve(channel)
+          } else {
+            channel.close()
+          }
         }
       })
       await pc.setRemoteDescription({ type: 'offer', sdp: offer })
@@ -241,12 +256,11 @@ export class TabSwarm {
     await race(channelOpen(dc, CONNECT_TIMEOUT_S * 1000))
     if (this._left) throw new Error('left the swarm')
     const verified = new Promise((resolve, reject) => { dial.handshake = { resolve, reject } })
-    this._attach(peer, pc, dc, remoteSdp, initiator)
+    this._attach(peer, pc, dc, remoteSdp, initiator, early)
     await verified // PeerSet closes a link whose handshake takes over 10 s
   }
 
-  _attach (peer, pc, dc, remoteSdp, initiator) {
-    dc.binaryType = 'arraybuffer'
+  _attach (peer, pc, dc, remoteSdp, initiator, early) {
     dc.bufferedAmountLowThreshold = LOW_WATER
     const old = this.conns.get(peer)
     this._opening = peer
@@ -265,9 +279,11 @@ export class TabSwarm {
     const conn = { pc, dc }
     this.conns.set(peer, conn)
     let chain = Promise.resolve()
-    dc.onmessage = (ev) => {
-      chain = chain.then(() => this.peers.receive(peer, ev.data, seconds())).then(() => this.flushAll())
+    const receive = (data) => {
+      chain = chain.then(() => this.peers.receive(peer, data, seconds())).then(() => this.flushAll())
     }
+    for (const data of early) receive(data)
+    dc.onmessage = (ev) => receive(ev.data)
     dc.onbufferedamountlow = () => this.flush(peer)
     dc.onclose = () => {
       if (this.conns.get(peer) === conn) this.peers.closed(peer, seconds())
