@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from streamer.core.feed import Feed
+from streamer.hub import start_hub as start_hub_in_process
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -304,3 +306,24 @@ async def test_the_watch_page_over_plain_http_elsewhere_says_why_it_cannot_verif
         await asyncio.to_thread(urllib.request.urlopen, f"{hub}/watch/NOT%20A%20NAME", timeout=5)
     assert err.value.code == 404
     assert re.search(r"stream name or its 64-hex-digit key", err.value.read().decode())
+
+
+async def test_the_hub_serves_the_watch_page_and_only_the_web_modules() -> None:
+    server = await start_hub_in_process()
+    try:
+        async with aiohttp.ClientSession() as s:
+            for target in ("my-stream", "ab" * 32):
+                async with s.get(f"{server.url}/watch/{target}") as r:
+                    assert r.status == 200 and r.content_type == "text/html"
+                    assert '<script type="module" src="/web/watch.js">' in await r.text()
+            for name, kind in (("watch.js", "text/javascript"), ("membership.js", "text/javascript"),
+                               ("watch.css", "text/css")):
+                async with s.get(f"{server.url}/web/{name}") as r:
+                    assert r.status == 200 and r.content_type == kind, name
+            for bad in ("/web/..%2Fhub%2Fapp.py", "/web/package.json", "/web/nope.js",
+                        "/watch/Not-A-Name", "/watch/" + "ab" * 33):
+                async with s.get(server.url + bad) as r:
+                    assert r.status == 404, bad
+                    assert "error" in await r.json()
+    finally:
+        await server.stop()
