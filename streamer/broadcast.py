@@ -139,15 +139,15 @@ def plan_settings(
 
     A resumed stream keeps its size, frame rate, segment, bit rate and preset (they shape the init
     segment every block must decode with); asking for different ones is a UsageError.
+
+    Passthrough (preset COPY_PRESET: blocks cut from the input's own H.264/AAC) is chosen when
+    options.copy allows it, no option asks for encoding, and copy_check finds the input fit; a
+    passthrough stream resumes only as one. Otherwise the reason is logged in one line.
     """
     o = options or BroadcastOptions()
     size, fps, bitrate, segment, preset = o.size, o.fps, o.bitrate, o.segment, o.preset
-    shaping = [
-        name
-        for name, value in (("--size", size), ("--fps", fps), ("--bitrate", bitrate))
-        + (("--preset", preset),)
-        if value is not None
-    ]
+    asked = (("--size", size), ("--fps", fps), ("--bitrate", bitrate), ("--preset", preset))
+    shaping = [name for name, value in asked if value is not None]  # options only encoding obeys
     if o.copy and shaping:
         raise UsageError(
             f"--copy keeps the input's pictures as they are; {shaping[0]} needs re-encoding "
