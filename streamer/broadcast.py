@@ -1,8 +1,9 @@
-"""The broadcaster: source -> encoder (worker thread) -> feed.append; the swarm follows the feed.
+"""The broadcaster: source -> encoder or passthrough (worker threads) -> feed.append; the swarm
+follows the feed.
 
 Block 0 is the stream header; each later block one keyframe-aligned segment; a clean stop appends
 an empty FLAG_END block. Reopening a feed resumes its stream (same settings, timeline continued,
-FLAG_DISCONTINUITY on the first new segment). It never encodes on the event loop, never appends a
+FLAG_DISCONTINUITY on the first new segment, as on a segment where the input restarted). It never encodes on the event loop, never appends a
 block the stream's init segment cannot decode, and never parses argv: commands/broadcast.py
 turns the command line into a typed BroadcastOptions.
 """
