@@ -148,7 +148,7 @@ def main() -> None:
         f"   {'cpu-s/stream-s':>14} {'realtime x':>10} {'cores':>6}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sizes.split(","):
+        for name in filter(None, args.sizes.split(",")):  # --sizes "": latency only
             w, h, fps = SIZES[name]
             source = make_input(Path(tmp) / f"{name}.mp4", w, h, fps, args.seconds)
             rows = []
