@@ -4,6 +4,7 @@ stream), a wrong key, a second publisher, nothing connecting, no video, and resu
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -119,6 +120,21 @@ def publish(
     return result
 
 
+def _stats(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def wait_until(check, what: str, timeout: float = 30) -> None:
+    """Poll a file-based condition (the stats JSON is rewritten every second)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def _stream(feed_dir: Path) -> tuple[StreamHeader, list[Segment]]:
     with Feed.open(feed_dir) as feed:
         feed.verify_all()
@@ -132,6 +148,8 @@ def test_a_publisher_goes_live_reconnects_and_the_stream_continues(
 ) -> None:
     feed_dir = tmp_path / "feed"
     extra = ["--size", "160x90", "--preset", "ultrafast"] if mode == "--reencode" else []
+    stats = tmp_path / "stats.json"
+    extra += ["--stats", str(stats)]
     run = Broadcast(
         "rtmp://127.0.0.1:0/live/secret",
         "--listen",
@@ -150,6 +168,9 @@ def test_a_publisher_goes_live_reconnects_and_the_stream_continues(
     bframes = 2 if mode == "--copy" else 0  # OBS's x264 default; a copy keeps them
     publish(url, 3, bframes=bframes)
     run.wait_for("the publisher disconnected")
+    # What the publisher sent is appended now, not when it comes back: header + 3 segments.
+    wait_until(lambda: _stats(stats).get("stream_time_s", 0) >= 3.0 - 0.05, "the last GOP")
+    assert _stats(stats)["length"] == 4
     publish(url, 2, bframes=bframes)
     run.wait_for("the publisher disconnected", timeout=30, nth=2)
     run.proc.send_signal(signal.SIGINT)
