@@ -109,8 +109,7 @@ class RateLimiter:
     def prune(self, now: float) -> None:
         """Forget clients whose bucket is full again: they would start afresh anyway."""
         full = [
-            c
-            for c, (tokens, last) in self._buckets.items()
+            c for c, (tokens, last) in self._buckets.items()
             if tokens + (now - last) * self._rate >= self._burst
         ]
         for client in full:
@@ -306,7 +305,7 @@ class RedisBridge:
         origin, _, data = payload.partition(b" ")
         if origin == self.hub_id:
             return
-        channel = redis_channel.decode()[len(REDIS_CHANNEL_PREFIX) :]
+        channel = redis_channel.decode()[len(REDIS_CHANNEL_PREFIX):]
         self._on_message(channel, data)
 
 
@@ -372,9 +371,7 @@ class Hub:
         if not allowed:
             self.metrics.rejections["rate_limited"] += 1
             if first:
-                log.warning(
-                    "hub: %s sends too many requests; answering 429 until it slows down", client
-                )
+                log.warning("hub: %s sends too many requests; answering 429 until it slows down", client)
             return _json_error(429, "too many requests: slow down and retry later")
         if request.method == "OPTIONS":
             return web.Response(status=200)
@@ -398,11 +395,7 @@ class Hub:
     async def _root(self, request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return self._reject(request, 405, "method_not_allowed", "use GET /")
-        body = {
-            "name": "swarmcast-hub",
-            "version": __version__,
-            "subscribers": len(self.subscribers),
-        }
+        body = {"name": "swarmcast-hub", "version": __version__, "subscribers": len(self.subscribers)}
         return web.Response(
             text=json.dumps(body, indent=2) + "\n", content_type="application/json", charset="utf-8"
         )
@@ -416,76 +409,31 @@ class Hub:
         """The hub's counters and gauges in the Prometheus text exposition format."""
         m = self.metrics
         rows: list[tuple[str, str, str, list[tuple[str, float]]]] = [
-            (
-                "hub_subscribers",
-                "gauge",
-                "Open SSE subscriber connections.",
-                [("", len(self.subscribers))],
-            ),
-            (
-                "hub_channels",
-                "gauge",
-                "Channels with at least one local subscriber.",
-                [("", len(self.channels))],
-            ),
-            (
-                "hub_messages_received_total",
-                "counter",
-                "Messages accepted by POST.",
-                [("", m.messages_received)],
-            ),
-            (
-                "hub_messages_delivered_total",
-                "counter",
-                "Messages written to SSE subscribers.",
-                [("", m.messages_delivered)],
-            ),
-            (
-                "hub_bytes_received_total",
-                "counter",
-                "Bytes of accepted message bodies.",
-                [("", m.bytes_received)],
-            ),
-            (
-                "hub_bytes_delivered_total",
-                "counter",
-                "Bytes of messages written to subscribers.",
-                [("", m.bytes_delivered)],
-            ),
-            (
-                "hub_subscribers_dropped_total",
-                "counter",
-                "Subscribers dropped for falling behind.",
-                [("", m.subscribers_dropped)],
-            ),
-            (
-                "hub_rejections_total",
-                "counter",
-                "Requests refused, by reason.",
-                [(f'{{reason="{r}"}}', n) for r, n in m.rejections.items()],
-            ),
+            ("hub_subscribers", "gauge", "Open SSE subscriber connections.",
+             [("", len(self.subscribers))]),
+            ("hub_channels", "gauge", "Channels with at least one local subscriber.",
+             [("", len(self.channels))]),
+            ("hub_messages_received_total", "counter", "Messages accepted by POST.",
+             [("", m.messages_received)]),
+            ("hub_messages_delivered_total", "counter", "Messages written to SSE subscribers.",
+             [("", m.messages_delivered)]),
+            ("hub_bytes_received_total", "counter", "Bytes of accepted message bodies.",
+             [("", m.bytes_received)]),
+            ("hub_bytes_delivered_total", "counter", "Bytes of messages written to subscribers.",
+             [("", m.bytes_delivered)]),
+            ("hub_subscribers_dropped_total", "counter", "Subscribers dropped for falling behind.",
+             [("", m.subscribers_dropped)]),
+            ("hub_rejections_total", "counter", "Requests refused, by reason.",
+             [(f'{{reason="{r}"}}', n) for r, n in m.rejections.items()]),
         ]
         if isinstance(self.name_store, MemoryNameStore):
-            rows.append(
-                ("hub_names", "gauge", "Name records held in memory.", [("", len(self.name_store))])
-            )
+            rows.append(("hub_names", "gauge", "Name records held in memory.",
+                         [("", len(self.name_store))]))
         if self.bridge is not None:
-            rows.append(
-                (
-                    "hub_redis_connected",
-                    "gauge",
-                    "1 while subscribed to Redis.",
-                    [("", int(self.bridge.connected.is_set()))],
-                )
-            )
-            rows.append(
-                (
-                    "hub_redis_errors_total",
-                    "counter",
-                    "Redis failures seen.",
-                    [("", m.redis_errors)],
-                )
-            )
+            rows.append(("hub_redis_connected", "gauge", "1 while subscribed to Redis.",
+                         [("", int(self.bridge.connected.is_set()))]))
+            rows.append(("hub_redis_errors_total", "counter", "Redis failures seen.",
+                         [("", m.redis_errors)]))
         lines: list[str] = []
         for name, kind, help_text, samples in rows:
             lines.append(f"# HELP {name} {help_text}")
@@ -512,9 +460,7 @@ class Hub:
             if len(channels) != 1:
                 return self._reject(request, 400, "bad_name", "POST to exactly one channel")
             return await self._broadcast(request, f"{app_name}/{channels[0]}")
-        return self._reject(
-            request, 405, "method_not_allowed", "use GET to subscribe, POST to send"
-        )
+        return self._reject(request, 405, "method_not_allowed", "use GET to subscribe, POST to send")
 
     async def _subscribe(
         self, request: web.Request, app_name: str, channel_names: list[str]
@@ -523,17 +469,13 @@ class Hub:
         unique = list(dict.fromkeys(f"{app_name}/{c}" for c in channel_names))
         if len(unique) > cfg.max_channels_per_subscription:
             return self._reject(
-                request,
-                400,
-                "too_many_channels",
+                request, 400, "too_many_channels",
                 f"at most {cfg.max_channels_per_subscription} channels per subscription",
             )
         for channel in unique:
             if len(self.channels.get(channel, ())) >= cfg.max_subscribers_per_channel:
                 return self._reject(
-                    request,
-                    429,
-                    "channel_full",
+                    request, 429, "channel_full",
                     f"channel {channel} has {cfg.max_subscribers_per_channel} subscribers already",
                 )
         subscriber = Subscriber(cfg.subscriber_queue, unique, request.remote or "unknown", request)
@@ -633,9 +575,7 @@ class Hub:
 
     def _too_large(self, request: web.Request) -> web.Response:
         return self._reject(
-            request,
-            413,
-            "body_too_large",
+            request, 413, "body_too_large",
             f"body larger than {self.config.max_body_bytes} bytes; send smaller messages",
         )
 
@@ -698,9 +638,7 @@ class Hub:
         if outcome == "full":
             return self._reject(request, 429, "names_full", "this hub holds too many names")
         return web.Response(
-            status=201 if outcome == "created" else 200,
-            text=encoded,
-            content_type="application/json",
+            status=201 if outcome == "created" else 200, text=encoded, content_type="application/json"
         )
 
 
@@ -750,9 +688,7 @@ class HubServer:
         """Start serving; returns the base URL (the bound port if 0 was asked for)."""
         # handler_cancellation: a client that disconnects frees its subscription at once.
         runner = web.AppRunner(
-            self.hub.make_app(),
-            handler_cancellation=True,
-            shutdown_timeout=2.0,
+            self.hub.make_app(), handler_cancellation=True, shutdown_timeout=2.0,
             access_log=None,
         )
         await runner.setup()

@@ -19,16 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the signaling hub (signalhub-compatible HTTP API)",
         description="Run the signaling hub that peers use to find each other.",
     )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free)")
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free)"
-    )
-    parser.add_argument(
-        "--redis",
-        metavar="URL",
-        default=None,
+        "--redis", metavar="URL", default=None,
         help="share channels and names with other hubs through Redis, e.g. redis://127.0.0.1:6379",
     )
     parser.set_defaults(func=run)

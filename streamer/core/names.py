@@ -76,9 +76,7 @@ class NameRecord:
         Raises ProofError when a field is missing or malformed, since records come from others.
         """
         if not isinstance(obj, dict):
-            raise ProofError(
-                "name record is not a JSON object; expected {name, key, time, signature}"
-            )
+            raise ProofError("name record is not a JSON object; expected {name, key, time, signature}")
         name, key, time, signature = (obj.get(f) for f in ("name", "key", "time", "signature"))
         if not is_valid_name(name):  # type: ignore[arg-type]
             raise ProofError(f"name record has an invalid name {name!r}")

@@ -39,9 +39,7 @@ class ReplicatorConfig:
     """How one node replicates one feed. Times in seconds, sizes in blocks unless noted."""
 
     max_inflight_per_peer: int = 16  # our requests waiting at one peer
-    max_queued_uploads: int = (
-        1  # a writer's extra copies waiting for its uplink; more: NoData(busy)
-    )
+    max_queued_uploads: int = 1  # a writer's extra copies waiting for its uplink; more: NoData(busy)
     # A viewer's answers of new blocks waiting for its uplink (more: NoData(busy)). Two, not one:
     # the next copy is already queued when one finishes, so the uplink never idles for a request's
     # round trip (with one and a live window of 2, 1,000 simulated viewers of a 2.5 Mbit/s stream

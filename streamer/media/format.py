@@ -68,13 +68,9 @@ class StreamHeader:
             raise StreamFormatError("block 0 is too short to be a swarmcast stream header")
         magic, version, size = _HEADER_PREFIX.unpack_from(block)
         if magic != HEADER_MAGIC:
-            raise StreamFormatError(
-                "block 0 is not a swarmcast stream header (is this a stream feed?)"
-            )
+            raise StreamFormatError("block 0 is not a swarmcast stream header (is this a stream feed?)")
         if version != FORMAT_VERSION:
-            raise StreamFormatError(
-                f"stream format version {version} is not supported; upgrade swarmcast"
-            )
+            raise StreamFormatError(f"stream format version {version} is not supported; upgrade swarmcast")
         start = _HEADER_PREFIX.size
         if start + size > len(block):
             raise StreamFormatError("stream header is truncated")

@@ -134,17 +134,13 @@ class HubClient:
     async def _post(self, url: str, body: bytes) -> None:
         try:
             async with self.session().post(
-                url,
-                data=body,
-                headers={"Content-Type": "application/json"},
+                url, data=body, headers={"Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=self.request_timeout),
             ) as resp:
                 if resp.status != 200:
                     raise NetworkError(f"hub refused POST {url}: {await _error_text(resp)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(
-                f"cannot reach hub at {url} ({_describe(exc)}); is it running?"
-            ) from exc
+            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -178,9 +174,7 @@ class HubClient:
         target = f"{url}/names/{name}"
         try:
             async with self.session().put(
-                target,
-                data=body,
-                headers={"Content-Type": "application/json"},
+                target, data=body, headers={"Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=self.request_timeout),
             ) as resp:
                 if resp.status == 409:
@@ -189,13 +183,9 @@ class HubClient:
                         "pick another name"
                     )
                 if resp.status not in (200, 201):
-                    raise NetworkError(
-                        f"hub {url} refused name {name!r}: {await _error_text(resp)}"
-                    )
+                    raise NetworkError(f"hub {url} refused name {name!r}: {await _error_text(resp)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(
-                f"cannot reach hub at {url} ({_describe(exc)}); is it running?"
-            ) from exc
+            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
 
     async def resolve_name(self, name: str) -> names.NameRecord:
         """The newest verified record for `name` across all hubs.
@@ -227,14 +217,10 @@ class HubClient:
                         f"no stream is named {name!r} on {url}; check the name or use the key"
                     )
                 if resp.status != 200:
-                    raise NetworkError(
-                        f"hub {url} failed to resolve {name!r}: {await _error_text(resp)}"
-                    )
+                    raise NetworkError(f"hub {url} failed to resolve {name!r}: {await _error_text(resp)}")
                 body = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(
-                f"cannot reach hub at {url} ({_describe(exc)}); is it running?"
-            ) from exc
+            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
         try:
             record = names.parse_verified(json.loads(body))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -286,9 +272,7 @@ class Subscription:
         return self
 
     async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()

@@ -8,6 +8,7 @@ go to the caller.
 # carries hello, full, offer, answer and reject addressed to one peer. The lower peer id offers.
 # A node with no neighbour that only hears "full" asks one full node to make room for it.
 
+
 from __future__ import annotations
 
 import asyncio
@@ -218,9 +219,8 @@ class Swarm:
             await self._post(channel, message)
         except NetworkError as e:
             if not self._post_failing:
-                log.info(
-                    "swarm %s: cannot signal (%s); retrying in the background", self.peer_id[:8], e
-                )
+                log.info("swarm %s: cannot signal (%s); retrying in the background",
+                         self.peer_id[:8], e)
             self._post_failing = True
             return
         self._post_failing = False
