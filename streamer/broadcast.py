@@ -1,8 +1,9 @@
-"""The broadcaster: source -> encoder (worker thread) -> feed.append; the swarm follows the feed.
+"""The broadcaster: source -> encoder or passthrough (worker threads) -> feed.append; the swarm
+follows the feed.
 
 Block 0 is the stream header; each later block one keyframe-aligned segment; a clean stop appends
 an empty FLAG_END block. Reopening a feed resumes its stream (same settings, timeline continued,
-FLAG_DISCONTINUITY on the first new segment). It never encodes on the event loop, never appends a
+FLAG_DISCONTINUITY on the first new segment, as on a segment where the input restarted). It never encodes on the event loop, never appends a
 block the stream's init segment cannot decode, and never parses argv: commands/broadcast.py
 turns the command line into a typed BroadcastOptions.
 """
@@ -139,15 +140,15 @@ def plan_settings(
 
     A resumed stream keeps its size, frame rate, segment, bit rate and preset (they shape the init
     segment every block must decode with); asking for different ones is a UsageError.
+
+    Passthrough (preset COPY_PRESET: blocks cut from the input's own H.264/AAC) is chosen when
+    options.copy allows it, no option asks for encoding, and copy_check finds the input fit; a
+    passthrough stream resumes only as one. Otherwise the reason is logged in one line.
     """
     o = options or BroadcastOptions()
     size, fps, bitrate, segment, preset = o.size, o.fps, o.bitrate, o.segment, o.preset
-    shaping = [
-        name
-        for name, value in (("--size", size), ("--fps", fps), ("--bitrate", bitrate))
-        + (("--preset", preset),)
-        if value is not None
-    ]
+    asked = (("--size", size), ("--fps", fps), ("--bitrate", bitrate), ("--preset", preset))
+    shaping = [name for name, value in asked if value is not None]  # options only encoding obeys
     if o.copy and shaping:
         raise UsageError(
             f"--copy keeps the input's pictures as they are; {shaping[0]} needs re-encoding "

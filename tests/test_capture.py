@@ -8,14 +8,17 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from streamer.core.errors import MediaError
 from streamer.core.feed import Feed
+from streamer.media.encoder import EncoderSettings
 from streamer.media.format import Segment, StreamHeader
-from streamer.media.sources import capture_device, open_source, parse_source
+from streamer.media.pipeline import Pipeline
+from streamer.media.sources import ScreenSource, capture_device, open_source, parse_source
 from tests.fixtures_media import decode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +120,23 @@ def test_capture_names_parse(spec: str, kind: tuple, device: tuple) -> None:
 def test_capture_devices_missing_here_are_one_line(spec: str, message: str) -> None:
     with pytest.raises(MediaError, match=message):
         open_source(spec)
+
+
+def test_the_screen_with_a_microphone(display: str) -> None:
+    """x11grab plus a real-time lavfi tone standing in for the ALSA microphone."""
+    source = ScreenSource(
+        display,
+        "sine=frequency=440:sample_rate=48000,arealtime",
+        "x11grab",
+        "lavfi",
+        {"framerate": "15"},
+    )
+    assert source.has_audio and (source.width, source.height) == (320, 240)
+    settings = EncoderSettings(320, 240, Fraction(15), 300_000, 1.0, "ultrafast")
+    pipeline = Pipeline(source, settings, duration=2.0)
+    init, fragments = [], []
+    pipeline.run(lambda data, mime: init.append(data), fragments.append)
+    decoded = decode(init[0] + b"".join(f.data for f in fragments))
+    assert len(decoded.video_times) == pytest.approx(30, abs=2)
+    # the tone came through over most of the stream, not the silence a missing microphone gives
+    assert (abs(decoded.audio) > 0.05).mean() > 0.5

@@ -4,6 +4,7 @@ stream), a wrong key, a second publisher, nothing connecting, no video, and resu
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -92,6 +93,7 @@ def publish(
     audio: bool = True,
     video: bool = True,
     codec: str = "libx264",
+    bframes: int = 0,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
     """Debian's ffmpeg pushing a real-time test picture and tone, as OBS would."""
@@ -101,7 +103,7 @@ def publish(
         inputs += ["-re", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
         codecs += ["-c:v", codec, "-g", str(gop)]
         if codec == "libx264":
-            codecs += ["-preset", "ultrafast", "-bf", "0"]
+            codecs += ["-preset", "ultrafast", "-bf", str(bframes)]
     if audio:
         inputs += ["-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
         codecs += ["-c:a", "aac", "-b:a", "96k"]
@@ -118,6 +120,21 @@ def publish(
     return result
 
 
+def _stats(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def wait_until(check, what: str, timeout: float = 30) -> None:
+    """Poll a file-based condition (the stats JSON is rewritten every second)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def _stream(feed_dir: Path) -> tuple[StreamHeader, list[Segment]]:
     with Feed.open(feed_dir) as feed:
         feed.verify_all()
@@ -131,6 +148,8 @@ def test_a_publisher_goes_live_reconnects_and_the_stream_continues(
 ) -> None:
     feed_dir = tmp_path / "feed"
     extra = ["--size", "160x90", "--preset", "ultrafast"] if mode == "--reencode" else []
+    stats = tmp_path / "stats.json"
+    extra += ["--stats", str(stats)]
     run = Broadcast(
         "rtmp://127.0.0.1:0/live/secret",
         "--listen",
@@ -146,9 +165,13 @@ def test_a_publisher_goes_live_reconnects_and_the_stream_continues(
     wrong = publish(url.replace("secret", "guess"), 1, check=False)
     assert wrong.returncode != 0
     run.wait_for("refused a publisher from 127.0.0.1: wrong stream key")
-    publish(url, 3)
+    bframes = 2 if mode == "--copy" else 0  # OBS's x264 default; a copy keeps them
+    publish(url, 3, bframes=bframes)
     run.wait_for("the publisher disconnected")
-    publish(url, 2)
+    # What the publisher sent is appended now, not when it comes back: header + 3 segments.
+    wait_until(lambda: _stats(stats).get("stream_time_s", 0) >= 3.0 - 0.05, "the last GOP")
+    assert _stats(stats)["length"] == 4
+    publish(url, 2, bframes=bframes)
     run.wait_for("the publisher disconnected", timeout=30, nth=2)
     run.proc.send_signal(signal.SIGINT)
     assert run.finish() == 0, run.stderr

@@ -314,7 +314,7 @@ class StreamEncoder:
         out.pict_type = PictureType.I if is_key else PictureType.NONE
         if is_key:
             self._last_key_time = time
-            self._gops.append((time, self._slot, discontinuity and self._slot > 0))
+            self._gops.append((time, self._slot, discontinuity))
         self._captures.append(captured)
         self._slot += 1
         try:

@@ -46,7 +46,9 @@ class Source:
     live: bool = False  # produces frames at real time by itself, so nobody else paces it
     duration: float | None = None  # seconds, when known (a file; not a live source)
 
-    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
+    def frames(self, stop: threading.Event) -> Iterator[SourceFrame | None]:
+        """Frames until the source ends or `stop` is set. A live input that pauses (a publisher
+        left and another may come) yields None there: encode and append what is held."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -375,12 +375,13 @@ class IngestSource(Source):
                     self.timeout,
                 )
 
-    def packets(self, stop: threading.Event) -> Iterator[SourcePacket]:
+    def packets(self, stop: threading.Event) -> Iterator[SourcePacket | None]:
+        """The publishers' packets; None where one left (the input pauses: flush what is held)."""
         for packet, _, _ in self._timed_packets(stop):
-            if packet is not None:
-                yield packet
+            yield packet
 
-    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
+    def frames(self, stop: threading.Event) -> Iterator[SourceFrame | None]:
+        """The publishers' frames; None where one left (the input pauses: flush what is held)."""
         errors = 0
         pending_discontinuity = False
         for item, shift, session in self._timed_packets(stop):
@@ -413,6 +414,8 @@ class IngestSource(Source):
                     pending_discontinuity = False
                 else:
                     yield SourceFrame("audio", frame, t, captured)
+            if item is None:
+                yield None
 
     def close(self) -> None:
         if self._server is not None:

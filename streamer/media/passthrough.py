@@ -165,40 +165,35 @@ class PassthroughPipeline:
         keep = getattr(self.source, "keep_publisher_settings", None)
         if keep is not None:  # a later publisher must send what this init segment describes
             keep()
-        video_in, audio_in = self.source.templates
+        _, audio_in = self.source.templates
         if audio_in is None:
             raise MediaError("passthrough needs an audio track; this source has none")
         self.sample_rate = audio_in.codec_context.sample_rate
         self.channels = audio_in.codec_context.channels
-        cutter = BoxCutter()
-        try:
-            out = av.open(cutter, "w", format="mp4", options=MUXER_OPTIONS)
-            ov = out.add_stream_from_template(video_in)
-            oa = out.add_stream_from_template(audio_in)
-        except (av.FFmpegError, ValueError) as exc:
-            raise MediaError(f"cannot set up the passthrough muxer: {exc}") from None
-        ov.time_base = VIDEO_TIME_BASE
         audio_tb = Fraction(1, self.sample_rate)
-        oa.time_base = audio_tb
         step = 1.0 / float(self.settings.fps)
         delay = float(self.media_delay)
         gops: deque[tuple[float, bool]] = deque()  # (start, discontinuity) of uncut GOPs
-        captures: list[list[float]] = []
+        captures: deque[list[float]] = deque()
         last_dts = {"video": -1, "audio": -1}
-        init_sent = False
+        init: bytes | None = None
+        muxer: _Muxer | None = None
         video_end = self.start
         stop = self.stop_event
         cpu0, wall0 = time.process_time(), time.monotonic()
 
         def take(final: bool) -> None:
-            nonlocal init_sent
-            if not init_sent and cutter.init is not None:
-                mime = (
-                    f'video/mp4; codecs="{avc_codec_string(ov.codec_context.extradata)},'
-                    f'{AUDIO_CODEC_STRING}"'
+            nonlocal init
+            assert muxer is not None
+            cutter = muxer.cutter
+            if init is None and cutter.init is not None:
+                init = cutter.init
+                on_init(cutter.init, muxer.mime)
+            elif cutter.init is not None and cutter.init != init:
+                raise MediaError(
+                    "the publisher's stream changed in a way this passthrough stream cannot "
+                    "follow; start a new stream with another --feed"
                 )
-                on_init(cutter.init, mime)
-                init_sent = True
             while cutter.fragments:
                 data = cutter.fragments.popleft()
                 start, discontinuity = gops.popleft()
@@ -208,7 +203,7 @@ class PassthroughPipeline:
                     end = video_end
                 else:
                     raise MediaError("the muxer cut a fragment that does not end at a keyframe")
-                captured = captures.pop(0)
+                captured = captures.popleft()
                 on_fragment(
                     Fragment(start, end - start, data, len(captured), captured, discontinuity)
                 )
@@ -221,6 +216,14 @@ class PassthroughPipeline:
             for item in self.source.packets(stop):
                 if stop.is_set():
                     break
+                if item is None:
+                    # The input paused (a publisher left): cut the GOP held in the muxer now,
+                    # rather than when a publisher comes back; a new muxer takes the next one.
+                    if muxer is not None and gops:
+                        muxer.close()
+                        take(True)
+                        muxer = None
+                    continue
                 is_video = item.kind == "video"
                 key = is_video and item.packet.is_keyframe
                 if self.duration is not None and item.pts >= self.duration - 1e-6:
@@ -241,34 +244,75 @@ class PassthroughPipeline:
                 dts = round((self.start + item.dts + delay) / tb)
                 if dts <= last_dts[item.kind] or dts < 0:
                     continue  # overlaps what was sent (a reconnect's first audio): drop it
+                if is_video and not key and not gops:
+                    continue  # a GOP's tail without its keyframe
+                if muxer is None:
+                    if not key:
+                        continue  # a new muxer starts at a keyframe
+                    muxer = _Muxer(*self.source.templates)
                 last_dts[item.kind] = dts
                 if is_video:
                     if key:
                         gops.append((self.start + item.pts, item.discontinuity and self.frames > 0))
                         captures.append([])
-                    elif not gops:
-                        continue
                     captures[-1].append(item.captured)
                     video_end = max(video_end, self.start + item.pts + step)
                     self.frames += 1
-                packet.stream = ov if is_video else oa
-                packet.time_base = tb
-                packet.pts, packet.dts = max(pts, dts), dts
-                try:
-                    out.mux(packet)
-                except (av.FFmpegError, ValueError) as exc:
-                    raise MediaError(f"the passthrough muxer failed: {exc}") from None
+                muxer.mux(packet, is_video, tb, max(pts, dts), dts)
                 take(False)
-            try:
-                out.close()
-            except (av.FFmpegError, ValueError) as exc:
-                raise MediaError(f"the passthrough muxer failed at the end: {exc}") from None
-            take(True)
+            if muxer is not None:
+                muxer.close()
+                take(True)
         except BaseException:
-            try:
-                out.close()
-            except (av.FFmpegError, ValueError, OSError):
-                pass  # abandoning the stream
+            if muxer is not None:
+                muxer.abort()
             raise
         finally:
             self.source.close()
+
+
+class _Muxer:
+    """An fMP4 muxer copying one input's video and audio streams into BoxCutter fragments."""
+
+    def __init__(self, video_in: av.VideoStream, audio_in: av.AudioStream | None) -> None:
+        if audio_in is None:
+            raise MediaError("passthrough needs an audio track; this input has none")
+        self.cutter = BoxCutter()
+        try:
+            self.out = av.open(self.cutter, "w", format="mp4", options=MUXER_OPTIONS)
+            self.video = self.out.add_stream_from_template(video_in)
+            self.audio = self.out.add_stream_from_template(audio_in)
+        except (av.FFmpegError, ValueError) as exc:
+            raise MediaError(f"cannot set up the passthrough muxer: {exc}") from None
+        self.video.time_base = VIDEO_TIME_BASE
+        self.audio.time_base = Fraction(1, audio_in.codec_context.sample_rate)
+        self._closed = False
+
+    @property
+    def mime(self) -> str:
+        avc = avc_codec_string(self.video.codec_context.extradata)
+        return f'video/mp4; codecs="{avc},{AUDIO_CODEC_STRING}"'
+
+    def mux(self, packet: av.Packet, is_video: bool, tb: Fraction, pts: int, dts: int) -> None:
+        packet.stream = self.video if is_video else self.audio
+        packet.time_base = tb
+        packet.pts, packet.dts = pts, dts
+        try:
+            self.out.mux(packet)
+        except (av.FFmpegError, ValueError) as exc:
+            raise MediaError(f"the passthrough muxer failed: {exc}") from None
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.out.close()
+        except (av.FFmpegError, ValueError) as exc:
+            raise MediaError(f"the passthrough muxer failed at the end: {exc}") from None
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.out.close()
+            except (av.FFmpegError, ValueError, OSError):
+                pass  # abandoning the stream

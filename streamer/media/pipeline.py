@@ -36,11 +36,11 @@ _END = object()
 
 
 def read_ahead(
-    frames: Iterator[SourceFrame],
-    prepare: Callable[[SourceFrame], SourceFrame],
+    frames: Iterator[SourceFrame | None],
+    prepare: Callable[[SourceFrame | None], SourceFrame | None],
     stop: threading.Event,
     depth: int = READ_AHEAD,
-) -> Iterator[SourceFrame]:
+) -> Iterator[SourceFrame | None]:
     """Pull `frames` (and apply `prepare`) in a reader thread, up to `depth` ahead of the
     consumer. The reader has stopped when this generator returns or raises."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
@@ -141,31 +141,38 @@ class Pipeline:
         # Without source audio, silence runs two AAC frames ahead of the video so the muxer's
         # interleaver never holds a fragment back waiting for sound (measured: -45 ms at p50);
         # real audio gets a second of slack for interleaving jitter before silence fills in.
-        encoder = StreamEncoder(
-            self.settings, start=self.start, audio_lag=1.0 if self.source.has_audio else -0.05
+        audio_lag = 1.0 if self.source.has_audio else -0.05
+        encoder: StreamEncoder | None = StreamEncoder(
+            self.settings, start=self.start, audio_lag=audio_lag
         )
+        first_start = encoder.start
+        frames_before = 0  # frames of encoders finished at an input pause
         # Process CPU time: x264 encodes in its own threads, which thread_time() would miss.
         cpu0, wall0 = time.process_time(), time.monotonic()
-        init_sent = False
+        init: bytes | None = None
 
-        def deliver(fragments: list[Fragment]) -> None:
-            nonlocal init_sent
-            if not init_sent and encoder.init is not None:
+        def deliver(encoder: StreamEncoder, fragments: list[Fragment]) -> None:
+            nonlocal init
+            if init is None and encoder.init is not None:
+                init = encoder.init
                 on_init(encoder.init, encoder.mime)
-                init_sent = True
+            elif encoder.init is not None and encoder.init != init:
+                raise MediaError("the encoder restarted with another init segment; this is a bug")
             for fragment in fragments:
                 on_fragment(fragment)
-            self.frames = encoder.frame_count
+            self.frames = frames_before + encoder.frame_count
             self.end_time = encoder.video_end
-            self.stream_seconds = encoder.video_end - encoder.start
+            self.stream_seconds = encoder.video_end - first_start
             self.cpu_seconds = time.process_time() - cpu0
             self.wall_seconds = time.monotonic() - wall0
 
         stop = self.stop_event
         size = (self.settings.width, self.settings.height)
 
-        def prepare(item: SourceFrame) -> SourceFrame:
+        def prepare(item: SourceFrame | None) -> SourceFrame | None:
             # Scale here, in the reader thread, rather than in the encoding thread.
+            if item is None:
+                return None
             if item.kind == "video" and (item.frame.width, item.frame.height) != size:
                 try:
                     item.frame = item.frame.reformat(
@@ -182,6 +189,17 @@ class Pipeline:
             for item in items:
                 if stop.is_set():
                     break
+                if item is None:
+                    # The input paused (a publisher left): append what is held now, rather than
+                    # when it comes back; the next frames start a new GOP with a fresh encoder.
+                    if encoder is not None and encoder.frame_count:
+                        deliver(encoder, encoder.close())
+                        frames_before += encoder.frame_count
+                        encoder = None
+                    continue
+                if encoder is None:
+                    end = self.end_time
+                    encoder = StreamEncoder(self.settings, start=end, audio_lag=audio_lag)
                 if self.duration is not None and item.time >= self.duration:
                     if item.kind == "video":
                         break
@@ -193,12 +211,15 @@ class Pipeline:
                     item.captured = time.monotonic()
                 at = self.start + item.time
                 if item.kind == "video":
-                    deliver(encoder.add_video(item.frame, at, item.captured, item.discontinuity))
+                    added = encoder.add_video(item.frame, at, item.captured, item.discontinuity)
+                    deliver(encoder, added)
                 else:
-                    deliver(encoder.add_audio(item.frame, at))
-            deliver(encoder.close())
+                    deliver(encoder, encoder.add_audio(item.frame, at))
+            if encoder is not None:
+                deliver(encoder, encoder.close())
         except BaseException:
-            encoder.abort()
+            if encoder is not None:
+                encoder.abort()
             raise
         finally:
             items.close()  # joins the reader thread before the source closes under it

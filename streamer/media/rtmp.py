@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_SIZE = 1536
 SERVER_CHUNK_SIZE = 4096
 WINDOW_ACK_SIZE = 2_500_000
-MAX_MESSAGE = 16 * 1024 * 1024  # one RTMP message; a video frame of a 50 Mbit/s stream fits
+MAX_MESSAGE = 8 * 1024 * 1024  # one RTMP message; a keyframe of a 50 Mbit/s stream fits
 IDLE_TIMEOUT_S = 20.0  # a publisher that sends nothing this long is gone
 
 # message types
@@ -202,6 +202,242 @@ class _ChunkStream:
     payload: bytearray = field(default_factory=bytearray)
 
 
+# -- the protocol, sans I/O -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishRequested:
+    """The client asks to publish `key` on application `app`: answer accept() or refuse()."""
+
+    app: str
+    key: str
+
+
+@dataclass(frozen=True)
+class MediaMessage:
+    """An audio (8), video (9) or data (18) message of the accepted publisher."""
+
+    kind: int
+    timestamp: int  # milliseconds
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class PublishEnded:
+    """The publisher said it is done (FCUnpublish / deleteStream)."""
+
+
+RtmpEvent = PublishRequested | MediaMessage | PublishEnded
+
+
+class RtmpProtocol:
+    """The server side of one RTMP connection as a state machine: bytes in (receive), events
+    out, bytes to send (data_to_send). It answers the connection-level commands itself and
+    leaves the publish decision to its caller."""
+
+    def __init__(self, random: bytes) -> None:
+        if len(random) != HANDSHAKE_SIZE - 8:
+            raise ValueError("the handshake needs 1528 random bytes")
+        self._random = random
+        self._buffer = bytearray()
+        self._out = bytearray()
+        self._state = "c0c1"  # -> "c2" -> "chunks"
+        self._chunk_size = 128
+        self._streams: dict[int, _ChunkStream] = {}
+        self._received = 0
+        self._acked = 0
+        self._window = WINDOW_ACK_SIZE
+        self.app: str | None = None
+        self.publishing = False
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def receive(self, data: bytes) -> list[RtmpEvent]:
+        """Take bytes from the client; RtmpError if they break the protocol."""
+        self._buffer += data
+        self._received += len(data)
+        events: list[RtmpEvent] = []
+        if self._state == "c0c1":
+            if len(self._buffer) < 1 + HANDSHAKE_SIZE:
+                return events
+            if self._buffer[0] != 3:
+                raise RtmpError(f"not an RTMP client (version byte {self._buffer[0]})")
+            c1 = bytes(self._buffer[1 : 1 + HANDSHAKE_SIZE])
+            del self._buffer[: 1 + HANDSHAKE_SIZE]
+            # S1 with a zero version: clients then use the plain handshake (no digest check).
+            self._out += b"\x03" + struct.pack(">II", 0, 0) + self._random + c1
+            self._state = "c2"
+        if self._state == "c2":
+            if len(self._buffer) < HANDSHAKE_SIZE:
+                return events
+            del self._buffer[:HANDSHAKE_SIZE]
+            self._state = "chunks"
+            self._message(2, WINDOW_ACK, struct.pack(">I", WINDOW_ACK_SIZE))
+            self._message(2, PEER_BW, struct.pack(">IB", WINDOW_ACK_SIZE, 2))
+            self._message(2, SET_CHUNK_SIZE, struct.pack(">I", SERVER_CHUNK_SIZE))
+        while (message := self._next_message()) is not None:
+            self._handle(*message, events)
+        if self._received - self._acked >= self._window:
+            self._acked = self._received
+            self._message(2, ACK, struct.pack(">I", self._received & 0xFFFFFFFF))
+        return events
+
+    def accept(self) -> None:
+        """Let the requested publish go ahead."""
+        self.publishing = True
+        self._message(2, USER_CONTROL, struct.pack(">HI", 0, 1))  # Stream Begin
+        self._command(
+            "onStatus",
+            0.0,
+            None,
+            {"level": "status", "code": "NetStream.Publish.Start", "description": "Publishing."},
+            stream_id=1,
+        )
+
+    def refuse(self, why: str) -> None:
+        """Turn the requested publish down, telling the client why (then close)."""
+        self._command(
+            "onStatus",
+            0.0,
+            None,
+            {"level": "error", "code": "NetStream.Publish.BadName", "description": why},
+            stream_id=1,
+        )
+
+    # -- parsing
+
+    def _next_message(self) -> tuple[int, int, int, bytes] | None:
+        """The next complete message, consuming its chunks; None until one is complete."""
+        while True:
+            chunk = self._next_chunk()
+            if chunk is None:
+                return None
+            cs = chunk
+            if len(cs.payload) >= cs.length:
+                payload = bytes(cs.payload)
+                cs.payload.clear()
+                return cs.kind, cs.timestamp, cs.stream_id, payload
+
+    def _next_chunk(self) -> _ChunkStream | None:
+        """Consume one whole chunk from the buffer into its chunk stream; None if incomplete."""
+        buf = self._buffer
+        if not buf:
+            return None
+        fmt, csid = buf[0] >> 6, buf[0] & 0x3F
+        pos = 1
+        if csid < 2:
+            need = 1 if csid == 0 else 2
+            if len(buf) < 1 + need:
+                return None
+            csid = 64 + buf[1] + (buf[2] * 256 if csid == 1 else 0)
+            pos += need
+        cs = self._streams.get(csid) or _ChunkStream()
+        header_size = (11, 7, 3, 0)[fmt]
+        if len(buf) < pos + header_size:
+            return None
+        header = buf[pos : pos + header_size]
+        pos += header_size
+        ts = int.from_bytes(header[0:3], "big") if fmt <= 2 else 0
+        extended = ts == 0xFFFFFF if fmt <= 2 else cs.extended
+        if extended:
+            if len(buf) < pos + 4:
+                return None
+            if fmt <= 2:
+                ts = struct.unpack(">I", buf[pos : pos + 4])[0]
+            pos += 4
+        length, kind = cs.length, cs.kind
+        if fmt <= 1:
+            length, kind = int.from_bytes(header[3:6], "big"), header[6]
+            if length > MAX_MESSAGE:
+                raise RtmpError(f"message of {length} bytes is too large")
+        take = min(self._chunk_size, length - (len(cs.payload) if fmt == 3 else 0))
+        if len(buf) < pos + take:
+            return None
+        # The whole chunk is here: apply it.
+        starting = not cs.payload
+        if fmt == 0:
+            cs.stream_id = struct.unpack("<I", header[7:11])[0]
+            cs.timestamp, cs.delta = ts, 0
+        elif fmt <= 2:
+            cs.delta = ts
+            cs.timestamp += ts
+        elif starting:
+            cs.timestamp += cs.delta
+        if fmt <= 2:
+            cs.extended = extended
+            cs.payload.clear()
+        cs.length, cs.kind = length, kind
+        cs.payload += buf[pos : pos + take]
+        del buf[: pos + take]
+        self._streams[csid] = cs
+        return cs
+
+    def _handle(self, kind: int, timestamp: int, stream_id: int, payload: bytes, events) -> None:
+        if kind == SET_CHUNK_SIZE:
+            size = struct.unpack(">I", payload[:4])[0] & 0x7FFFFFFF
+            if not 1 <= size <= MAX_MESSAGE:
+                raise RtmpError(f"bad chunk size {size}")
+            self._chunk_size = size
+        elif kind == WINDOW_ACK:
+            self._window = max(1, struct.unpack(">I", payload[:4])[0])
+        elif kind in (COMMAND_AMF0, COMMAND_AMF3):
+            body = payload[1:] if kind == COMMAND_AMF3 else payload
+            self._on_command(amf_decode(body), events)
+        elif kind in (AUDIO, VIDEO, DATA_AMF0) and self.publishing:
+            events.append(MediaMessage(kind, timestamp, payload))
+
+    def _on_command(self, values: list[Any], events: list[RtmpEvent]) -> None:
+        if not values or not isinstance(values[0], str):
+            return
+        name = values[0]
+        txid = values[1] if len(values) > 1 and isinstance(values[1], float) else 0.0
+        if name == "connect":
+            info = values[2] if len(values) > 2 and isinstance(values[2], dict) else {}
+            self.app = str(info.get("app", "")).strip("/")
+            self._command(
+                "_result",
+                txid,
+                {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
+                {
+                    "level": "status",
+                    "code": "NetConnection.Connect.Success",
+                    "description": "Connection succeeded.",
+                    "objectEncoding": 0.0,
+                },
+            )
+        elif name == "createStream":
+            self._command("_result", txid, None, 1.0)
+        elif name in ("releaseStream", "FCPublish", "_checkbw"):
+            self._command("_result", txid, None, None)
+        elif name == "publish":
+            key = str(values[3]) if len(values) > 3 and values[3] is not None else ""
+            events.append(PublishRequested(self.app or "", key.split("?", 1)[0]))
+        elif name in ("FCUnpublish", "deleteStream", "closeStream") and self.publishing:
+            self.publishing = False
+            events.append(PublishEnded())
+
+    # -- output
+
+    def _message(self, csid: int, kind: int, payload: bytes, stream_id: int = 0) -> None:
+        for i in range(0, max(1, len(payload)), SERVER_CHUNK_SIZE):
+            if i == 0:  # fmt 0 (csid < 64), then fmt 3 continuations
+                self._out.append(csid)
+                self._out += (0).to_bytes(3, "big") + len(payload).to_bytes(3, "big")
+                self._out += bytes((kind,)) + struct.pack("<I", stream_id)
+            else:
+                self._out.append(0xC0 | csid)
+            self._out += payload[i : i + SERVER_CHUNK_SIZE]
+
+    def _command(self, *values: Any, stream_id: int = 0) -> None:
+        self._message(3 if stream_id == 0 else 5, COMMAND_AMF0, amf_encode(*values), stream_id)
+
+
+# -- the server: threads and sockets around RtmpProtocol ---------------------------------------
+
+
 class RtmpServer:
     """Listens on (host, port) for publishers to `app`/`key`; `on_publisher` is called (from a
     connection thread) with each accepted Publisher. Refused attempts are logged in one line."""
@@ -291,192 +527,62 @@ class RtmpServer:
 
 
 class _Connection:
-    """One TCP connection: handshake, then chunk stream messages until it closes."""
+    """One TCP connection: RtmpProtocol over a blocking socket, until it closes."""
 
     def __init__(self, server: RtmpServer, conn: socket.socket, address: str) -> None:
         self.server = server
         self.conn = conn
         self.address = address
-        self.rbuf = bytearray()
-        self.chunk_size = 128
-        self.streams: dict[int, _ChunkStream] = {}
-        self.received = 0
-        self.acked = 0
-        self.window = WINDOW_ACK_SIZE
+        self.protocol = RtmpProtocol(os.urandom(HANDSHAKE_SIZE - 8))
         self.publisher: Publisher | None = None
-        self.connected_app: str | None = None
         self.header_sent = False
         self.conn.settimeout(IDLE_TIMEOUT_S)
 
-    # -- I/O
-
-    def _recv_exact(self, n: int) -> bytes:
-        while len(self.rbuf) < n:
+    def run(self) -> None:
+        while not self.server._closed.is_set():
             try:
-                data = self.conn.recv(max(65536, n - len(self.rbuf)))
+                data = self.conn.recv(65536)
             except TimeoutError:
                 raise RtmpError("the publisher sent nothing for a while") from None
             if not data:
                 raise RtmpError("connection closed")
-            self.rbuf += data
-            self.received += len(data)
-        out = bytes(self.rbuf[:n])
-        del self.rbuf[:n]
-        return out
+            events = self.protocol.receive(data)
+            keep_going = True
+            for event in events:
+                if isinstance(event, MediaMessage) and self.publisher is not None:
+                    self._on_media(event.kind, event.timestamp, event.payload)
+                elif isinstance(event, PublishRequested):
+                    keep_going = self._on_publish(event)
+                elif isinstance(event, PublishEnded):
+                    keep_going = False
+                if not keep_going:
+                    break
+            out = self.protocol.data_to_send()
+            if out:
+                self.conn.sendall(out)
+            if not keep_going:
+                return
 
-    def _send_message(self, csid: int, kind: int, payload: bytes, stream_id: int = 0) -> None:
-        out = bytearray()
-        first = True
-        for i in range(0, max(1, len(payload)), SERVER_CHUNK_SIZE):
-            if first:
-                out.append(csid)  # fmt 0, csid < 64
-                out += (0).to_bytes(3, "big") + len(payload).to_bytes(3, "big") + bytes((kind,))
-                out += struct.pack("<I", stream_id)
-                first = False
-            else:
-                out.append(0xC0 | csid)  # fmt 3
-            out += payload[i : i + SERVER_CHUNK_SIZE]
-        self.conn.sendall(bytes(out))
-
-    def _command(self, *values: Any, stream_id: int = 0) -> None:
-        self._send_message(3 if stream_id == 0 else 5, COMMAND_AMF0, amf_encode(*values), stream_id)
-
-    # -- protocol
-
-    def run(self) -> None:
-        c0c1 = self._recv_exact(1 + HANDSHAKE_SIZE)
-        if c0c1[0] != 3:
-            raise RtmpError(f"not an RTMP client (version byte {c0c1[0]})")
-        s1 = struct.pack(">II", 0, 0) + os.urandom(HANDSHAKE_SIZE - 8)
-        self.conn.sendall(b"\x03" + s1 + c0c1[1:])
-        self._recv_exact(HANDSHAKE_SIZE)  # C2
-        self._send_message(2, WINDOW_ACK, struct.pack(">I", WINDOW_ACK_SIZE))
-        self._send_message(2, PEER_BW, struct.pack(">IB", WINDOW_ACK_SIZE, 2))
-        self._send_message(2, SET_CHUNK_SIZE, struct.pack(">I", SERVER_CHUNK_SIZE))
-        while not self.server._closed.is_set():
-            kind, timestamp, stream_id, payload = self._read_message()
-            if self.received - self.acked >= self.window:
-                self.acked = self.received
-                self._send_message(2, ACK, struct.pack(">I", self.received & 0xFFFFFFFF))
-            if kind == SET_CHUNK_SIZE:
-                size = struct.unpack(">I", payload[:4])[0] & 0x7FFFFFFF
-                if not 1 <= size <= MAX_MESSAGE:
-                    raise RtmpError(f"bad chunk size {size}")
-                self.chunk_size = size
-            elif kind == WINDOW_ACK:
-                self.window = max(1, struct.unpack(">I", payload[:4])[0])
-            elif kind in (COMMAND_AMF0, COMMAND_AMF3):
-                body = payload[1:] if kind == COMMAND_AMF3 else payload
-                if not self._on_command(amf_decode(body)):
-                    return
-            elif kind in (AUDIO, VIDEO, DATA_AMF0) and self.publisher is not None:
-                self._on_media(kind, timestamp, payload)
-
-    def _read_message(self) -> tuple[int, int, int, bytes]:
-        while True:
-            b = self._recv_exact(1)[0]
-            fmt, csid = b >> 6, b & 0x3F
-            if csid == 0:
-                csid = 64 + self._recv_exact(1)[0]
-            elif csid == 1:
-                lo, hi = self._recv_exact(2)
-                csid = 64 + lo + hi * 256
-            cs = self.streams.setdefault(csid, _ChunkStream())
-            starting = not cs.payload
-            if fmt <= 2:
-                header = self._recv_exact((11, 7, 3)[fmt])
-                ts = int.from_bytes(header[0:3], "big")
-                if fmt <= 1:
-                    cs.length = int.from_bytes(header[3:6], "big")
-                    cs.kind = header[6]
-                    if cs.length > MAX_MESSAGE:
-                        raise RtmpError(f"message of {cs.length} bytes is too large")
-                if fmt == 0:
-                    cs.stream_id = struct.unpack("<I", header[7:11])[0]
-                cs.extended = ts == 0xFFFFFF
-                if cs.extended:
-                    ts = struct.unpack(">I", self._recv_exact(4))[0]
-                if fmt == 0:
-                    cs.timestamp, cs.delta = ts, 0
-                else:
-                    cs.delta = ts
-                    cs.timestamp += ts
-            else:
-                if cs.extended:
-                    self._recv_exact(4)
-                if starting:
-                    cs.timestamp += cs.delta
-            take = min(self.chunk_size, cs.length - len(cs.payload))
-            cs.payload += self._recv_exact(take)
-            if len(cs.payload) >= cs.length:
-                payload = bytes(cs.payload)
-                cs.payload.clear()
-                return cs.kind, cs.timestamp, cs.stream_id, payload
-
-    def _on_command(self, values: list[Any]) -> bool:
-        """Handle one command; False ends the connection."""
-        if not values or not isinstance(values[0], str):
-            return True
-        name = values[0]
-        txid = values[1] if len(values) > 1 and isinstance(values[1], float) else 0.0
-        if name == "connect":
-            info = values[2] if len(values) > 2 and isinstance(values[2], dict) else {}
-            self.connected_app = str(info.get("app", "")).strip("/")
-            self._command(
-                "_result",
-                txid,
-                {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
-                {
-                    "level": "status",
-                    "code": "NetConnection.Connect.Success",
-                    "description": "Connection succeeded.",
-                    "objectEncoding": 0.0,
-                },
-            )
-        elif name == "createStream":
-            self._command("_result", txid, None, 1.0)
-        elif name in ("releaseStream", "FCPublish", "_checkbw"):
-            self._command("_result", txid, None, None)
-        elif name == "publish":
-            key = str(values[3]) if len(values) > 3 and values[3] is not None else ""
-            return self._on_publish(key.split("?", 1)[0])
-        elif name in ("FCUnpublish", "deleteStream", "closeStream"):
-            return self.publisher is None
-        return True
-
-    def _refuse(self, why: str, code: str = "NetStream.Publish.BadName") -> bool:
+    def _refuse(self, why: str) -> bool:
         log.warning("refused a publisher from %s: %s", self.address.rsplit(":", 1)[0], why)
-        self._command(
-            "onStatus",
-            0.0,
-            None,
-            {"level": "error", "code": code, "description": why},
-            stream_id=1,
-        )
+        self.protocol.refuse(why)
         return False
 
-    def _on_publish(self, key: str) -> bool:
+    def _on_publish(self, request: PublishRequested) -> bool:
         server = self.server
-        if self.connected_app != server.app:
+        if self.publisher is not None:
+            return self._refuse("it asked to publish twice on one connection")
+        if request.app != server.app:
             return self._refuse(
-                f"wrong application {self.connected_app!r} (the server URL must end in "
-                f"/{server.app})"
+                f"wrong application {request.app!r} (the server URL must end in /{server.app})"
             )
-        if key != server.key:
+        if request.key != server.key:
             return self._refuse("wrong stream key (check the stream key in the publisher)")
         publisher = Publisher(self.address, BytePipe(), disconnect=self._disconnect)
         if not server._claim(publisher):
             return self._refuse("another publisher is already live on this stream")
         self.publisher = publisher
-        # Stream Begin, then the go-ahead.
-        self._send_message(2, USER_CONTROL, struct.pack(">HI", 0, 1))
-        self._command(
-            "onStatus",
-            0.0,
-            None,
-            {"level": "status", "code": "NetStream.Publish.Start", "description": "Publishing."},
-            stream_id=1,
-        )
+        self.protocol.accept()
         server.on_publisher(publisher)
         return True
 
