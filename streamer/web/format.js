@@ -2,14 +2,22 @@
 //
 // One job: parse blocks. Block 0 is the stream header, every later block one segment:
 //   block 0:  "SWCH" | u8 version | u32le json_len | JSON (utf-8) | fMP4 init (ftyp + moov)
-//   block i:  "SWCS" | u8 version | u8 flags | u16le reserved | f64le pts | f64le duration
+//   block i:  "SWCS" | u8 version | u8 flags | u16le back | f64le pts | f64le duration
 //             | f64le wall_clock | fMP4 fragment (moof + mdat)
-// A block that does not fully parse throws StreamFormatError; nothing half-parsed is returned.
+// Version 1: one block per GOP (every media block is a join point, `back` is reserved).
+// Version 2 (parts): one block per part of about header.part_duration seconds; FLAG_INDEPENDENT
+// marks a part that starts with a keyframe, and a dependent part's `back` counts the blocks back
+// to the independent part it decodes from. Both read; segments report `independent` and `back`
+// either way. A block that does not fully parse throws StreamFormatError.
 
 export const FORMAT_NAME = 'swarmcast'
-export const FORMAT_VERSION = 1
+export const FORMAT_V1 = 1
+export const FORMAT_V2 = 2
+export const FORMAT_VERSION = FORMAT_V1 // kept for callers of the first version of this module
+export const READ_VERSIONS = [FORMAT_V1, FORMAT_V2]
 export const FLAG_DISCONTINUITY = 1 // first segment after a broadcaster restart
 export const FLAG_END = 2 // the stream ended cleanly here; this block carries no media
+export const FLAG_INDEPENDENT = 4 // v2: the part starts with a keyframe (implied in v1)
 export const SEGMENT_HEADER_SIZE = 32
 const HEADER_PREFIX_SIZE = 9
 const REQUIRED = ['title', 'start_time', 'mime', 'width', 'height', 'fps', 'segment_duration']
@@ -43,7 +51,7 @@ export function decodeHeader (block) {
     throw new StreamFormatError('block 0 is not a swarmcast stream header (is this a stream feed?)')
   }
   const version = block[4]
-  if (version !== FORMAT_VERSION) {
+  if (!READ_VERSIONS.includes(version)) {
     throw new StreamFormatError(`stream format version ${version} is not supported; upgrade swarmcast`)
   }
   const size = view(block).getUint32(5, true)
@@ -63,10 +71,24 @@ export function decodeHeader (block) {
   }
   const init = block.subarray(HEADER_PREFIX_SIZE + size)
   if (!init.length) throw new StreamFormatError('stream header carries no init segment')
-  return { extra: {}, ...meta, init }
+  const header = { extra: {}, ...meta, init, version, part_duration: null, parts_per_segment: null }
+  if (version === FORMAT_V2) {
+    const part = meta.part_duration
+    if (part !== undefined && part !== null) {
+      if (typeof part !== 'number' || !(part > 0 && part <= meta.segment_duration)) {
+        throw new StreamFormatError("stream header's part_duration is not within its segment")
+      }
+      header.part_duration = part
+      header.parts_per_segment = meta.parts_per_segment || Math.max(1, Math.round(meta.segment_duration / part + 0.4999))
+    }
+  }
+  // Nominal seconds of media per block: a part (v2) or a whole segment (v1).
+  header.block_duration = header.part_duration || meta.segment_duration
+  return header
 }
 
-/** Block i >= 1: {pts, duration, wallClock, flags, discontinuity, end, data (moof + mdat)}. */
+/** Block i >= 1: {pts, duration, wallClock, flags, discontinuity, end, independent, back,
+ *  version, data (moof + mdat)}. */
 export function decodeSegment (block) {
   const seg = decodeSegmentHeader(block)
   seg.data = block.subarray(SEGMENT_HEADER_SIZE)
@@ -78,12 +100,24 @@ export function decodeSegmentHeader (block) {
   if (block.length < SEGMENT_HEADER_SIZE) {
     throw new StreamFormatError('block is too short to be a swarmcast segment')
   }
-  if (!magic(block, 'SWCS') || block[4] !== FORMAT_VERSION) {
+  const version = block[4]
+  if (!magic(block, 'SWCS') || !READ_VERSIONS.includes(version)) {
     throw new StreamFormatError('block is not a swarmcast segment')
   }
   const v = view(block)
-  const flags = block[5]
+  const flags = block[5] // as written (v1 media blocks are independent without the flag)
+  let back = v.getUint16(6, true)
+  let independent = Boolean(flags & FLAG_INDEPENDENT)
+  if (version === FORMAT_V1) {
+    back = 0 // reserved in v1; every v1 media block is a whole GOP
+    independent = !(flags & FLAG_END)
+  } else if (back && (flags & (FLAG_INDEPENDENT | FLAG_END))) {
+    throw new StreamFormatError('an independent or end block cannot depend on an earlier one')
+  }
   return {
+    version,
+    back,
+    independent,
     pts: v.getFloat64(8, true),
     duration: v.getFloat64(16, true),
     wallClock: v.getFloat64(24, true),

@@ -17,6 +17,17 @@ export const LIVE_START_S = 1.2 // a start at the live edge aims this far behind
 
 const seconds = () => performance.now() / 1000
 
+/** The scheduler's windows are counted in blocks, tuned for 1 s blocks: keep them as long in
+ *  seconds when blocks are shorter parts (media/parts.py fit_replicator_to_parts). */
+export function fitToBlocks (config, blockDuration) {
+  const scale = 1.0 / blockDuration
+  if (scale > 1) {
+    for (const name of ['hotWindow', 'playbackWindow', 'liveWindow']) config[name] = Math.round(config[name] * scale)
+  }
+  config.blockDuration = blockDuration
+  return config
+}
+
 export class TabPlayer {
   /**
    * @param video an HTMLVideoElement
@@ -69,6 +80,11 @@ export class TabPlayer {
 
   get segment () {
     return (this.header && this.header.segment_duration) || 1
+  }
+
+  /** Nominal seconds per block: a segment (format v1) or a part (v2). */
+  get blockDuration () {
+    return (this.header && this.header.block_duration) || this.segment
   }
 
   _kick () {
@@ -161,7 +177,7 @@ export class TabPlayer {
   _guess (t) {
     let best = null
     for (const [i, h] of this.heads) if (h.pts <= t + 1e-6 && (best === null || i > best[0])) best = [i, h]
-    const D = this.segment
+    const D = this.blockDuration
     let index = best ? best[0] + Math.floor((t - best[1].pts) / D) : 1 + Math.floor(t / D)
     return Math.min(Math.max(index, 1), Math.max(1, this._lastMedia()))
   }
@@ -177,7 +193,7 @@ export class TabPlayer {
     const n = this._lastMedia()
     for (let i = n; i >= Math.max(1, n - 8); i--) {
       const h = this._head(i)
-      if (h) return h.pts + h.duration + (n - i) * this.segment
+      if (h) return h.pts + h.duration + (n - i) * this.blockDuration
     }
     return null
   }
@@ -197,7 +213,7 @@ export class TabPlayer {
     this.status('waiting for the stream header from peers…')
     const head = await this._fetch(0, this.generation)
     this.header = decodeHeader(head)
-    this.peers.replicator.config.blockDuration = this.segment
+    fitToBlocks(this.peers.replicator.config, this.blockDuration)
     const MS = globalThis.MediaSource
     if (!MS || !MS.isTypeSupported(this.header.mime)) {
       this.status(`this browser cannot play ${this.header.mime}; use \`viewer watch\` instead`)
@@ -256,6 +272,14 @@ export class TabPlayer {
       if (t < h.pts && index > 1) { index--; continue }
       if (t >= h.pts + h.duration && index < this._lastMedia()) { index++; continue }
       break
+    }
+    const covering = this._head(index)
+    if (covering && !covering.independent && covering.back && index - covering.back >= 1) {
+      index -= covering.back // a dependent part: start at the keyframe part it decodes from
+      this._lastPlayhead = index
+      this.peers.setPlayhead(index, seconds())
+      value = await this._fetch(index, generation)
+      if (value === null) return
     }
     const seg = decodeSegment(value)
     await this._exclusive(async () => {
