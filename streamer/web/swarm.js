@@ -60,14 +60,16 @@ function channelOpen (dc, ms) {
 export class TabSwarm {
   /**
    * @param peers the PeerSet replicating the feed (its onEvent must call swarm.peerEvent)
-   * @param opts {hub (base URL), iceServers, maxPeers, log(text)}
+   * @param opts {hub (base URL), iceServers, maxPeers, log(text), auth: a SignalAuth (signal.js)
+   *   to seal every post and check every message heard, or null for unsigned signaling}
    */
-  constructor (peers, { hub, iceServers = [], maxPeers = 6, log = () => {} }) {
+  constructor (peers, { hub, iceServers = [], maxPeers = 6, log = () => {}, auth = null }) {
     this.peers = peers
     this.hub = hub.replace(/\/+$/, '')
     this.iceServers = iceServers
     this.log = log
-    this.peerId = newPeerId()
+    this.auth = auth
+    this.peerId = auth ? auth.peerId : newPeerId()
     this.dk = toHex(discoveryKey(peers.feed.key))
     this.membership = new Membership(this.peerId, { maxPeers })
     this.conns = new Map() // peer id -> {pc, dc}: channels handed to the PeerSet
@@ -76,6 +78,8 @@ export class TabSwarm {
       hub_messages_ignored: 0, dials_failed: 0, handshakes_failed: 0, connections_opened: 0,
       evictions: 0, posts_failed: 0,
     }
+    this.signalsRefused = {} // reason -> count (signed signaling only)
+    this._heard = Promise.resolve() // signaling messages are handled in order
     this._source = null
     this._announceTimer = null
     this._tick = null
@@ -111,7 +115,12 @@ export class TabSwarm {
   }
 
   stats () {
-    return { peer_id: this.peerId, neighbours_writer: [...this.membership.neighbours.values()].filter(Boolean).length, ...this.counters }
+    return {
+      peer_id: this.peerId,
+      neighbours_writer: [...this.membership.neighbours.values()].filter(Boolean).length,
+      ...this.counters,
+      signals_refused: { ...this.signalsRefused },
+    }
   }
 
   // -------------------------------------------------------------- signaling
@@ -119,10 +128,13 @@ export class TabSwarm {
   async _post (action, keepalive = false) {
     const channel = action.to === null ? this.dk : `${this.dk}.${action.to}`
     try {
+      const message = this.auth
+        ? await this.auth.seal(action.message, Date.now())
+        : { ...action.message, from: this.peerId }
       const res = await fetch(`${this.hub}/v1/${APP}/${channel}`, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ ...action.message, from: this.peerId }),
+        body: JSON.stringify(message),
         keepalive,
       })
       if (!res.ok) throw new Error(`hub answered ${res.status}`)
@@ -141,6 +153,18 @@ export class TabSwarm {
       this.counters.hub_messages_ignored++
       return
     }
+    if (this.auth && msg && typeof msg === 'object' && msg.from !== this.peerId) {
+      this._heard = this._heard.then(async () => {
+        const verdict = await this.auth.check(msg, Date.now())
+        if (verdict === 'ok') this._signal(msg)
+        else this.signalsRefused[verdict] = (this.signalsRefused[verdict] || 0) + 1
+      })
+      return
+    }
+    this._signal(msg)
+  }
+
+  _signal (msg) {
     for (const action of this.membership.signal(msg, seconds())) this._execute(action)
     this._scheduleAnnounce()
   }
