@@ -68,18 +68,31 @@ async function resolveKey (target) {
   return record.key
 }
 
+/** ICE servers: ?ice=<JSON list>, else the hub's GET /v1/ice ({iceServers, ttl, expires}), else
+ *  none. Resolves to [servers, seconds until they should be fetched again, or null]. */
 async function iceServers () {
   const given = params.get('ice')
-  if (given) return JSON.parse(given)
+  if (given) return [JSON.parse(given), null]
   try {
     const res = await fetch('/v1/ice', { cache: 'no-store' })
-    if (!res.ok) return []
+    if (!res.ok) return [[], null]
     const body = await res.json()
-    const list = Array.isArray(body) ? body : body.iceServers || body.ice_servers || []
-    return list.map((s) => (typeof s === 'string' ? { urls: s } : s))
+    const list = Array.isArray(body) ? body : body.iceServers || []
+    const expires = typeof body.expires === 'number' ? body.expires - Date.now() / 1000 : null
+    return [list.map((s) => (typeof s === 'string' ? { urls: s } : s)), expires]
   } catch {
-    return []
+    return [[], null]
   }
+}
+
+/** Keep the swarm's TURN credentials fresh: fetch again a minute before they expire. */
+function refreshIce (swarm, expiresIn) {
+  if (expiresIn === null) return
+  setTimeout(async () => {
+    const [servers, next] = await iceServers()
+    if (servers.length) swarm.iceServers = servers
+    refreshIce(swarm, next === null ? 600 : next)
+  }, Math.max(60, expiresIn - 60) * 1000)
 }
 
 function render (stats) {
@@ -117,9 +130,10 @@ async function main () {
       if (swarm) swarm.peerEvent(e)
     },
   })
+  const [servers, expiresIn] = await iceServers()
   swarm = new TabSwarm(peers, {
     hub: location.origin,
-    iceServers: await iceServers(),
+    iceServers: servers,
     log: (text) => console.log(`swarmcast: ${text}`),
   })
   const at = parseFloat(params.get('at'))
@@ -144,6 +158,7 @@ async function main () {
   $('live').onclick = () => player.goLive()
   $('unmute').onclick = () => { $('video').muted = false }
   window.addEventListener('pagehide', () => swarm.leave())
+  refreshIce(swarm, expiresIn)
   swarm.join()
   setInterval(() => render(stats()), 1000)
   await player.start()
