@@ -6,8 +6,8 @@
    from page.goto to the first video frame presented (requestVideoFrameCallback: page load,
    hub, WebRTC, handshake, header and live block verified, MSE); the Python viewer's, measured
    as bench/bench_watch.py does, from process start to its URL (first frame playable). p50/p95.
-2. Upload: a 30 s stream watched by N tabs (3 and 6) and, as the same-run baseline, by 3 Python
-   viewers; the broadcaster's bytes_up over the stream's byte_length (1.0 = one copy), and the
+2. Upload: a 30 s stream watched by N tabs (3 and 6), by 3 tabs and 3 Python viewers, and, as
+   the same-run baseline, by 3 Python viewers alone; the broadcaster's bytes_up over the stream's byte_length (1.0 = one copy), and the
    share of the watchers' block bytes that came from other watchers.
 Usage: python3 bench/bench_tab.py [--joins 10] [--size 640x360] [--seconds 30]
 """
@@ -187,7 +187,7 @@ async def upload(browser: Browser, size: str, seconds: float, tabs: int, viewers
             stream.close()
     peers = sum(s["block_bytes_from_peers"] for s in watchers)
     writer = sum(s["block_bytes_from_writer"] for s in watchers)
-    who = f"{tabs} tabs" if tabs else f"{viewers} Python viewers"
+    who = " + ".join(x for x in (f"{tabs} tabs" if tabs else "", f"{viewers} Python viewers" if viewers else "") if x)
     played = [s.get("current_time", 0) for s in watchers if "current_time" in s]
     print(f"{who}: broadcaster upload {w['bytes_up'] / w['byte_length']:.2f}x the stream "
           f"({w['bytes_up']} / {w['byte_length']} B); watchers' block bytes from other watchers "
@@ -208,6 +208,7 @@ async def main() -> None:
             await upload(browser, args.size, args.seconds, 0, 3)
             await upload(browser, args.size, args.seconds, 3, 0)
             await upload(browser, args.size, args.seconds, 6, 0)
+            await upload(browser, args.size, args.seconds, 3, 3)
         finally:
             await browser.close()
 
