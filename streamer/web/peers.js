@@ -8,6 +8,10 @@
 // live edge) first, never block 0 (the stream header) nor a block the scheduler wants (playback
 // window, live edge, explicit wants: it would fetch it again at once); their tree nodes stay, so
 // they can be fetched and verified again when the viewer seeks back.
+// A neighbour that connects again (it lost our channel) gets a second link beside the first; the
+// new one replaces the old only once its handshake verified, so a forged offer cannot cut a
+// working connection (docs/signaling.md). Pass the Link to receive/outgoing/isClosed/closed to
+// address one of the two; without it they address the current one.
 
 import { Link } from './link.js'
 import { Replicator } from './replicator.js'
@@ -33,6 +37,7 @@ export class PeerSet {
     this.banSeconds = banSeconds
     this.onEvent = onEvent
     this.links = new Map() // peer id -> {link, openedAt}
+    this.pending = new Map() // peer id -> {link, openedAt}: a new link beside a verified one
     this._banned = new Map() // peer id -> until
     this.evicted = 0 // block values dropped to stay within maxBlockBytes
   }
@@ -59,20 +64,29 @@ export class PeerSet {
     const hh = handshakeHash(sdpFingerprint(localSdp), sdpFingerprint(remoteSdp))
     const key = this.feed.key
     const old = this.links.get(peer)
-    if (old) this._drop(peer, 'replaced by a new connection', now)
+    const beside = old && old.link.session.isOpen && !old.link.closed
+    if (this.pending.has(peer)) this._dropEntry(peer, this.pending.get(peer), 'replaced by a new connection', now)
+    if (old && !beside) this._drop(peer, 'replaced by a new connection', now)
     const session = this.replicator.addSession({
       name: peer,
       handshake: makeHandshake(key, hh, initiator),
       verifyHandshake: (theirs) => checkHandshake(theirs, key, hh, initiator),
     })
     const link = new Link(session, { window: this.window, now })
-    this.links.set(peer, { link, openedAt: now })
+    ;(beside ? this.pending : this.links).set(peer, { link, openedAt: now })
     return link
   }
 
-  /** A message from `peer`'s data channel; resolves once handled. */
-  async receive (peer, message, now) {
-    const entry = this.links.get(peer)
+  _entry (peer, link) {
+    const current = this.links.get(peer)
+    if (link === null || (current && current.link === link)) return current
+    const pending = this.pending.get(peer)
+    return pending && pending.link === link ? pending : undefined
+  }
+
+  /** A message from `peer`'s data channel (`link`: which one); resolves once handled. */
+  async receive (peer, message, now, link = null) {
+    const entry = this._entry(peer, link)
     if (!entry) return
     await entry.link.receive(message, now)
     this._events(peer, entry.link, now)
@@ -80,8 +94,8 @@ export class PeerSet {
   }
 
   /** Messages to send to `peer` now (room: what its channel can take). */
-  outgoing (peer, now, room) {
-    const entry = this.links.get(peer)
+  outgoing (peer, now, room, link = null) {
+    const entry = this._entry(peer, link)
     if (!entry) return []
     const out = entry.link.outgoing(now, room)
     this._events(peer, entry.link, now)
@@ -89,26 +103,29 @@ export class PeerSet {
   }
 
   /** Whether `peer`'s channel must be closed (or is unknown). */
-  isClosed (peer) {
-    const entry = this.links.get(peer)
+  isClosed (peer, link = null) {
+    const entry = this._entry(peer, link)
     return !entry || entry.link.closed
   }
 
-  /** The transport closed `peer`'s channel. */
-  closed (peer, now) {
-    this._drop(peer, 'channel closed', now)
+  /** The transport closed `peer`'s channel (`link`: which one). */
+  closed (peer, now, link = null) {
+    const entry = this._entry(peer, link)
+    if (entry) this._dropEntry(peer, entry, 'channel closed', now)
   }
 
   /** Run timers: late requests, keepalives, silent peers, handshakes that never completed. */
   tick (now) {
     const t = this.replicator.getTimer()
     if (t !== null && t <= now) this.replicator.handleTimer(now)
-    for (const [peer, { link, openedAt }] of this.links) {
-      link.tick(now)
-      if (!link.session.isOpen && !link.closed && now - openedAt > HANDSHAKE_TIMEOUT_S) {
-        link.close('no handshake in time')
+    for (const map of [this.links, this.pending]) {
+      for (const [peer, { link, openedAt }] of [...map]) {
+        link.tick(now)
+        if (!link.session.isOpen && !link.closed && now - openedAt > HANDSHAKE_TIMEOUT_S) {
+          link.close('no handshake in time')
+        }
+        this._events(peer, link, now)
       }
-      this._events(peer, link, now)
     }
     this.enforceMemory()
   }
@@ -140,18 +157,36 @@ export class PeerSet {
     let e
     while ((e = link.session.nextEvent())) {
       if (e.type === 'misbehaved') this.ban(peer, now)
-      if (this.onEvent) this.onEvent({ ...e, peer })
+      if (e.type === 'handshake' && this.pending.get(peer)?.link === link) {
+        // The new link verified: it replaces the old one now.
+        const entry = this.pending.get(peer)
+        this.pending.delete(peer)
+        const old = this.links.get(peer)
+        this.links.set(peer, entry)
+        if (old) this._finish(peer, old, 'replaced by a new connection', now)
+      }
+      if (this.onEvent) this.onEvent({ ...e, peer, link })
     }
-    if (link.closed && this.links.get(peer)?.link === link) this._drop(peer, link.closeReason, now)
+    const entry = this._entry(peer, link)
+    if (link.closed && entry && entry.link === link) this._dropEntry(peer, entry, link.closeReason, now)
   }
 
   _drop (peer, reason, now) {
     const entry = this.links.get(peer)
-    if (!entry) return
-    this.links.delete(peer)
+    if (entry) this._dropEntry(peer, entry, reason, now)
+  }
+
+  _dropEntry (peer, entry, reason, now) {
+    if (this.links.get(peer) === entry) this.links.delete(peer)
+    else if (this.pending.get(peer) === entry) this.pending.delete(peer)
+    else return
+    this._finish(peer, entry, reason, now)
+  }
+
+  _finish (peer, entry, reason, now) {
     entry.link.close(reason)
     this._events(peer, entry.link, now)
-    if (this.onEvent) this.onEvent({ type: 'closed', peer, reason: entry.link.closeReason })
+    if (this.onEvent) this.onEvent({ type: 'closed', peer, link: entry.link, reason: entry.link.closeReason })
   }
 
   /** Evict block values beyond maxBlockBytes, farthest from where the viewer is first. */

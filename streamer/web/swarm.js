@@ -72,7 +72,7 @@ export class TabSwarm {
     this.peerId = auth ? auth.peerId : newPeerId()
     this.dk = toHex(discoveryKey(peers.feed.key))
     this.membership = new Membership(this.peerId, { maxPeers })
-    this.conns = new Map() // peer id -> {pc, dc}: channels handed to the PeerSet
+    this.channels = new Map() // Link -> {peer, pc, dc, link}: channels handed to the PeerSet
     this.dials = new Map() // peer id -> {pc, answer: {resolve, reject}, done}
     this.counters = {
       hub_messages_ignored: 0, dials_failed: 0, handshakes_failed: 0, connections_opened: 0,
@@ -83,7 +83,6 @@ export class TabSwarm {
     this._source = null
     this._announceTimer = null
     this._tick = null
-    this._opening = null
     this._left = false
   }
 
@@ -107,11 +106,7 @@ export class TabSwarm {
     clearTimeout(this._announceTimer)
     clearInterval(this._tick)
     for (const d of this.dials.values()) d.pc.close()
-    for (const [peer, c] of this.conns) {
-      c.pc.close()
-      this.peers.closed(peer, seconds())
-    }
-    this.conns.clear()
+    for (const conn of [...this.channels.values()]) this._closeConn(conn, 'left the swarm')
   }
 
   stats () {
@@ -188,10 +183,10 @@ export class TabSwarm {
       case 'post': this._post(action); break
       case 'dial': this._dial(action.peer, action.offer); break
       case 'evict': {
-        const c = this.conns.get(action.peer)
-        if (c) {
+        const conn = this.current(action.peer)
+        if (conn) {
           this.counters.evictions++
-          this._closeConn(action.peer, 'made room for a newcomer')
+          this._closeConn(conn, 'made room for a newcomer')
         }
         break
       }
@@ -216,7 +211,7 @@ export class TabSwarm {
 
   _dial (peer, offer) {
     const pc = new RTCPeerConnection({ iceServers: this.iceServers })
-    const dial = { pc, answer: null, cancel: null, handshake: null }
+    const dial = { pc, answer: null, cancel: null, handshake: null, link: null }
     const cancelled = new Promise((resolve, reject) => { dial.cancel = reject })
     cancelled.catch(() => {})
     this.dials.set(peer, dial)
@@ -224,7 +219,7 @@ export class TabSwarm {
       .catch((e) => {
         this.counters.dials_failed++
         this.log(`connecting to ${peer.slice(0, 8)} failed: ${e.message}`)
-        if (this.conns.get(peer)?.pc !== pc) pc.close()
+        if (![...this.channels.values()].some((c) => c.pc === pc)) pc.close()
       })
       .finally(() => {
         if (this.dials.get(peer) === dial) this.dials.delete(peer)
@@ -280,94 +275,100 @@ export class TabSwarm {
     await race(channelOpen(dc, CONNECT_TIMEOUT_S * 1000))
     if (this._left) throw new Error('left the swarm')
     const verified = new Promise((resolve, reject) => { dial.handshake = { resolve, reject } })
-    this._attach(peer, pc, dc, remoteSdp, initiator, early)
+    this._attach(peer, pc, dc, remoteSdp, initiator, early, dial)
     await verified // PeerSet closes a link whose handshake takes over 10 s
   }
 
-  _attach (peer, pc, dc, remoteSdp, initiator, early) {
+  _attach (peer, pc, dc, remoteSdp, initiator, early, dial) {
     dc.bufferedAmountLowThreshold = LOW_WATER
-    const old = this.conns.get(peer)
-    this._opening = peer
-    let link
-    try {
-      link = this.peers.open(peer, { localSdp: pc.localDescription.sdp, remoteSdp, initiator, now: seconds() })
-    } finally {
-      this._opening = null
-    }
-    if (old) old.pc.close()
+    const link = this.peers.open(peer, { localSdp: pc.localDescription.sdp, remoteSdp, initiator, now: seconds() })
     if (!link) {
-      this.conns.delete(peer)
       pc.close()
       throw new Error('the peer is banned')
     }
-    const conn = { pc, dc }
-    this.conns.set(peer, conn)
+    dial.link = link
+    // Beside a verified link to the same peer until this one's handshake verifies (peers.js).
+    const conn = { peer, pc, dc, link }
+    this.channels.set(link, conn)
     let chain = Promise.resolve()
     const receive = (data) => {
-      chain = chain.then(() => this.peers.receive(peer, data, seconds())).then(() => this.flushAll())
+      chain = chain.then(() => this.peers.receive(peer, data, seconds(), link)).then(() => this.flushAll())
     }
     for (const data of early) receive(data)
     dc.onmessage = (ev) => receive(ev.data)
-    dc.onbufferedamountlow = () => this.flush(peer)
-    dc.onclose = () => {
-      if (this.conns.get(peer) === conn) this.peers.closed(peer, seconds())
-    }
+    dc.onbufferedamountlow = () => this._flush(conn)
+    dc.onclose = () => this.peers.closed(peer, seconds(), link)
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'failed' && this.conns.get(peer) === conn) this._closeConn(peer, 'connection failed')
+      if (pc.connectionState === 'failed') this._closeConn(conn, 'connection failed')
     }
     this.flushAll()
   }
 
-  _closeConn (peer, reason) {
-    const c = this.conns.get(peer)
-    if (!c) return
-    this.conns.delete(peer)
-    const link = this.peers.links.get(peer)
-    if (link) link.link.close(reason)
-    this.peers.closed(peer, seconds())
-    c.pc.close()
+  /** The channel of `peer`'s verified (current) link, if any. */
+  current (peer) {
+    const entry = this.peers.links.get(peer)
+    return entry ? this.channels.get(entry.link) : undefined
+  }
+
+  _closeConn (conn, reason) {
+    if (this.channels.get(conn.link) !== conn) return
+    conn.link.close(reason)
+    this.peers.closed(conn.peer, seconds(), conn.link) // emits 'closed': peerEvent cleans up
+    if (this.channels.get(conn.link) === conn) {
+      this.channels.delete(conn.link)
+      conn.pc.close()
+    }
   }
 
   /** The PeerSet's events: wire them into the membership (call from PeerSet's onEvent). */
   peerEvent (e) {
     const now = seconds()
     const dial = this.dials.get(e.peer)
+    const ours = dial && dial.link === e.link
     if (e.type === 'handshake') {
       this.counters.connections_opened++
       this.membership.connected(e.peer, e.remoteIsWriter)
-      if (dial && dial.handshake) dial.handshake.resolve()
+      if (ours && dial.handshake) dial.handshake.resolve()
       this._scheduleAnnounce()
     } else if (e.type === 'misbehaved') {
       this.membership.ban(e.peer, now)
       if (!this.membership.neighbours.has(e.peer)) this.counters.handshakes_failed++
       this.log(`dropped and banned ${e.peer.slice(0, 8)}: ${e.reason}`)
-    } else if (e.type === 'closed' && this._opening !== e.peer) {
-      if (dial && dial.handshake) dial.handshake.reject(new Error(e.reason || 'closed'))
-      const c = this.conns.get(e.peer)
-      if (c) {
-        this.conns.delete(e.peer)
-        c.pc.close()
+    } else if (e.type === 'closed') {
+      if (ours && dial.handshake) dial.handshake.reject(new Error(e.reason || 'closed'))
+      const conn = this.channels.get(e.link)
+      if (conn) {
+        this.channels.delete(e.link)
+        conn.pc.close()
       }
-      this.membership.disconnected(e.peer)
-      this._scheduleAnnounce()
+      // A link replaced by a newer verified one is not a lost neighbour.
+      if (!this.peers.links.has(e.peer)) {
+        this.membership.disconnected(e.peer)
+        this._scheduleAnnounce()
+      }
     }
   }
 
   // -------------------------------------------------------------- bytes
 
   flush (peer) {
-    const c = this.conns.get(peer)
-    if (!c || c.dc.readyState !== 'open') return
+    const conn = this.current(peer)
+    if (conn) this._flush(conn)
+  }
+
+  _flush (conn) {
+    const { peer, dc, link } = conn
+    if (this.channels.get(link) !== conn || dc.readyState !== 'open') return
     try {
-      for (const m of this.peers.outgoing(peer, seconds(), HIGH_WATER - c.dc.bufferedAmount)) c.dc.send(m)
+      for (const m of this.peers.outgoing(peer, seconds(), HIGH_WATER - dc.bufferedAmount, link)) dc.send(m)
     } catch (e) {
-      this._closeConn(peer, `send failed: ${e.message}`)
+      this._closeConn(conn, `send failed: ${e.message}`)
       return
     }
-    if (this.peers.isClosed(peer)) this._closeConn(peer, 'closed')
+    if (this.peers.isClosed(peer, link)) this._closeConn(conn, 'closed')
   }
 
   flushAll () {
-    for (const peer of [...this.conns.keys()]) this.flush(peer)
+    for (const conn of [...this.channels.values()]) this._flush(conn)
   }
 }

@@ -153,3 +153,35 @@ test('a channel whose peer never sends its handshake is closed without a ban', a
   assert.equal(reader.isBanned('s', 11), false)
   assert.throws(() => reader.open('x', { localSdp: 'v=0', remoteSdp: sdp(2), initiator: true, now: 0 }), /fingerprint/)
 })
+
+test('a neighbour that connects again replaces its link only once the new handshake verified', async () => {
+  const events = []
+  const reader = new PeerSet(new MemoryFeed(key), { config: { seed: 2 }, onEvent: (e) => events.push(e) })
+  const seeder = new PeerSet(seededFeed(), { config: { seed: 1 } })
+  const net = connect(reader, seeder, 0)
+  await run(net, 0, 1)
+  const first = reader.links.get('s').link
+  assert.equal(first.session.isOpen, true)
+  // A second channel from the same peer id (say, a forged offer): it waits beside the first.
+  const second = reader.open('s', { localSdp: sdp(1), remoteSdp: sdp(2), initiator: true, now: 2 })
+  assert.equal(reader.links.get('s').link, first)
+  assert.equal(reader.pending.get('s').link, second)
+  // It never completes its handshake: it is closed, the first link stays.
+  reader.tick(13)
+  assert.equal(reader.pending.has('s'), false)
+  assert.equal(reader.links.get('s').link, first)
+  assert.equal(first.closed, false)
+  assert.ok(events.some((e) => e.type === 'closed' && e.link === second))
+  // A real reconnection: the seeder's side runs the handshake on the new link, which then
+  // replaces the first one.
+  const third = reader.open('s', { localSdp: sdp(1), remoteSdp: sdp(2), initiator: true, now: 14 })
+  const theirs = seeder.open('r', { localSdp: sdp(2), remoteSdp: sdp(1), initiator: false, now: 14 })
+  for (let round = 0; round < 50; round++) {
+    for (const m of reader.outgoing('s', 14, 1 << 20, third)) await seeder.receive('r', m, 14, theirs)
+    for (const m of seeder.outgoing('r', 14, 1 << 20, theirs)) await reader.receive('s', m, 14, third)
+  }
+  assert.equal(seeder.links.get('r').link, theirs)
+  assert.equal(reader.links.get('s').link, third)
+  assert.equal(first.closed, true)
+  assert.equal(third.session.isOpen, true)
+})
