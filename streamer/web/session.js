@@ -379,6 +379,12 @@ export class Session {
       case 'bitfield': return this._onBitfield(msg)
       case 'want': case 'unwant': case 'extension':
         return // we announce every verified block unasked, so wants need no answer
+      case 'subscribe':
+        // Live push: a tab only pulls. A subscription (or a stop) is answered "refused / stopped";
+        // depth notices and answers to subscriptions we never sent are ignored. A push (data with
+        // request id 0) is then data we did not ask for (_onData).
+        if (!msg.answer && msg.depth === null) this._queue({ type: 'subscribe', on: false, start: 0, answer: true, depth: null })
+        return
       default:
         throw new ProtocolViolation(`unexpected ${msg.type} message after the handshake`)
     }

@@ -21,10 +21,11 @@ export const BITFIELD = 7
 export const RANGE = 8
 export const EXTENSION = 9
 export const HANDSHAKE = 10
+export const SUBSCRIBE = 11 // live push (our extension): docs/wire.md "11. subscribe"
 
 export const TYPE_NAMES = [
   'sync', 'request', 'cancel', 'data', 'noData', 'want', 'unwant', 'bitfield', 'range',
-  'extension', 'handshake',
+  'extension', 'handshake', 'subscribe',
 ]
 
 const MAX_NAME = 256 // bytes of an extension name
@@ -123,6 +124,17 @@ const ENCODERS = {
     w.fixed(m.capability, 32)
     if (writer) w.fixed(m.writerSignature, 64)
   },
+}
+// subscribe: {on, start, answer, depth}: flags 1 subscribe from start, 0 stop, 3 accepted from
+// start, 2 refused or stopped, 4 depth notice (value = depth).
+ENCODERS.subscribe = (w, m) => {
+  if (m.depth !== null && m.depth !== undefined) {
+    w.uint(4)
+    w.uint(m.depth)
+  } else {
+    w.uint((m.on ? 1 : 0) | (m.answer ? 2 : 0))
+    w.uint(m.on ? m.start : 0)
+  }
 }
 ENCODERS.unwant = ENCODERS.want
 
@@ -263,6 +275,13 @@ const DECODERS = [
     const capability = r.fixed(32)
     const writerSignature = flags & 2 ? r.fixed(64) : null
     return { type: 'handshake', capability, seeks: Boolean(flags & 1), writerSignature }
+  },
+  function subscribe (r) {
+    const flags = r.uint()
+    const value = r.uint()
+    if (flags === 4) return { type: 'subscribe', on: false, start: 0, answer: false, depth: value }
+    if (flags > 3 || (!(flags & 1) && value !== 0)) throw new WireError(`bad subscribe flags ${flags}` + BAD)
+    return { type: 'subscribe', on: Boolean(flags & 1), start: flags & 1 ? value : 0, answer: Boolean(flags & 2), depth: null }
   },
 ]
 

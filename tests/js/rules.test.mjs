@@ -163,3 +163,27 @@ test('a handshake split over two chunks is refused: the first message must be wh
   assert.equal(s.closed, true)
   assert.match(s.closeReason, /first message is not a handshake/)
 })
+
+test('live push (type 11, the relay extension): a tab declines subscriptions and bans unasked pushes', async () => {
+  // The examples of docs/wire.md "11. subscribe".
+  const hex = (m) => Buffer.from(wire.encodeMessage(m)).toString('hex')
+  const sub = (fields) => ({ type: 'subscribe', on: false, start: 0, answer: false, depth: null, ...fields })
+  assert.equal(hex(sub({ on: true, start: 5 })), '0b0105')
+  assert.equal(hex(sub({ on: true, start: 300, answer: true })), '0b03fd2c01')
+  assert.equal(hex(sub({})), '0b0000')
+  assert.equal(hex(sub({ answer: true })), '0b0200')
+  assert.equal(hex(sub({ depth: 2 })), '0b0402')
+  for (const h of ['0b0105', '0b03fd2c01', '0b0000', '0b0200', '0b0402']) {
+    assert.equal(hex(wire.decodeMessage(Buffer.from(h, 'hex'))), h)
+  }
+  for (const h of ['0b0500', '0b0001', '0b01']) assert.throws(() => wire.decodeMessage(Buffer.from(h, 'hex')), wire.WireError)
+
+  const { s, send, replies } = open()
+  replies()
+  await send(sub({ depth: 0 })) // a depth notice: nothing to say
+  await send(sub({ on: true, start: 5 }))
+  assert.deepEqual(replies().map(hex), ['0b0200']) // refused: a tab only pulls
+  assert.equal(s.closed, false)
+  await send({ type: 'data', request: 0, fork: 0, block: { index: 9, value: new Uint8Array(1), nodes: [] }, hash: null, seek: null, upgrade: null, manifest: null })
+  assert.equal(s.closed, true) // a push without our subscription is data we did not ask for
+})
