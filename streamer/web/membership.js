@@ -9,13 +9,22 @@
 //   {type: 'answer', peer, sdp (null: declined)}   our pending dial got its answer
 //   {type: 'cancelDial', peer}                     the peer left: stop dialling it
 //   {type: 'ignored', why}                         a malformed or misaddressed message
-// The rules are in docs/signaling.md ("The swarm of one stream").
+// The rules are in docs/signaling.md ("The swarm of one stream"): the lower id offers; at most
+// maxPeers neighbours, dials included; a node with no neighbour that only hears "full" asks one
+// full node for room; that node promises room only to a newcomer that announced itself isolated,
+// once per cooldown and per newcomer, and only if a neighbour would keep another path (they
+// report their counts); it evicts that neighbour once the newcomer's connection verified.
+// connected() and disconnected() return actions too (count reports, the eviction).
 
 export const PEER_ID = /^[0-9a-f]{32}$/
 export const MAX_SDP = 64 * 1024
 export const MAX_BANNED = 1024
 export const MAX_FULL_NODES = 32
-export const EVICT_COOLDOWN_S = 5.0
+export const EVICT_COOLDOWN_S = 5.0 // a full node makes room for a newcomer at most this often
+export const SENDER_EVICT_COOLDOWN_S = 60.0 // ... and for the same newcomer at most this often
+export const HEARD_S = 30.0 // room only for a newcomer that broadcast "hello, n: 0" this recently
+export const ROOM_HOLD_S = 30.0 // room promised to a newcomer is kept for it this long
+export const MAX_HEARD = 4096 // peers whose last broadcast hello is remembered
 export const ISOLATED_RETRY_S = 2.0
 export const ANNOUNCE_JITTER = [0.8, 1.2]
 
@@ -52,6 +61,10 @@ export class Membership {
     this._fullNodes = new Set() // heard "full" from them while isolated
     this._asked = null
     this._lastEviction = -Infinity
+    this._heard = new Map() // peer -> [when, its neighbour count or null], oldest first
+    this._roomGiven = new Map() // newcomer -> when we promised it room
+    this._roomFor = null // the newcomer we promised room to, until _roomUntil
+    this._roomUntil = -Infinity
     this._announceRequested = false
     this._announcedAt = -Infinity
     this._jitter = 1.0
@@ -60,6 +73,17 @@ export class Membership {
 
   hasRoom () {
     return this.neighbours.size + this.dialing.size < this.maxPeers
+  }
+
+  /** Room for `peer`: room, or room we promised it. */
+  hasRoomFor (peer, now) {
+    return this.hasRoom() || (peer === this._roomFor && now < this._roomUntil)
+  }
+
+  /** The neighbour count `peer` last told us (null: unknown). */
+  neighbourCount (peer) {
+    const heard = this._heard.get(peer)
+    return heard ? heard[1] : null
   }
 
   isBanned (peer, now) {
@@ -76,17 +100,45 @@ export class Membership {
     return until
   }
 
+  /** `peer` is a verified neighbour now: actions (count reports; the eviction a promised
+   *  newcomer's connection calls for). */
   connected (peer, isWriter) {
     this.neighbours.set(peer, isWriter)
     this._fullNodes.clear()
+    if (peer === this._roomFor) {
+      this._roomFor = null
+      this._roomUntil = -Infinity
+    }
+    const actions = []
+    const dialingOthers = [...this.dialing].filter((p) => p !== peer).length
+    if (this.neighbours.size + dialingOthers > this.maxPeers) {
+      const victim = this._victim(peer)
+      if (victim !== null) {
+        this.neighbours.delete(victim)
+        actions.push({ type: 'evict', peer: victim })
+      }
+    }
+    return [...actions, ...this._reportCount()]
   }
 
+  /** Neighbour `peer` is gone (not by evict): announce at once; tell the others our count. */
   disconnected (peer) {
-    if (this.neighbours.delete(peer)) this._announceRequested = true
+    if (!this.neighbours.delete(peer)) return []
+    this._announceRequested = true
+    return this._reportCount()
+  }
+
+  _reportCount () {
+    const n = this.neighbours.size
+    return [...this.neighbours.keys()].map((p) => message('hello', p, { n }))
   }
 
   dialEnded (peer) {
     this.dialing.delete(peer)
+    if (peer === this._roomFor && !this.neighbours.has(peer)) {
+      this._roomFor = null
+      this._roomUntil = -Infinity
+    }
   }
 
   requestAnnounce () {
@@ -105,7 +157,17 @@ export class Membership {
     if (sender === this.peerId || this._leaving) return []
     const addressed = to !== undefined && to !== null
     if (addressed && to !== this.peerId) return [{ type: 'ignored', why: 'addressed to another peer' }]
-    if (kind === 'hello') return this._onHello(sender, msg.n, msg.evict === true && addressed, now)
+    if (kind === 'hello') {
+      const evict = msg.evict === true && addressed
+      if (!addressed) {
+        this._hear(sender, msg.n, now)
+      } else if ('n' in msg && !evict) {
+        // A neighbour's count report (not "please dial me", which has no n).
+        if (this.neighbours.has(sender)) this._hear(sender, msg.n, now)
+        return []
+      }
+      return this._onHello(sender, msg.n, evict, now)
+    }
     if (kind === 'full' && addressed) {
       this._onFull(sender)
       return []
@@ -123,8 +185,8 @@ export class Membership {
   _onHello (sender, theirPeers, evict, now) {
     if (this.neighbours.has(sender) || this.dialing.has(sender) || this.isBanned(sender, now)) return []
     const actions = []
-    if (!this.hasRoom() && evict) actions.push(...this._makeRoom(now))
-    if (!this.hasRoom()) {
+    if (!this.hasRoom() && evict) this._promiseRoom(sender, now)
+    if (!this.hasRoomFor(sender, now)) {
       if (theirPeers === 0) actions.push(message('full', sender))
       return actions
     }
@@ -144,21 +206,48 @@ export class Membership {
     }
   }
 
-  _makeRoom (now) {
-    if (now - this._lastEviction < EVICT_COOLDOWN_S || !this.neighbours.size) return []
-    let candidates = [...this.neighbours].filter(([, writer]) => !writer).map(([p]) => p)
-    if (!candidates.length) candidates = [...this.neighbours.keys()]
-    const victim = candidates[Math.floor(this._random() * candidates.length)]
+  _hear (sender, theirPeers, now) {
+    const count = Number.isInteger(theirPeers) ? theirPeers : null
+    this._heard.delete(sender)
+    this._heard.set(sender, [now, count])
+    if (this._heard.size > MAX_HEARD) this._heard.delete(this._heard.keys().next().value)
+  }
+
+  /** A newcomer asked us, full, for room: promise it one slot over the bound if every rule
+   *  allows (announced itself isolated, one promise at a time, cooldowns, a victim exists). */
+  _promiseRoom (sender, now) {
+    if (now < this._roomUntil || now - this._lastEviction < EVICT_COOLDOWN_S) return
+    const heard = this._heard.get(sender)
+    if (!heard || now - heard[0] > HEARD_S || heard[1] !== 0) return
+    const given = this._roomGiven.get(sender)
+    if (given !== undefined && now - given < SENDER_EVICT_COOLDOWN_S) return
+    if (this._victim(sender) === null) return
+    this._roomFor = sender
+    this._roomUntil = now + ROOM_HOLD_S
     this._lastEviction = now
-    this.neighbours.delete(victim)
-    return [{ type: 'evict', peer: victim }]
+    this._roomGiven.delete(sender)
+    this._roomGiven.set(sender, now)
+    for (const [p, when] of this._roomGiven) {
+      if (this._roomGiven.size <= MAX_HEARD && now - when < SENDER_EVICT_COOLDOWN_S) break
+      this._roomGiven.delete(p)
+    }
+  }
+
+  /** The neighbour to drop for a newcomer: one that told us it has another neighbour besides
+   *  us, never the writer if another will do; null if there is none. */
+  _victim (exclude) {
+    const candidates = [...this.neighbours.keys()].filter((p) => p !== exclude && (this.neighbourCount(p) || 0) >= 2)
+    if (!candidates.length) return null
+    const others = candidates.filter((p) => !this.neighbours.get(p))
+    const pool = others.length ? others : candidates
+    return pool[Math.floor(this._random() * pool.length)]
   }
 
   _onOffer (sender, sdp, now) {
     if (sender > this.peerId) return [{ type: 'ignored', why: 'offer from the higher peer id' }]
     if (this.dialing.has(sender)) return []
     if (this.isBanned(sender, now) || typeof sdp !== 'string' || sdp.length > MAX_SDP) return [message('reject', sender)]
-    if (!this.neighbours.has(sender) && !this.hasRoom()) return [message('reject', sender)]
+    if (!this.neighbours.has(sender) && !this.hasRoomFor(sender, now)) return [message('reject', sender)]
     return [this._dial(sender, sdp)]
   }
 

@@ -17,6 +17,7 @@ import { answerMessage, byeMessage, Membership, newPeerId, offerMessage } from '
 export const APP = 'swarmcast'
 export const LABEL = 'swarmcast'
 export const CONNECT_TIMEOUT_S = 15
+export const ANSWER_TIMEOUT_S = 8 // an offer unanswered this long is given up (its slot reused)
 export const GATHER_TIMEOUT_S = 10 // ICE gathering that never completes: send what we have
 
 const seconds = () => performance.now() / 1000
@@ -242,7 +243,7 @@ export class TabSwarm {
       await race(gathered(pc))
       const answered = new Promise((resolve, reject) => { dial.answer = { resolve, reject } })
       await this._post(offerMessage(peer, pc.localDescription.sdp))
-      const limit = timeout(CONNECT_TIMEOUT_S * 1000, 'no answer to our offer')
+      const limit = timeout(ANSWER_TIMEOUT_S * 1000, 'no answer to our offer')
       try {
         remoteSdp = await race(Promise.race([answered, limit]))
       } finally {
@@ -327,7 +328,7 @@ export class TabSwarm {
     const ours = dial && dial.link === e.link
     if (e.type === 'handshake') {
       this.counters.connections_opened++
-      this.membership.connected(e.peer, e.remoteIsWriter)
+      for (const action of this.membership.connected(e.peer, e.remoteIsWriter)) this._execute(action)
       if (ours && dial.handshake) dial.handshake.resolve()
       this._scheduleAnnounce()
     } else if (e.type === 'misbehaved') {
@@ -343,7 +344,7 @@ export class TabSwarm {
       }
       // A link replaced by a newer verified one is not a lost neighbour.
       if (!this.peers.links.has(e.peer)) {
-        this.membership.disconnected(e.peer)
+        for (const action of this.membership.disconnected(e.peer)) this._execute(action)
         this._scheduleAnnounce()
       }
     }

@@ -57,21 +57,39 @@ test('answers and rejects reach the dial; bye cancels it', () => {
   assert.deepEqual(n.signal({ type: 'bye', from: M }, 0), [])
 })
 
-test('a full node answers full to an isolated hello and evicts a non-writer when asked to make room', () => {
+test('a full node promises room only to an isolated newcomer and evicts once it connected', () => {
   const n = node(M, { maxPeers: 2 })
-  n.connected(A, true)
-  n.connected(id('3'), false)
-  const c = id('5')
-  assert.deepEqual(posts(n.signal({ type: 'hello', from: c, n: 0 }, 0)), [{ type: 'full', to: c }])
-  assert.deepEqual(n.signal({ type: 'hello', from: c, n: 2 }, 0), [])
+  const [b, c, d] = [id('3'), id('5'), id('6')]
+  for (const [p, w] of [[A, true], [b, false]]) {
+    n.signal({ type: 'hello', from: p, n: 2 }, 0) // both told us they have another neighbour
+    n.connected(p, w)
+  }
+  // Connecting reports our count to every neighbour.
+  assert.deepEqual(posts(n.connected(b, false)), [{ type: 'hello', to: A, n: 2 }, { type: 'hello', to: b, n: 2 }])
+  assert.deepEqual(posts(n.signal({ type: 'hello', from: c, n: 0 }, 1)), [{ type: 'full', to: c }])
+  assert.deepEqual(n.signal({ type: 'hello', from: c, n: 2 }, 1), [])
+  n.signal({ type: 'hello', from: c, n: 0 }, 2)
+  // c announced itself isolated: asked for room, we promise it (c < M, so we ask c to dial).
   const out = n.signal({ type: 'hello', from: c, to: M, n: 0, evict: true }, 10)
-  assert.deepEqual(out[0], { type: 'evict', peer: id('3') }) // never the writer if another will do
-  assert.deepEqual(out[1].message, { type: 'hello', to: c }) // the lower id (c) dials: ask it
-  // Cooldown: a second request within EVICT_COOLDOWN_S only gets "full".
-  n.dialEnded(id('5'))
-  n.connected(id('5'), false)
-  const d = id('6')
-  assert.deepEqual(posts(n.signal({ type: 'hello', from: d, to: M, n: 0, evict: true }, 11)), [{ type: 'full', to: d }])
+  assert.deepEqual(posts(out), [{ type: 'hello', to: c }])
+  assert.equal(n.neighbours.size, 2) // nobody dropped yet
+  assert.equal(n.signal({ type: 'offer', from: c, to: M, sdp: 'v=0' }, 11)[0].type, 'dial')
+  const done = n.connected(c, false)
+  assert.deepEqual(done[0], { type: 'evict', peer: b }) // never the writer if another will do
+  n.dialEnded(c)
+  // d never announced itself isolated: no promise (and a cooldown would stop it anyway).
+  assert.deepEqual(posts(n.signal({ type: 'hello', from: d, to: M, n: 0, evict: true }, 40)), [{ type: 'full', to: d }])
+  // A count report from a neighbour is recorded, not taken as "please dial me".
+  assert.deepEqual(n.signal({ type: 'hello', from: A, to: M, n: 1 }, 41), [])
+  assert.equal(n.neighbourCount(A), 1)
+})
+
+test('no room is promised when every neighbour would be stranded', () => {
+  const n = node(M, { maxPeers: 1 })
+  n.connected(A, false) // it never said it has another neighbour
+  const c = id('5')
+  n.signal({ type: 'hello', from: c, n: 0 }, 0)
+  assert.deepEqual(posts(n.signal({ type: 'hello', from: c, to: M, n: 0, evict: true }, 1)), [{ type: 'full', to: c }])
 })
 
 test('an isolated node that hears full asks one full node for room, then the next', () => {
