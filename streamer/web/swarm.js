@@ -62,14 +62,16 @@ export class TabSwarm {
   /**
    * @param peers the PeerSet replicating the feed (its onEvent must call swarm.peerEvent)
    * @param opts {hub (base URL), iceServers, maxPeers, log(text), auth: a SignalAuth (signal.js)
-   *   to seal every post and check every message heard, or null for unsigned signaling}
+   *   to seal every post and check messages heard, or null for unsigned signaling;
+   *   requireProof: refuse messages without a proof (else only those with one are checked)}
    */
-  constructor (peers, { hub, iceServers = [], maxPeers = 6, log = () => {}, auth = null }) {
+  constructor (peers, { hub, iceServers = [], maxPeers = 6, log = () => {}, auth = null, requireProof = true }) {
     this.peers = peers
     this.hub = hub.replace(/\/+$/, '')
     this.iceServers = iceServers
     this.log = log
     this.auth = auth
+    this.requireProof = requireProof
     this.peerId = auth ? auth.peerId : newPeerId()
     this.dk = toHex(discoveryKey(peers.feed.key))
     this.membership = new Membership(this.peerId, { maxPeers })
@@ -77,7 +79,7 @@ export class TabSwarm {
     this.dials = new Map() // peer id -> {pc, answer: {resolve, reject}, done}
     this.counters = {
       hub_messages_ignored: 0, dials_failed: 0, handshakes_failed: 0, connections_opened: 0,
-      evictions: 0, posts_failed: 0,
+      evictions: 0, posts_failed: 0, signals_checked: 0,
     }
     this.signalsRefused = {} // reason -> count (signed signaling only)
     this._heard = Promise.resolve() // signaling messages are handled in order
@@ -149,9 +151,11 @@ export class TabSwarm {
       this.counters.hub_messages_ignored++
       return
     }
-    if (this.auth && msg && typeof msg === 'object' && msg.from !== this.peerId) {
+    const proved = msg && typeof msg === 'object' && (this.requireProof || 'mac' in msg)
+    if (this.auth && proved && msg.from !== this.peerId) {
       this._heard = this._heard.then(async () => {
         const verdict = await this.auth.check(msg, Date.now())
+        this.counters.signals_checked++
         if (verdict === 'ok') this._signal(msg)
         else this.signalsRefused[verdict] = (this.signalsRefused[verdict] || 0) + 1
       })

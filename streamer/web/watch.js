@@ -9,17 +9,22 @@
 // Query parameters: ?at=<stream seconds> start there; ?mem=<MB> block memory cap; ?ice=<JSON>.
 
 import { blake2b } from './blake2b.js'
-import { ed25519Unavailable } from './crypto.js'
+import { discoveryKey, ed25519Unavailable } from './crypto.js'
 import { fromHex, toHex } from './encoding.js'
 import { MemoryFeed } from './feed.js'
 import { verifyNameRecord } from './names.js'
 import { MAX_BLOCK_BYTES, PeerSet } from './peers.js'
 import { TabPlayer } from './player.js'
+import { SignalAuth } from './signal.js'
 import { TabSwarm } from './swarm.js'
 
 const $ = (id) => document.getElementById(id)
 const seconds = () => performance.now() / 1000
 const params = new URLSearchParams(location.search)
+// Signed signaling (docs/signaling.md "Signed messages"): every post is sealed. Messages heard are
+// checked when they carry a proof; with REQUIRE_PROOF, those without one are refused too (set it
+// once every peer signs: swarmcast with the sig branch merged).
+const REQUIRE_PROOF = false
 
 function status (text) {
   $('status').textContent = text
@@ -131,7 +136,15 @@ async function main () {
     },
   })
   const [servers, expiresIn] = await iceServers()
+  let auth = null
+  try {
+    auth = await SignalAuth.create(key, discoveryKey(key))
+  } catch (e) {
+    if (REQUIRE_PROOF) return problem('This browser cannot make Ed25519 keys with WebCrypto, so it cannot sign its signaling messages. Use a current Chromium, Firefox or Safari.')
+  }
   swarm = new TabSwarm(peers, {
+    auth,
+    requireProof: REQUIRE_PROOF,
     hub: location.origin,
     iceServers: servers,
     log: (text) => console.log(`swarmcast: ${text}`),
