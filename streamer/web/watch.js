@@ -23,8 +23,8 @@ const seconds = () => performance.now() / 1000
 const params = new URLSearchParams(location.search)
 // Signed signaling (docs/signaling.md "Signed messages"): every post is sealed. Messages heard are
 // checked when they carry a proof; with REQUIRE_PROOF, those without one are refused too (set it
-// once every peer signs: swarmcast with the sig branch merged).
-const REQUIRE_PROOF = false
+// once every peer signs: swarmcast with the sig branch merged; ?proof=required does it now).
+const REQUIRE_PROOF = params.get('proof') === 'required'
 
 function status (text) {
   $('status').textContent = text
