@@ -58,7 +58,12 @@ export class TabPlayer {
     this._lastPlayhead = null
     this._playheadAt = 0
     this._expect = null // a currentTime we set ourselves (its seeking event is not the viewer's)
-    this.feed.onChange(() => this._kick())
+    // Remember the segment header of every block that verifies (even one never played), so the
+    // timeline knows it after its value is evicted.
+    this.feed.onChange((e) => {
+      if (e.end > e.start && e.start > 0) this._head(e.start)
+      this._kick()
+    })
     video.addEventListener('seeking', () => {
       const t = video.currentTime
       const ours = this._expect !== null && Math.abs(t - this._expect) < 0.01
