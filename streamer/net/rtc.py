@@ -35,6 +35,7 @@ from streamer.net.channel import (
     MessageChannel,
     message_cost,
 )
+from streamer.net.ice import selected_route
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,7 @@ class RtcPeer:
 
     def _resolve(self, dc: RTCDataChannel) -> None:
         if not self._ready.done():
+            log.info("channel to %s open: %s", self.peer_id[:8], selected_route(self._pc))
             self._ready.set_result(RtcChannel(self.peer_id, self._pc, dc, **self._channel_options))
 
     def _on_datachannel(self, dc: RTCDataChannel) -> None:
