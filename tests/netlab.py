@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -273,14 +274,52 @@ class Lab:
         return p
 
     async def start_hub(self, *, redis: bool = True, port: int = HUB_PORT) -> LabProcess:
-        import sys
-
         argv = [sys.executable, "-m", "streamer", "hub", "--host", PUBLIC_IP, "--port", str(port)]
         if redis:
             argv += ["--redis", f"redis://127.0.0.1:{REDIS_PORT}/0"]
         p = await self.spawn(self.public, f"hub{port}", *argv)
         await p.line()
         return p
+
+    def ice(self, mode: str) -> str:
+        """SWARMCAST_ICE_SERVERS for mode "turn" (STUN and TURN), "stun" or "none"."""
+        return {
+            "turn": f"{self.stun_url},{self.turn_url}", "stun": self.stun_url, "none": "",
+        }[mode]
+
+    def _env(self, ice: str) -> dict[str, str]:
+        return {"SWARMCAST_ICE_SERVERS": self.ice(ice), "XDG_DATA_HOME": str(self.workdir / "xdg")}
+
+    async def broadcast(
+        self, host: Host, *, ice: str, duration: float | None = None, name: str = "broadcaster"
+    ) -> tuple[LabProcess, str]:
+        """`streamer broadcast test` (320x180, 15 fps, 300 kbit/s) on host; (process, key)."""
+        argv = [
+            sys.executable, "-m", "streamer", "broadcast", "test", "--hub", self.hub_url,
+            "--size", "320x180", "--fps", "15", "--bitrate", "300k",
+            "--feed", str(self.workdir / f"{name}-feed"),
+        ]
+        if duration is not None:
+            argv += ["--duration", str(duration)]
+        p = await self.spawn(host, name, *argv, env=self._env(ice))
+        return p, await p.line()
+
+    async def watch(
+        self, host: Host, key: str, *, ice: str, name: str
+    ) -> tuple[LabProcess, str]:
+        """`viewer watch KEY` on host; (process, its page URL, e.g. for /stats)."""
+        p = await self.spawn(
+            host, name,
+            sys.executable, "-m", "viewer", "watch", key, "--hub", self.hub_url, "--no-browser",
+            "--port", "0", "--store", str(self.workdir / f"{name}-store"),
+            env=self._env(ice),
+        )
+        return p, await p.line(60.0)
+
+    def address_kinds(self) -> dict[str, str]:
+        """Which host an address seen on the Internet belongs to: a public host's own address
+        or a NAT's public address, mapped to the host's name."""
+        return {(h.wan_ip or h.ip): h.name for h in self.hosts.values()}
 
     @property
     def hub_url(self) -> str:
@@ -321,8 +360,8 @@ class Lab:
             await asyncio.sleep(0.05)
 
     def turn_usage(self) -> list[dict[str, int]]:
-        """Byte and packet counts of every TURN session coturn closed so far (its log's
-        `usage:` lines): rp/rb received from peers, sp/sb sent to peers."""
+        """Relayed packets and bytes of every TURN allocation coturn closed so far (its log's
+        `peer usage:` lines): rp/rb received from peers, sp/sb sent to peers."""
         if self.turn_log is None or not self.turn_log.exists():
             return []
         return parse_turn_usage(self.turn_log.read_text(errors="replace"))
@@ -338,7 +377,7 @@ class Lab:
         self._namespaces.clear()
 
 
-_USAGE_RE = re.compile(r"usage: realm=<[^>]*>, username=<[^>]*>, rp=(\d+), rb=(\d+), sp=(\d+), sb=(\d+)")
+_USAGE_RE = re.compile(r"peer usage: realm=<[^>]*>, username=<[^>]*>, rp=(\d+), rb=(\d+), sp=(\d+), sb=(\d+)")
 
 
 def parse_turn_usage(log: str) -> list[dict[str, int]]:
@@ -401,6 +440,57 @@ def _get_json(url: str) -> dict:
 async def http_json(host: Host, url: str) -> dict:
     """GET url from inside the host's namespace (e.g. a viewer's 127.0.0.1 page)."""
     return await asyncio.to_thread(in_netns, host.netns, _get_json, url)
+
+
+_ROUTE_RE = re.compile(
+    r"channel to (\w+) open: (direct|relayed) \((\w+) ([\d.]+):\d+ -> (\w+) ([\d.]+):\d+\)"
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One data channel a process opened, from its log: direct or relayed, and the remote IP
+    (a peer's own address, its NAT's, or the TURN server's)."""
+
+    peer: str
+    relayed: bool
+    local_type: str
+    remote_type: str
+    remote_ip: str
+
+
+def routes(p: LabProcess) -> list[Route]:
+    """The channels `p` opened so far (streamer.net.rtc logs each one with its route)."""
+    with contextlib.suppress(OSError):
+        text = p.log.read_text(errors="replace")
+        return [
+            Route(m[1], m[2] == "relayed", m[3], m[5], m[6]) for m in _ROUTE_RE.finditer(text)
+        ]
+    return []
+
+
+async def stats_until(
+    host: Host,
+    url: str,
+    predicate: Callable[[dict], bool],
+    what: str,
+    timeout: float = 60.0,
+    proc: LabProcess | None = None,
+) -> dict:
+    """Poll a viewer's /stats from inside its namespace (another process: there is nothing to
+    await but its answers) until predicate holds; AssertionError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    stats: dict = {}
+    while True:
+        if proc is not None and not proc.running:
+            raise AssertionError(f"{proc.name} exited before {what}: {proc.tail()}")
+        with contextlib.suppress(OSError):
+            stats = await http_json(host, url + "stats")
+            if predicate(stats):
+                return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {stats}")
+        await asyncio.sleep(0.5)
 
 
 @contextlib.asynccontextmanager
