@@ -206,7 +206,7 @@ class Lab:
             _run("ip", "-n", ns, "addr", "add", f"{lan}.2/24", "dev", "eth0")
             _run("ip", "-n", ns, "link", "set", "eth0", "up")
             _run("ip", "-n", ns, "route", "add", "default", "via", f"{lan}.1")
-            _run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            _run("ip", "netns", "exec", router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
             _run("ip", "netns", "exec", router, "nft", "-f", "-", input=nat_rules(kind))
             host = Host(name, kind, ns, f"{lan}.2", router_netns=router, wan_ip=wan)
         self.hosts[name] = host
