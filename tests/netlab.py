@@ -274,10 +274,12 @@ class Lab:
         return p
 
     async def start_hub(self, *, redis: bool = True, port: int = HUB_PORT) -> LabProcess:
+        """`streamer hub` on the public machine (sharing the lab's Redis unless redis=False)."""
         argv = [sys.executable, "-m", "streamer", "hub", "--host", PUBLIC_IP, "--port", str(port)]
         if redis:
             argv += ["--redis", f"redis://127.0.0.1:{REDIS_PORT}/0"]
-        p = await self.spawn(self.public, f"hub{port}", *argv)
+        starts = sum(1 for p in self.procs if p.name.startswith(f"hub{port}"))
+        p = await self.spawn(self.public, f"hub{port}-{starts}", *argv)
         await p.line()
         return p
 
@@ -291,11 +293,17 @@ class Lab:
         return {"SWARMCAST_ICE_SERVERS": self.ice(ice), "XDG_DATA_HOME": str(self.workdir / "xdg")}
 
     async def broadcast(
-        self, host: Host, *, ice: str, duration: float | None = None, name: str = "broadcaster"
+        self,
+        host: Host,
+        *,
+        ice: str,
+        duration: float | None = None,
+        name: str = "broadcaster",
+        hub: str | None = None,
     ) -> tuple[LabProcess, str]:
         """`streamer broadcast test` (320x180, 15 fps, 300 kbit/s) on host; (process, key)."""
         argv = [
-            sys.executable, "-m", "streamer", "broadcast", "test", "--hub", self.hub_url,
+            sys.executable, "-m", "streamer", "broadcast", "test", "--hub", hub or self.hub_url,
             "--size", "320x180", "--fps", "15", "--bitrate", "300k",
             "--feed", str(self.workdir / f"{name}-feed"),
         ]
@@ -305,12 +313,13 @@ class Lab:
         return p, await p.line()
 
     async def watch(
-        self, host: Host, key: str, *, ice: str, name: str
+        self, host: Host, key: str, *, ice: str, name: str, hub: str | None = None
     ) -> tuple[LabProcess, str]:
         """`viewer watch KEY` on host; (process, its page URL, e.g. for /stats)."""
         p = await self.spawn(
             host, name,
-            sys.executable, "-m", "viewer", "watch", key, "--hub", self.hub_url, "--no-browser",
+            sys.executable, "-m", "viewer", "watch", key, "--hub", hub or self.hub_url,
+            "--no-browser",
             "--port", "0", "--store", str(self.workdir / f"{name}-store"),
             env=self._env(ice),
         )
@@ -323,7 +332,11 @@ class Lab:
 
     @property
     def hub_url(self) -> str:
-        return f"http://{PUBLIC_IP}:{HUB_PORT}"
+        return self.hub_url_on(HUB_PORT)
+
+    @staticmethod
+    def hub_url_on(port: int) -> str:
+        return f"http://{PUBLIC_IP}:{port}"
 
     @property
     def stun_url(self) -> str:

@@ -208,3 +208,53 @@ async def test_nat_viewers_of_a_full_broadcaster_keep_playing_without_turn(lab: 
             lambda s: s["ended"] and s["length"] > 0 and s["blocks_have"] == s["length"],
             f"{proc.name} to have the whole stream", timeout=120, proc=proc,
         )
+
+
+async def test_nat_viewers_keep_playing_through_a_hub_restart_with_a_second_hub_on_redis(
+    lab: Lab,  # noqa: F811
+) -> None:
+    """Two hubs on one Redis: the broadcaster (behind a NAT) and one viewer use the first, another
+    viewer the second, and they form one swarm. The first hub goes down: everyone keeps playing,
+    and a newcomer on the second hub still finds the stream. It comes back on the same address:
+    the nodes announce themselves again and a newcomer on it finds them too."""
+    second = 8001
+    await lab.start_redis()
+    await lab.start_turn()
+    first_hub = await lab.start_hub()
+    await lab.start_hub(port=second)
+    bc = lab.add_host("bc", "eim")
+    broadcaster, key = await lab.broadcast(bc, ice="turn")
+    playing = []
+    for name, kind, port in (("sym1", "sym", None), ("eim1", "eim", second)):
+        host = lab.add_host(name, kind)
+        hub = lab.hub_url_on(port) if port else None
+        proc, url = await lab.watch(host, key, ice="turn", name=name, hub=hub)
+        playing.append((host, proc, url))
+    have = {}
+    for host, proc, url in playing:
+        stats = await stats_until(host, url, lambda s: s["blocks_have"] >= 3, f"{proc.name}", proc=proc)
+        have[proc.name] = stats["blocks_have"]
+
+    await lab.stop(first_hub)
+    newcomer_host = lab.add_host("sym2", "sym")
+    newcomer, newcomer_url = await lab.watch(
+        newcomer_host, key, ice="turn", name="sym2", hub=lab.hub_url_on(second)
+    )
+    await stats_until(newcomer_host, newcomer_url, lambda s: s["blocks_have"] >= 3,
+                      "a newcomer on the second hub to play while the first is down", proc=newcomer)
+    for host, proc, url in playing:
+        before = have[proc.name]
+        stats = await stats_until(host, url, lambda s, b=before: s["blocks_have"] >= b + 5,
+                                  f"{proc.name} to go on playing without the first hub", proc=proc)
+        have[proc.name] = stats["blocks_have"]
+
+    await lab.start_hub()
+    late_host = lab.add_host("eim2", "eim")
+    late, late_url = await lab.watch(late_host, key, ice="turn", name="eim2")
+    await stats_until(late_host, late_url, lambda s: s["blocks_have"] >= 3,
+                      "a newcomer on the restarted hub to play", proc=late)
+    for host, proc, url in [*playing, (newcomer_host, newcomer, newcomer_url)]:
+        before = have.get(proc.name, 0)
+        await stats_until(host, url, lambda s, b=before: s["blocks_have"] >= b + 3,
+                          f"{proc.name} to go on playing", proc=proc)
+    assert broadcaster.running
