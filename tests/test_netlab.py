@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,8 @@ from tests.netlab import (
     Route,
     in_netns,
     lab,  # noqa: F401 (fixture)
+    nat_lab,
+    remove_stale_namespaces,
     routes,
     stats_until,
 )
@@ -73,6 +77,35 @@ async def test_the_lab_nats_behave_as_named(lab: Lab) -> None:  # noqa: F811
     assert seen_a[0] == seen_b[0] == sym.wan_ip
     assert seen_a[1] != seen_b[1]  # a new mapping per destination
     assert first == b"answer"
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+async def test_the_lab_leaves_nothing_behind_even_when_a_test_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="the test failed"):
+        async with nat_lab(tmp_path) as built:
+            host = built.add_host("h", "sym")
+            sleeper = await built.spawn(host, "sleeper", "sleep", "600")
+            mine = {ns for ns in _namespaces() if ns.startswith(built.prefix + "-")}
+            assert len(mine) == 4  # the Internet, the public machine, a router and its host
+            raise RuntimeError("the test failed")
+    assert sleeper.proc.returncode is not None
+    assert not {ns for ns in _namespaces() if ns.startswith(built.prefix + "-")}
+
+
+def test_a_killed_runs_namespaces_are_removed_by_the_next_run() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = f"swl{gone.pid}x0-inet"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        remove_stale_namespaces()
+        assert stale not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
 
 
 def _direct_to(the_lab: Lab, p: LabProcess) -> set[str]:
