@@ -136,7 +136,8 @@ async def test_peers_connect_directly_wherever_a_direct_path_exists(lab: Lab) ->
         await stats_until(host, url, lambda s: s["blocks_have"] >= 3, f"{proc.name} playing", proc=proc)
 
     # A direct path exists from anyone to a public host and between two endpoint-independent
-    # NATs (hole punching); TURN is configured everywhere, yet these are all direct.
+    # NATs (hole punching); TURN is configured everywhere, yet these are all direct. (Without
+    # streamer.net.ice.prefer_direct_routes, aioice often nominated the relay here.)
     expect = {
         "eim1": {"bc", "eim2"},
         "eim2": {"bc", "eim1"},
