@@ -284,10 +284,11 @@ class Lab:
         return p
 
     def ice(self, mode: str) -> str:
-        """SWARMCAST_ICE_SERVERS for mode "turn" (STUN and TURN), "stun" or "none"."""
+        """SWARMCAST_ICE_SERVERS for mode "turn" (STUN and TURN), "stun" or "none"; any other
+        string is taken as the setting itself."""
         return {
             "turn": f"{self.stun_url},{self.turn_url}", "stun": self.stun_url, "none": "",
-        }[mode]
+        }.get(mode, mode)
 
     def _env(self, ice: str) -> dict[str, str]:
         return {"SWARMCAST_ICE_SERVERS": self.ice(ice), "XDG_DATA_HOME": str(self.workdir / "xdg")}

@@ -193,6 +193,41 @@ async def test_symmetric_nat_peers_connect_through_turn_and_the_relay_carries_th
     assert relayed >= stats["bytes_down"] > 0
 
 
+async def test_a_dead_or_misconfigured_turn_server_is_named_once_and_peers_do_without_it(
+    lab: Lab,  # noqa: F811
+) -> None:
+    """One viewer is given a TURN server that does not exist, another the right one with a wrong
+    password: each says so in one line naming the cause, and both connect directly to the
+    broadcaster and to each other (endpoint-independent NATs) with what still works."""
+    await lab.start_redis()
+    await lab.start_turn()
+    await lab.start_hub()
+    bc = lab.add_host("bc", "public")
+    broadcaster, key = await lab.broadcast(bc, ice="stun")
+    dead_turn = "198.18.0.250:3478"  # on the Internet bridge, but no host has it
+    configs = {
+        "eim1": (f"{lab.stun_url},turn:lab:lab-secret@{dead_turn}",
+                 f"TURN server {dead_turn} did not answer within 5 s"),
+        "eim2": (f"{lab.stun_url},turn:lab:wrong@{PUBLIC_IP}:3478",
+                 f"TURN server {PUBLIC_IP}:3478 refused the credentials of user 'lab' (401"),
+    }
+    viewers = {}
+    for name, (ice, _) in configs.items():
+        host = lab.add_host(name, "eim")
+        viewers[name] = (host, *await lab.watch(host, key, ice=ice, name=name))
+    for name, (host, proc, url) in viewers.items():
+        await stats_until(host, url, lambda s: s["blocks_have"] >= 3, f"{name} playing", proc=proc)
+    await _until(
+        lambda: {"bc", "eim2"} <= _direct_to(lab, viewers["eim1"][1])
+        and {"bc", "eim1"} <= _direct_to(lab, viewers["eim2"][1]),
+        "both viewers to connect directly to the broadcaster and to each other",
+    )
+    for name, (_, line) in configs.items():
+        log = viewers[name][1].log.read_text()
+        assert log.count(line) == 1, f"{name} should name its TURN problem once:\n{log}"
+    assert broadcaster.running
+
+
 async def test_without_turn_viewers_get_the_whole_stream_through_the_peers_they_can_reach(
     lab: Lab,  # noqa: F811
 ) -> None:

@@ -35,7 +35,7 @@ from streamer.net.channel import (
     MessageChannel,
     message_cost,
 )
-from streamer.net.ice import prefer_direct_routes, selected_route
+from streamer.net.ice import patch_aioice, selected_route
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class RtcPeer:
             "keepalive": keepalive,
             "idle_timeout": idle_timeout,
         }
-        prefer_direct_routes()
+        patch_aioice()
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
         # The channel wraps the data channel the moment it opens, so no early message is lost.
         self._ready: asyncio.Future[RtcChannel] = asyncio.get_running_loop().create_future()
