@@ -490,21 +490,33 @@ async def stats_until(
     what: str,
     timeout: float = 60.0,
     proc: LabProcess | None = None,
+    path: str = "stats",
 ) -> dict:
-    """Poll a viewer's /stats from inside its namespace (another process: there is nothing to
-    await but its answers) until predicate holds; AssertionError naming `what` otherwise."""
+    """Poll a viewer's /stats (or another JSON page) from inside its namespace (another process:
+    there is nothing to await but its answers) until predicate holds; AssertionError naming
+    `what` otherwise."""
     deadline = time.monotonic() + timeout
     stats: dict = {}
     while True:
         if proc is not None and not proc.running:
             raise AssertionError(f"{proc.name} exited before {what}: {proc.tail()}")
         with contextlib.suppress(OSError):
-            stats = await http_json(host, url + "stats")
+            stats = await http_json(host, url + path)
             if predicate(stats):
                 return stats
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}: {stats}")
         await asyncio.sleep(0.5)
+
+
+def complete_from_join(timeline: dict, at_least: int = 3) -> bool:
+    """A viewer's /timeline shows an ended stream it holds from the first block it fetched (a
+    live viewer starts at the newest) to the last, with nothing missing: at least `at_least`."""
+    known = [row[4] for row in timeline.get("blocks", [])]
+    if not timeline.get("ended") or 1 not in known:
+        return False
+    held = known[known.index(1):]
+    return all(held) and len(held) >= at_least
 
 
 @contextlib.asynccontextmanager
