@@ -457,16 +457,15 @@ async def http_json(host: Host, url: str) -> dict:
 
 
 _ROUTE_RE = re.compile(
-    r"channel to (\w+) open: (direct|relayed) \((\w+) ([\d.]+):\d+ -> (\w+) ([\d.]+):\d+\)"
+    r"ICE connected: (direct|relayed) \((\w+) ([\d.]+):\d+ -> (\w+) ([\d.]+):\d+\)"
 )
 
 
 @dataclass(frozen=True)
 class Route:
-    """One data channel a process opened, from its log: direct or relayed, and the remote IP
-    (a peer's own address, its NAT's, or the TURN server's)."""
+    """One connection a process made, from its log: direct or relayed, and the remote IP (a
+    peer's own address, its NAT's, or the TURN server's)."""
 
-    peer: str
     relayed: bool
     local_type: str
     remote_type: str
@@ -474,12 +473,10 @@ class Route:
 
 
 def routes(p: LabProcess) -> list[Route]:
-    """The channels `p` opened so far (streamer.net.rtc logs each one with its route)."""
+    """The connections `p` made so far (streamer.net.ice logs each one with its route)."""
     with contextlib.suppress(OSError):
         text = p.log.read_text(errors="replace")
-        return [
-            Route(m[1], m[2] == "relayed", m[3], m[5], m[6]) for m in _ROUTE_RE.finditer(text)
-        ]
+        return [Route(m[1] == "relayed", m[2], m[4], m[5]) for m in _ROUTE_RE.finditer(text)]
     return []
 
 

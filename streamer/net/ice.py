@@ -63,9 +63,13 @@ def selected_route(pc: Any) -> Route | None:
     else None. (aiortc has no getStats() entry for it, so this reads aioice's nominated pair.)"""
     try:
         connection = pc.sctp.transport.transport._connection
-        pair = connection._nominated.get(1)
     except AttributeError:
         return None
+    return _route_of(connection)
+
+
+def _route_of(connection: Any) -> Route | None:
+    pair = getattr(connection, "_nominated", {}).get(1)
     if pair is None:
         return None
     local, remote = pair.local_candidate, pair.remote_candidate
@@ -120,6 +124,7 @@ def _prefer_direct_routes(connection_cls: Any) -> None:
     async def connect(self: Any) -> None:
         setattr(self, _STARTED, time.monotonic())
         await original_connect(self)
+        log.info("ICE connected: %s", _route_of(self))
 
     def check_periodic(self: Any) -> bool:
         # The paced checks (RFC 8445 Ta timer): while in the grace period, start only pairs

@@ -35,7 +35,6 @@ from streamer.net.channel import (
     MessageChannel,
     message_cost,
 )
-from streamer.net.ice import patch_aioice, selected_route
 
 log = logging.getLogger(__name__)
 
@@ -290,12 +289,14 @@ class RtcPeer:
             "keepalive": keepalive,
             "idle_timeout": idle_timeout,
         }
-        patch_aioice()
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
         # The channel wraps the data channel the moment it opens, so no early message is lost.
         self._ready: asyncio.Future[RtcChannel] = asyncio.get_running_loop().create_future()
         self._remote_sdp: str | None = None
         self._pc.on("connectionstatechange", self._on_state)
+        from streamer.net.ice import patch_aioice
+
+        patch_aioice()  # once per process: prefer direct routes, skip dead STUN/TURN servers
         if initiator:
             dc = self._pc.createDataChannel(LABEL, ordered=True)
             dc.on("open", lambda: self._resolve(dc))
@@ -304,7 +305,6 @@ class RtcPeer:
 
     def _resolve(self, dc: RTCDataChannel) -> None:
         if not self._ready.done():
-            log.info("channel to %s open: %s", self.peer_id[:8], selected_route(self._pc))
             self._ready.set_result(RtcChannel(self.peer_id, self._pc, dc, **self._channel_options))
 
     def _on_datachannel(self, dc: RTCDataChannel) -> None:
