@@ -509,7 +509,10 @@ async def stats_until(
 def complete_from_join(timeline: dict, at_least: int = 3) -> bool:
     """A viewer's /timeline shows an ended stream it holds from the first block it fetched (a
     live viewer starts at the newest) to the last, with nothing missing: at least `at_least`."""
-    known = [row[4] for row in timeline.get("blocks", [])]
+    # A row is [index, pts, duration, flags, known] or an object with a "known" field.
+    known = [
+        int(row["known"] if isinstance(row, dict) else row[4]) for row in timeline.get("blocks", [])
+    ]
     if not timeline.get("ended") or 1 not in known:
         return False
     held = known[known.index(1):]
