@@ -110,7 +110,7 @@ def patch_aioice() -> bool:
         return False
     _prefer_direct_routes(connection_cls)
     _skip_dead_servers(connection_cls)
-    connection_cls._swarmcast_patched = True
+    setattr(connection_cls, "_swarmcast_patched", True)  # noqa: B010 (a foreign class)
     return True
 
 
@@ -221,7 +221,8 @@ def _skip_dead_servers(connection_cls: Any) -> None:
         stun = self.stun_server
         key = _server_key("STUN", stun) if stun else None
         answers_before = _stun_answers.get(key, 0) if key else 0
-        _stun_failures.pop(key, None)
+        if key is not None:
+            _stun_failures.pop(key, None)
         await original_gather(self)
         if key is None:
             return
