@@ -164,6 +164,7 @@ def plan_settings(
     if resume is None and o.copy is not False and not shaping:
         plan = copy_check(source, segment, SEGMENT_RANGE)
         if plan.segment is not None:
+            assert source.fps is not None  # copy_check refuses a source without a frame rate
             return EncoderSettings(
                 source.width,
                 source.height,
@@ -178,15 +179,15 @@ def plan_settings(
             )
     if resume is not None:
         h = resume.header
-        kept = {
+        kept: dict[str, tuple[object, object, str]] = {
             "--size": ((h.width, h.height), size, f"{h.width}x{h.height}"),
             "--fps": (rational_fps(h.fps), fps, f"{h.fps:g}"),
             "--segment": (h.segment_duration, segment, f"{h.segment_duration:g}"),
             "--bitrate": (h.extra.get("bitrate"), bitrate, str(h.extra.get("bitrate"))),
             "--preset": (h.extra.get("preset"), preset, str(h.extra.get("preset"))),
         }
-        for option, (stored, asked, shown) in kept.items():
-            if asked is not None and asked != stored:
+        for option, (stored, wanted, shown) in kept.items():
+            if wanted is not None and wanted != stored:
                 raise UsageError(
                     f"this feed's stream uses {option} {shown}; resume it with the same value "
                     "(or leave it out), or start a new stream with another --feed"
@@ -354,7 +355,7 @@ class Broadcaster:
                 await worker
             raise
         finally:
-            if stats_task is not None:
+            if stats_task is not None and self.stats_path is not None:
                 stats_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await stats_task

@@ -310,7 +310,9 @@ class IngestSource(Source):
         assert self._session is not None
         self.keep_signature = _stream_signature(self._session)
 
-    def _timed_packets(self, stop: threading.Event) -> Iterator[tuple[SourcePacket, float]]:
+    def _timed_packets(
+        self, stop: threading.Event
+    ) -> Iterator[tuple[SourcePacket | None, float, _Session]]:
         """(packet, shift) across sessions: stream seconds = source seconds + shift."""
         offset = 0.0
         first = True
@@ -388,13 +390,13 @@ class IngestSource(Source):
             captured = time.monotonic()
             try:
                 if item is None:  # the publisher left: take what the decoders still hold
-                    frames = session.video.decode(None)
+                    frames: list[av.VideoFrame | av.AudioFrame] = list(session.video.decode(None))
                     if session.audio is not None:
                         frames += session.audio.decode(None)
                 else:
                     pending_discontinuity |= item.discontinuity
                     captured = item.captured
-                    frames = item.packet.decode()
+                    frames = list(item.packet.decode())
             except av.FFmpegError as exc:
                 errors += 1
                 if errors > 100:

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import av
@@ -40,7 +40,7 @@ def read_ahead(
     prepare: Callable[[SourceFrame | None], SourceFrame | None],
     stop: threading.Event,
     depth: int = READ_AHEAD,
-) -> Iterator[SourceFrame | None]:
+) -> Generator[SourceFrame | None, None, None]:
     """Pull `frames` (and apply `prepare`) in a reader thread, up to `depth` ahead of the
     consumer. The reader has stopped when this generator returns or raises."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
@@ -142,10 +142,9 @@ class Pipeline:
         # interleaver never holds a fragment back waiting for sound (measured: -45 ms at p50);
         # real audio gets a second of slack for interleaving jitter before silence fills in.
         audio_lag = 1.0 if self.source.has_audio else -0.05
-        encoder: StreamEncoder | None = StreamEncoder(
-            self.settings, start=self.start, audio_lag=audio_lag
-        )
-        first_start = encoder.start
+        first = StreamEncoder(self.settings, start=self.start, audio_lag=audio_lag)
+        encoder: StreamEncoder | None = first
+        first_start = first.start
         frames_before = 0  # frames of encoders finished at an input pause
         # Process CPU time: x264 encodes in its own threads, which thread_time() would miss.
         cpu0, wall0 = time.process_time(), time.monotonic()
@@ -171,17 +170,16 @@ class Pipeline:
 
         def prepare(item: SourceFrame | None) -> SourceFrame | None:
             # Scale here, in the reader thread, rather than in the encoding thread.
-            if item is None:
-                return None
-            if item.kind == "video" and (item.frame.width, item.frame.height) != size:
+            if item is None or not isinstance(item.frame, av.VideoFrame):
+                return item
+            frame = item.frame
+            if (frame.width, frame.height) != size:
                 try:
-                    item.frame = item.frame.reformat(
-                        width=size[0], height=size[1], format="yuv420p"
-                    )
+                    item.frame = frame.reformat(width=size[0], height=size[1], format="yuv420p")
                 except (av.FFmpegError, ValueError) as exc:
                     raise MediaError(f"cannot convert a video frame: {exc}") from None
-            elif item.kind == "video" and item.frame.format.name != "yuv420p":
-                item.frame = item.frame.reformat(format="yuv420p")
+            elif frame.format.name != "yuv420p":
+                item.frame = frame.reformat(format="yuv420p")
             return item
 
         items = read_ahead(self.source.frames(stop), prepare, stop)
@@ -210,7 +208,7 @@ class Pipeline:
                         break
                     item.captured = time.monotonic()
                 at = self.start + item.time
-                if item.kind == "video":
+                if isinstance(item.frame, av.VideoFrame):
                     added = encoder.add_video(item.frame, at, item.captured, item.discontinuity)
                     deliver(encoder, added)
                 else:

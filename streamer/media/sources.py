@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import av
 
@@ -65,6 +66,8 @@ def _frame_time(frame: av.VideoFrame | av.AudioFrame) -> float | None:
     return None if t is None else float(t)
 
 
+_Decoded = tuple[Literal["video", "audio"], av.VideoFrame | av.AudioFrame, float]  # kind, frame, time
+
 class FileSource(Source):
     """Any file or URL FFmpeg demuxes; --loop replays it with a continuing timeline."""
 
@@ -84,7 +87,7 @@ class FileSource(Source):
             self.duration = self._container.duration / av.time_base
         # Decode up to the first picture now, so an undecodable file fails before any feed exists.
         self._pass = self._decode_pass(self._container)
-        self._prelude: list[tuple[str, av.VideoFrame | av.AudioFrame, float]] = []
+        self._prelude: list[_Decoded] = []
         for item in self._pass:
             self._prelude.append(item)
             if item[0] == "video":
@@ -94,6 +97,7 @@ class FileSource(Source):
             raise MediaError(f"{url} holds no decodable video frame")
         if not self.width:
             first = self._prelude[-1][1]
+            assert isinstance(first, av.VideoFrame)  # the prelude ends at the first video frame
             self.width, self.height = first.width, first.height
 
     def _open(self):
@@ -110,7 +114,9 @@ class FileSource(Source):
             raise MediaError(f"source {self.url} has no video stream")
         return container
 
-    def _decode_pass(self, container) -> Iterator[tuple[str, av.VideoFrame | av.AudioFrame, float]]:
+    def _decode_pass(
+        self, container
+    ) -> Iterator[_Decoded]:
         """One pass over the file: (kind, frame, seconds since the pass's first picture)."""
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -152,7 +158,7 @@ class FileSource(Source):
 
     def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
         offset = 0.0
-        items: Iterator[tuple[str, av.VideoFrame | av.AudioFrame, float]] = iter(self._prelude)
+        items: Iterator[_Decoded] = iter(self._prelude)
         rest = self._pass
         step = 1.0 / self.fps if self.fps else 1.0 / 30
         while True:
