@@ -87,6 +87,8 @@ export class TabSwarm {
     this._announceTimer = null
     this._tick = null
     this._left = false
+    this._bye = null // a sealed bye, ready for a page that is being closed
+    this._byeTimer = null
   }
 
   /** Subscribe to the hub and start announcing. */
@@ -97,6 +99,12 @@ export class TabSwarm {
     this._source.onmessage = (ev) => this._onSignal(ev.data)
     this._tick = setInterval(() => { this.peers.tick(seconds()); this.flushAll() }, (TICK_S * 1000) / 5)
     this._scheduleAnnounce()
+    if (this.auth) {
+      // A page being closed cannot wait for WebCrypto: keep a sealed bye ready (fresh for 60 s).
+      const seal = () => this.auth.seal(byeMessage().message, Date.now()).then((m) => { this._bye = m }, () => {})
+      seal()
+      this._byeTimer = setInterval(seal, 20_000)
+    }
   }
 
   /** Post bye and close everything. */
@@ -104,7 +112,9 @@ export class TabSwarm {
     if (this._left) return
     this._left = true
     this.membership.leave()
-    this._post(byeMessage(), true)
+    if (this._bye) this._send(this.dk, this._bye, true).catch(() => {})
+    else this._post(byeMessage(), true)
+    clearInterval(this._byeTimer)
     if (this._source) this._source.close()
     clearTimeout(this._announceTimer)
     clearInterval(this._tick)
@@ -129,18 +139,22 @@ export class TabSwarm {
       const message = this.auth
         ? await this.auth.seal(action.message, Date.now())
         : { ...action.message, from: this.peerId }
-      const res = await fetch(`${this.hub}/v1/${APP}/${channel}`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify(message),
-        keepalive,
-      })
-      if (!res.ok) throw new Error(`hub answered ${res.status}`)
+      await this._send(channel, message, keepalive)
       return true
     } catch (e) {
       this.counters.posts_failed++
       return false
     }
+  }
+
+  async _send (channel, message, keepalive = false) {
+    const res = await fetch(`${this.hub}/v1/${APP}/${channel}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(message),
+      keepalive,
+    })
+    if (!res.ok) throw new Error(`hub answered ${res.status}`)
   }
 
   _onSignal (text) {
