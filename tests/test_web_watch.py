@@ -167,6 +167,8 @@ async def test_three_tabs_play_from_each_other_and_a_late_tab_outlives_the_broad
         )
         assert later["live_delay_s"] is not None and later["live_delay_s"] < 10
         assert later["key"] == key and later["peers"] >= 1
+    panel = await tabs[0].inner_text("#stats")  # the stats panel shows /stats' keys
+    assert all(k in panel for k in ("share_from_peers", "blocks_have", "peers", "up_rate"))
 
     # The capped tab evicts old block values, and seeking back fetches them again from peers.
     capped = tabs[2]
