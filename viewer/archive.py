@@ -46,6 +46,8 @@ class ArchiveOptions:
     hub: str
     follow: bool = False
     timeout: float = 30.0  # no peer, or no progress, for this long: give up (resumable)
+    ice: str | None = None  # --ice (None: the environment's or the hub's ICE servers)
+    hub_ca: str | None = None  # --hub-ca: a private CA for an https hub
 
 
 @dataclass(slots=True)
@@ -76,7 +78,7 @@ async def archive(
     stored stays consistent, and the same command resumes)."""
     if options.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
-    key = await resolve_stream(options.stream, options.hub)
+    key = await resolve_stream(options.stream, options.hub, options.hub_ca)
     with store_lock(options.directory):
         return await _archive(key, options, stop or asyncio.Event(), progress, status)
 
@@ -90,7 +92,10 @@ async def _archive(
 ) -> ArchiveResult:
     # Opening (or creating) a feed fsyncs: off the loop, like every other disk flush.
     feed = await asyncio.to_thread(open_store, options.directory, key)
-    net = network_replicator(feed, options.hub, archive=True, live=options.follow)
+    net = network_replicator(
+        feed, options.hub, archive=True, live=options.follow, ice=options.ice,
+        hub_ca=options.hub_ca,
+    )
     try:
         await net.start()
         if not (feed.length > 0 and feed.has(0)):
@@ -200,6 +205,8 @@ async def seed(
     *,
     stop: asyncio.Event,
     on_ready: Callable[[Feed], None] | None = None,
+    ice: str | None = None,
+    hub_ca: str | None = None,
 ) -> None:
     """Serve the stream archived in `directory` to its swarm until `stop` is set."""
     with store_lock(directory, create=False):
@@ -207,7 +214,7 @@ async def seed(
         if feed.length == 0:
             feed.close()
             raise UsageError(f"{directory} holds an empty feed; archive a stream into it first")
-        net = network_replicator(feed, hub)
+        net = network_replicator(feed, hub, ice=ice, hub_ca=hub_ca)
         try:
             await net.start()
             if on_ready is not None:
@@ -219,7 +226,9 @@ async def seed(
         net.raise_if_failed()
 
 
-def run_seed(directory: Path, hub: str) -> int:
+def run_seed(
+    directory: Path, hub: str, ice: str | None = None, hub_ca: str | None = None
+) -> int:
     from streamer.net.loop import run
 
     async def main() -> int:
@@ -235,7 +244,7 @@ def run_seed(directory: Path, hub: str) -> int:
                 flush=True,
             )
 
-        await seed(directory, hub, stop=stop, on_ready=ready)
+        await seed(directory, hub, stop=stop, on_ready=ready, ice=ice, hub_ca=hub_ca)
         return 0
 
     return run(main())

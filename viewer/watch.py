@@ -44,6 +44,8 @@ class WatchOptions:
     timeout: float = 30.0
     open_browser: bool = True
     max_peers: int = 6
+    ice: str | None = None  # --ice: STUN/TURN servers (None: the environment's or the hub's)
+    hub_ca: str | None = None  # --hub-ca: a private CA for an https hub
 
 
 def check_options(options: WatchOptions) -> None:
@@ -67,7 +69,7 @@ async def watch(
     `on_ready(url)` is called once the page can play; `status` receives progress lines.
     """
     check_options(options)
-    key = await resolve_stream(options.stream, options.hub)
+    key = await resolve_stream(options.stream, options.hub, options.hub_ca)
     store = options.store or default_store(key)
     with store_lock(store):
         await _watch(key, store, options, stop, on_ready, status)
@@ -83,7 +85,9 @@ async def _watch(
     status: Callable[[str], None] | None,
 ) -> None:
     feed = await asyncio.to_thread(open_store, store, key)
-    net = network_replicator(feed, options.hub, max_peers=options.max_peers)
+    net = network_replicator(
+        feed, options.hub, max_peers=options.max_peers, ice=options.ice, hub_ca=options.hub_ca
+    )
     source = NetworkSource(net)
     server = PlayerServer(source, port=options.port)
     try:

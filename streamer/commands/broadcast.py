@@ -102,6 +102,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="signaling hub URL (default: an embedded hub on 127.0.0.1, port 8000 when free)",
     )
     parser.add_argument(
+        "--hub-ca", metavar="FILE", default=None,
+        help="PEM certificate of the private CA that signed an https hub's certificate",
+    )
+    parser.add_argument(
+        "--ice", metavar="SERVERS", default=None,
+        help="STUN/TURN servers as in $SWARMCAST_ICE_SERVERS, or 'none' (default: "
+        "$SWARMCAST_ICE_SERVERS, else the hub's)",
+    )
+    parser.add_argument(
         "--name",
         metavar="NAME",
         help="register a stream name on the hub (signed by the stream key; first come, first served)",
@@ -223,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
             settings.segment,
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)
-        swarm_plan = None if args.no_swarm else (args.hub, secret_key, args.name)
+        swarm_plan = None if args.no_swarm else (
+            args.hub, secret_key, args.name, args.ice, args.hub_ca
+        )
         run_loop(_broadcast(broadcaster, swarm_plan))
         log.info(
             "stream ended: %d blocks, %.2f s of stream time",
@@ -238,7 +249,8 @@ def _stored_secret_key(feed_dir: Path) -> bytes:
 
 
 async def _go_live(
-    broadcaster: Broadcaster, hub: str | None, secret_key: bytes, name: str | None
+    broadcaster: Broadcaster, hub: str | None, secret_key: bytes, name: str | None,
+    ice: str | None = None, hub_ca: str | None = None,
 ) -> tuple[NetworkReplicator, HubServer | None]:
     """Join the swarm of the broadcaster's feed through `hub`, or through an embedded hub on
     127.0.0.1 (port 8000 when free, so `viewer watch KEY` finds it without --hub)."""
@@ -257,9 +269,11 @@ async def _go_live(
         [hub],
         max_peers=WRITER_MAX_PEERS,
         writer_secret_key=secret_key,
+        ice_servers=ice,
+        hub_ca=hub_ca,
     )
     if name is not None:
-        async with HubClient([hub]) as client:
+        async with HubClient([hub], ca_file=hub_ca) as client:
             await client.register_name(name, secret_key)
         log.info("registered the name %r on %s", name, hub)
     replicator = NetworkReplicator(feed, swarm)
@@ -272,7 +286,7 @@ async def _go_live(
 
 
 async def _broadcast(
-    broadcaster: Broadcaster, swarm_plan: tuple[str | None, bytes] | None
+    broadcaster: Broadcaster, swarm_plan: tuple[str | None, bytes, str | None, str | None, str | None] | None
 ) -> None:
     loop = asyncio.get_running_loop()
 

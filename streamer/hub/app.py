@@ -90,6 +90,7 @@ class Hub:
         )
         app.router.add_route("*", "/", self._root)
         app.router.add_route("*", "/metrics", self._metrics_handler)
+        app.router.add_route("*", "/v1/ice", self._ice)
         app.router.add_route("*", "/v1/{tail:.*}", self._v1)
         app.router.add_route("*", "/names/{name}", self._names)
         app.on_response_prepare.append(_add_cors)
@@ -172,6 +173,16 @@ class Hub:
             channels=len(self.channels),
             names=len(store) if isinstance(store, MemoryNameStore) else None,
             redis_connected=self.bridge.connected.is_set() if self.bridge is not None else None,
+        )
+
+    # -- GET /v1/ice: STUN/TURN servers, TURN with short-lived credentials ----------------------
+
+    async def _ice(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self._reject(request, Rejection.METHOD_NOT_ALLOWED, "use GET /v1/ice")
+        self.metrics.ice_served += 1
+        return web.json_response(
+            self.config.ice.answer(time.time()), headers={"Cache-Control": "no-store"}
         )
 
     # -- /v1/{app}/{channels}: subscribe and broadcast -----------------------------------------

@@ -30,7 +30,8 @@ from streamer.core.errors import NetworkError, ProofError, WireError
 from streamer.core.replication import check_handshake, make_handshake
 from streamer.net.channel import ChannelClosed, MessageChannel
 from streamer.net.hubclient import HubClient, Subscription
-from streamer.net.rtc import MAX_SDP, RtcPeer, ice_servers_from_env, parse_ice_servers
+from streamer.net.iceservers import IceServers, user_ice_servers
+from streamer.net.rtc import MAX_SDP, RtcPeer
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,11 @@ class Swarm:
         handshake_timeout: float = 10.0,
         ban_seconds: float = 60.0,
         peer_id: str | None = None,
+        hub_ca: str | None = None,
     ) -> None:
+        """`ice_servers`: a list, or a spec as in SWARMCAST_ICE_SERVERS ("none" for no servers);
+        None takes $SWARMCAST_ICE_SERVERS, and when that is unset too, the hub's (GET /v1/ice).
+        `hub_ca`: a PEM file of the private CA of https hubs."""
         if len(topic) != 32 or len(feed_key) != 32:
             raise ValueError("topic and feed key must be 32 bytes each")
         if writer_secret_key is not None and writer_secret_key[32:] != feed_key:
@@ -96,14 +101,15 @@ class Swarm:
         self.stats = SwarmStats()
         self._feed_key = feed_key
         self._writer_secret_key = writer_secret_key
-        if isinstance(ice_servers, str):
-            ice_servers = parse_ice_servers(ice_servers)
-        self._ice_servers = ice_servers if ice_servers is not None else ice_servers_from_env()
+        user_servers = (
+            ice_servers if isinstance(ice_servers, list) else user_ice_servers(ice_servers)
+        )
         self._announce_interval = announce_interval
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._ban_seconds = ban_seconds
-        self._hub = HubClient(hubs)
+        self._hub = HubClient(hubs, ca_file=hub_ca)
+        self._ice = IceServers(user_servers, self._hub.ice)
         self._dk = topic.hex()
         self._peers: dict[str, MessageChannel] = {}
         self._dialing: dict[str, asyncio.Task[None]] = {}
@@ -169,7 +175,7 @@ class Swarm:
         self._spawn(self._listen(subscription))
         with contextlib.suppress(asyncio.TimeoutError):
             # A hub that is down now is retried in the background; joining does not wait for it.
-            await subscription.wait_connected(5.0)
+            await asyncio.gather(subscription.wait_connected(5.0), self._ice.wait_ready(5.0))
         self._spawn(self._watch_hubs(subscription))
         self._spawn(self._announce_loop())
 
@@ -188,6 +194,7 @@ class Swarm:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._ice.close()
         await self._hub.close()
         self._arrived.set()
 
@@ -405,7 +412,7 @@ class Swarm:
         task.add_done_callback(lambda _: self._dialing.pop(remote, None))
 
     async def _connect(self, remote: str, initiator: bool, offer: str | None) -> None:
-        peer = RtcPeer(remote, initiator=initiator, ice_servers=self._ice_servers)
+        peer = RtcPeer(remote, initiator=initiator, ice_servers=self._ice.current())
         conn: MessageChannel | None = None
         try:
             if initiator:

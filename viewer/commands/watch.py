@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from viewer.netsource import DEFAULT_HUB, HUB_ENV, default_hub
+from viewer.netsource import add_network_options, default_hub
 from viewer.watch import WatchOptions, run_watch
 
 
@@ -21,9 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "/stats). Everything fetched is kept in --store and shared with other viewers.",
     )
     parser.add_argument("stream", metavar="KEY|NAME", help="stream key (64 hex digits) or name")
-    parser.add_argument(
-        "--hub", metavar="URL", help=f"signaling hub (default: ${HUB_ENV} or {DEFAULT_HUB})"
-    )
+    add_network_options(parser)
     parser.add_argument("--port", type=int, default=0, help="local page port (default: any free)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
     parser.add_argument(
@@ -53,5 +51,7 @@ def run(args: argparse.Namespace) -> int:
             at=args.at,
             timeout=args.timeout,
             open_browser=not args.no_browser,
+            ice=args.ice,
+            hub_ca=args.hub_ca,
         )
     )
