@@ -32,6 +32,10 @@ def test_credentials_follow_coturns_rest_scheme() -> None:
     assert username == "1700000600:peer1"
     expected = base64.b64encode(hmac.new(SECRET, username.encode(), hashlib.sha1).digest())
     assert password == expected.decode()
+    # The worked value of docs/signaling.md.
+    assert turn_credentials(b"example-secret-0123456789", 0, 1700021600, "9f86d081884c7d65") == (
+        "1700021600:9f86d081884c7d65", "WbjO5gr7vuv9TSEPXpmz+bpb42E="
+    )
     # Fresh random ids otherwise: two answers never share a username.
     assert turn_credentials(SECRET, 600, 0)[0] != turn_credentials(SECRET, 600, 0)[0]
 
