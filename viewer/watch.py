@@ -33,6 +33,8 @@ from viewer.server import PlayerServer
 
 log = logging.getLogger("viewer.watch")
 
+RETRY_S = 30.0  # without --timeout, a status line this often while no peer serves the stream
+
 
 @dataclass(frozen=True, slots=True)
 class WatchOptions:
@@ -41,7 +43,7 @@ class WatchOptions:
     port: int = 0
     store: Path | None = None
     at: float | None = None
-    timeout: float = 30.0
+    timeout: float | None = None  # None: wait and retry until a peer serves the stream
     open_browser: bool = True
     max_peers: int = 6
     ice: str | None = None  # --ice: STUN/TURN servers (None: the environment's or the hub's)
@@ -51,8 +53,10 @@ class WatchOptions:
 def check_options(options: WatchOptions) -> None:
     if not 0 <= options.port <= 65535:
         raise UsageError(f"--port {options.port} is not a TCP port; use 0-65535 (0 = any free)")
-    if options.timeout <= 0:
+    if options.timeout is not None and options.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    if not 1 <= options.max_peers <= 64:
+        raise UsageError(f"--max-peers {options.max_peers} is out of range; use 1-64")
     if options.at is not None and options.at < 0:
         raise UsageError("--at is seconds from the start of the stream; give 0 or more")
 
@@ -109,16 +113,7 @@ async def _play(
     on_ready: Callable[[str], None] | None,
     status: Callable[[str], None] | None,
 ) -> None:
-    await wait_for_stream(net, options.timeout, status)
-    try:
-        start = await source.start_block(options.timeout, options.at)
-    except TimeoutError:
-        raise NetworkError(
-            f"peers of stream {key.hex()} did not send a media block within "
-            f"{options.timeout:.0f} s; try again later"
-        ) from None
-    except StreamFormatError as e:
-        raise NetworkError(f"stream {key.hex()} is not a playable swarmcast stream: {e}") from None
+    start = await _start_block(key, net, source, options, status)
     source.set_playhead(start)
     await server.start()
     if on_ready is not None:
@@ -127,6 +122,40 @@ async def _play(
         # webbrowser may start a process and wait for it: keep that off the loop.
         await asyncio.to_thread(webbrowser.open, server.url)
     await (stop or asyncio.Event()).wait()
+
+
+async def _start_block(
+    key: bytes,
+    net: NetworkReplicator,
+    source: NetworkSource,
+    options: WatchOptions,
+    status: Callable[[str], None] | None,
+) -> int:
+    """The block to start at, once peers sent the header and it. With a timeout, NetworkError
+    when that does not happen in time; without, a status line each RETRY_S and another try: a
+    live viewer that nobody serves yet (or whose neighbours left) waits for one."""
+    attempt = options.timeout or RETRY_S
+    tell = status
+    while True:
+        try:
+            await wait_for_stream(net, attempt, tell)
+            try:
+                return await source.start_block(attempt, options.at)
+            except TimeoutError:
+                raise NetworkError(
+                    f"peers of stream {key.hex()} did not send a media block within "
+                    f"{attempt:.0f} s; try again later"
+                ) from None
+        except StreamFormatError as e:
+            raise NetworkError(
+                f"stream {key.hex()} is not a playable swarmcast stream: {e}"
+            ) from None
+        except NetworkError as e:
+            if options.timeout is not None:
+                raise
+            tell = None  # "waiting for peers" was said once
+            if status is not None:
+                status(f"{str(e).split(';')[0]}; still trying (Ctrl-C to stop)")
 
 
 def run_watch(options: WatchOptions) -> int:

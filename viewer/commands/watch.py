@@ -34,9 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
+        default=None,
         metavar="S",
-        help="give up if the stream cannot be fetched within S seconds (default 30)",
+        help="give up if the stream cannot be fetched within S seconds (default: keep waiting "
+        "for peers and retrying)",
+    )
+    parser.add_argument(
+        "--max-peers", type=int, default=6, metavar="N",
+        help="keep at most N neighbours (default 6)",
     )
     parser.set_defaults(func=run)
 
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             at=args.at,
             timeout=args.timeout,
             open_browser=not args.no_browser,
+            max_peers=args.max_peers,
             ice=args.ice,
             hub_ca=args.hub_ca,
         )
