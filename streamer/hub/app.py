@@ -17,7 +17,13 @@ from streamer import __version__
 from streamer.core import names
 from streamer.core.errors import ProofError
 from streamer.hub.config import HubConfig
-from streamer.hub.messages import HEARTBEAT_FRAME, decode_body, encode_message, sse_frame
+from streamer.hub.messages import (
+    HEARTBEAT_FRAME,
+    decode_body,
+    encode_message,
+    is_make_room,
+    sse_frame,
+)
 from streamer.hub.metrics import Metrics, render_metrics
 from streamer.hub.namestore import MemoryNameStore, NameStore, RedisNameStore
 from streamer.hub.ratelimit import RateLimiter
@@ -61,6 +67,9 @@ class Hub:
         )
         self.limiter = RateLimiter(
             self.config.rate_per_second, self.config.rate_burst, self.config.max_tracked_clients
+        )
+        self.evict_limiter = RateLimiter(
+            self.config.evict_per_second, self.config.evict_burst, self.config.max_tracked_clients
         )
         self.bridge: RedisBridge | None = None
         self.name_store: NameStore = MemoryNameStore(self.config.max_names)
@@ -246,6 +255,13 @@ class Hub:
             message = decode_body(body)
         except ValueError:
             return self._reject(request, Rejection.BAD_JSON, "the body is not valid JSON")
+        if is_make_room(message):
+            client = request.remote or "unknown"
+            if not self.evict_limiter.allow(client, time.monotonic())[0]:
+                return self._reject(
+                    request, Rejection.EVICT_LIMITED,
+                    "too many make-room requests from this address; wait a minute",
+                )
         data = encode_message(message)
         self.metrics.messages_received += 1
         self.metrics.bytes_received += len(body)
@@ -271,6 +287,7 @@ class Hub:
             await asyncio.sleep(self.config.heartbeat_seconds)
             self._drop(self.registry.offer_all(HEARTBEAT_FRAME))
             self.limiter.prune(time.monotonic())
+            self.evict_limiter.prune(time.monotonic())
 
     # -- /names/{name} --------------------------------------------------------------------------
 

@@ -24,4 +24,8 @@ class HubConfig:
     max_names: int = 100_000  # name records kept in memory (without Redis)
     max_clock_skew_seconds: int = 600  # a record may be at most this far in the future
     max_tracked_clients: int = 65_536  # rate-limit buckets kept at once
+    # Make-room requests ("evict": true) per client IP: a newcomer sends one only when it is
+    # isolated and everyone it heard is full, so a few a minute is plenty.
+    evict_per_second: float = 0.1
+    evict_burst: float = 3.0
     ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN handed out at GET /v1/ice
