@@ -89,7 +89,7 @@ async def _broadcast(
         settings = plan_settings(source, size=(640, 360), fps=Fraction(30), bitrate=BITRATE)
         await Broadcaster(feed, source, settings, duration=seconds).run()
     await net.wait_served(10.0)
-    conn.send({"stream_bytes": feed.byte_length, "blocks": feed.length, **net.stats()})
+    conn.send({"stream_bytes": feed.byte_length, "blocks": feed.length, **net.stats_fields()})
     await net.stop()
     feed.close()
 
@@ -114,7 +114,7 @@ async def _view(conn: Connection, directory: str, hub: str, key: bytes, index: i
     await net.start()
     conn.send("up")
     await _pipe_recv(conn)
-    conn.send({"delays": delays, **net.stats()})
+    conn.send({"delays": delays, **net.stats_fields()})
     await net.stop()
     feed.close()
 

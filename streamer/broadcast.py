@@ -23,8 +23,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from streamer.core.errors import MediaError, UsageError
+from streamer.core.errors import MediaError, StreamFormatError, UsageError
 from streamer.core.feed import Feed
+from streamer.core.stats import NodeStats
 from streamer.media.encoder import (
     AUDIO_CHANNELS,
     AUDIO_RATE,
@@ -32,13 +33,7 @@ from streamer.media.encoder import (
     EncoderSettings,
     Fragment,
 )
-from streamer.media.format import (
-    FLAG_DISCONTINUITY,
-    FLAG_END,
-    Segment,
-    StreamFormatError,
-    StreamHeader,
-)
+from streamer.media.format import FLAG_DISCONTINUITY, FLAG_END, Segment, StreamHeader
 from streamer.media.pipeline import Pipeline
 from streamer.media.sources import Source
 
@@ -390,20 +385,22 @@ class Broadcaster:
                 )
 
     def snapshot(self) -> dict[str, Any]:
-        """The stats JSON: feed counters, swarm fields (0 until providers say otherwise), encoder."""
+        """The stats JSON (core.stats.NodeStats: feed counters, swarm fields, 0 until providers
+        say otherwise) plus the encoder's figures."""
         p = self.pipeline
         feed = self.feed
+        node = NodeStats(
+            key=feed.key.hex(),
+            length=feed.length,
+            blocks_have=feed.blocks_present,
+            byte_length=feed.byte_length,
+            live_delay_s=None if self.live_delay_s is None else round(self.live_delay_s, 3),
+            ended=self.state == "ended",
+        )
         stats: dict[str, Any] = {
-            "key": feed.key.hex(),
+            **node.as_json(),
             "title": self.title,
             "state": self.state,
-            "length": feed.length,
-            "blocks_have": feed.blocks_present,
-            "byte_length": feed.byte_length,
-            "peers": 0,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "live_delay_s": None if self.live_delay_s is None else round(self.live_delay_s, 3),
             "segments_appended": self.segments_appended,
             "stream_time_s": round(p.end_time, 3),
             "encoder_frames": p.frames,

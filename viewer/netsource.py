@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 from streamer.core import storage
 from streamer.core.errors import (
@@ -26,6 +26,7 @@ from streamer.core.errors import (
 from streamer.core.feed import Feed
 from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
+from streamer.core.stats import ReplicationStats
 from streamer.media.format import StreamHeader, Timeline
 from streamer.net.aio import Deadline, FeedWakeup, run_until
 from streamer.net.hubclient import HubClient
@@ -239,15 +240,8 @@ class NetworkSource(LocalFeedSource):
             index = step
         return index
 
-    def stats(self) -> dict[str, Any]:
-        stats = super().stats()
-        net = self.net.stats()
-        for field in ("peers", "bytes_up", "bytes_down", "share_from_peers", "down_rate", "up_rate"):
-            stats[field] = net[field]
-        stats["writer_connected"] = self.net.writer_connected
-        for field in ("blocks_from_writer", "blocks_from_peers", "blocks_up", "duplicates"):
-            stats[field] = net[field]
-        return stats
+    def _swarm_stats(self) -> ReplicationStats:
+        return self.net.stats()
 
     async def close(self) -> None:
         await super().close()

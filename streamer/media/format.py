@@ -21,7 +21,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from streamer.core.errors import SwarmcastError
+from streamer.core.errors import StreamFormatError
 
 FORMAT_NAME = "swarmcast"
 FORMAT_VERSION = 1
@@ -35,9 +35,6 @@ FLAG_END = 2  # the stream ended cleanly here; this block carries no media
 _HEADER_PREFIX = struct.Struct("<4sBI")
 _SEGMENT_PREFIX = struct.Struct("<4sBBHddd")
 
-
-class StreamFormatError(SwarmcastError):
-    """A block is not a valid swarmcast stream header or segment."""
 
 
 @dataclass

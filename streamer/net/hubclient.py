@@ -29,7 +29,14 @@ from typing import Any
 import aiohttp
 
 from streamer.core import names
-from streamer.core.errors import NetworkError, ProofError, UsageError
+from streamer.core.errors import (
+    NameNotFoundError,
+    NameTakenError,
+    NetworkError,
+    ProofError,
+    SubscriptionRefused,
+    UsageError,
+)
 
 log = logging.getLogger("streamer.hubclient")
 
@@ -44,12 +51,6 @@ _READ_BUFSIZE = 1 << 18
 _FATAL_STATUSES = (400, 404, 405, 413)
 
 
-class NameNotFoundError(NetworkError):
-    """No hub knows the requested stream name."""
-
-
-class NameTakenError(NetworkError):
-    """The name belongs to another key, or the hub holds a newer record for it."""
 
 
 class _Closed:
@@ -147,7 +148,7 @@ class HubClient:
                 if resp.status != 200:
                     raise NetworkError(f"hub refused POST {url}: {await _error_text(resp)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
+            raise NetworkError(_unreachable(url, exc)) from exc
 
     # -- ICE servers ----------------------------------------------------------------------------
 
@@ -216,7 +217,7 @@ class HubClient:
                 if resp.status not in (200, 201):
                     raise NetworkError(f"hub {url} refused name {name!r}: {await _error_text(resp)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
+            raise NetworkError(_unreachable(url, exc)) from exc
 
     async def resolve_name(self, name: str) -> names.NameRecord:
         """The newest verified record for `name` across all hubs.
@@ -251,7 +252,7 @@ class HubClient:
                     raise NetworkError(f"hub {url} failed to resolve {name!r}: {await _error_text(resp)}")
                 body = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
+            raise NetworkError(_unreachable(url, exc)) from exc
         try:
             record = names.parse_verified(json.loads(body))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -357,7 +358,7 @@ class Subscription:
             try:
                 await self._stream(url, opened)
                 reason = "the hub closed the stream"
-            except _Refused as exc:
+            except SubscriptionRefused as exc:
                 await self._queue.put(NetworkError(str(exc)))
                 return
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
@@ -382,7 +383,7 @@ class Subscription:
             url, timeout=timeout, headers={"Accept": "text/event-stream"}
         ) as resp:
             if resp.status in _FATAL_STATUSES:
-                raise _Refused(f"hub refused subscription {url}: {await _error_text(resp)}")
+                raise SubscriptionRefused(f"hub refused subscription {url}: {await _error_text(resp)}")
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status, message=resp.reason or ""
@@ -405,9 +406,6 @@ class Subscription:
                 if not self._open_streams:
                     self._connected.clear()
 
-
-class _Refused(Exception):
-    """A hub rejected the subscription request itself."""
 
 
 async def parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[str]:
@@ -446,6 +444,13 @@ def client_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
         raise UsageError(
             f"--hub-ca {ca_file} holds no usable PEM certificate ({getattr(exc, 'reason', exc)})"
         ) from None
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    """One line for a hub that could not be reached: why, and what to check."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"cannot reach hub at {url} ({_describe(exc)})"
+    return f"cannot reach hub at {url} ({_describe(exc)}); is it running?"
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,157 @@
+"""The signaling storm of issue 12, with real processes on 127.0.0.1: a hub, a broadcaster and
+three `viewer watch` processes; tests/storm.py posts forged hello+evict, full, offer, answer,
+reject and bye messages to every peer id it learns on the hub, every 5 s, first without the
+stream key (an outsider: every message is dropped and counted) and then with it (an insider on
+a named stream: the make-room rules bound what it costs). Every viewer keeps receiving blocks
+without a gap of more than a second beyond the segment duration, and keeps its neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+SEGMENT_S = 1.0
+VIEWERS = 3
+MAX_PEERS = 2  # few neighbours: every node is full, and an eviction can strand a viewer
+PHASE_S = 20.0  # each storm runs this long: four rounds
+
+
+def _stats(url: str) -> dict:
+    with urllib.request.urlopen(url + "stats", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def _log_file(path: Path) -> BinaryIO:
+    return open(path, "wb")  # noqa: SIM115 (the child process writes to it; closed with the test)
+
+
+class Monitor:
+    """Polls a viewer's /stats ten times a second and records the longest time between two
+    increases of blocks_have (another process: there is nothing to await but its answers)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.max_gap = 0.0
+        self.last: dict = {}
+        self.min_peers = 99
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        have, since = -1, loop.time()
+        while True:
+            stats = await asyncio.to_thread(_stats, self.url)
+            now = loop.time()
+            self.last = stats
+            self.min_peers = min(self.min_peers, stats["peers"])
+            if stats["blocks_have"] != have:
+                if have >= 0:
+                    self.max_gap = max(self.max_gap, now - since)
+                have, since = stats["blocks_have"], now
+            else:
+                self.max_gap = max(self.max_gap, now - since)
+            await asyncio.sleep(0.1)
+
+    def start(self) -> None:
+        self.max_gap, self.min_peers = 0.0, 99
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_playing(
+    tmp_path: Path,
+) -> None:
+    py = sys.executable
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    env.pop("SWARMCAST_ICE_SERVERS", None)
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start(*args: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            py, *args, env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=_log_file(tmp_path / f"{len(procs)}.log"),
+        )
+        procs.append(proc)
+        return proc
+
+    async def line(proc: asyncio.subprocess.Process, timeout: float = 60.0) -> str:
+        assert proc.stdout is not None
+        return (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().strip()
+
+    async def storm(*args: str) -> dict:
+        proc = await start("-m", "tests.storm", "--hub", hub_url, "--interval", "5", *args)
+        assert await line(proc) == "storm started"
+        for m in monitors:
+            m.start()
+        await asyncio.sleep(PHASE_S)  # the storm's duration: what is measured is its effect
+        proc.send_signal(signal.SIGTERM)
+        counts = json.loads(await line(proc, 30.0))
+        for m in monitors:
+            await m.stop()
+        return counts
+
+    try:
+        hub = await start("-m", "streamer", "hub", "--port", "0")
+        hub_url = (await line(hub)).split()[-1]
+        writer = await start(
+            "-m", "streamer", "broadcast", "test", "--hub", hub_url, "--size", "320x180",
+            "--fps", "15", "--bitrate", "200k", "--segment", str(SEGMENT_S),
+            "--duration", "600", "--feed", str(tmp_path / "feed"),
+        )
+        key = await line(writer)
+        viewers = [
+            await start(
+                "-m", "viewer", "watch", key, "--hub", hub_url, "--no-browser", "--port", "0",
+                "--store", str(tmp_path / f"v{i}"), "--max-peers", str(MAX_PEERS),
+            )
+            for i in range(VIEWERS)
+        ]
+        urls = [await line(v) for v in viewers]
+        monitors = [Monitor(u) for u in urls]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            states = [await asyncio.to_thread(_stats, u) for u in urls]
+            if all(s["peers"] >= 1 and s["blocks_have"] >= 3 for s in states):
+                break
+            assert loop.time() < deadline, f"the viewers never started: {states}"
+            await asyncio.sleep(0.25)
+        from streamer.core import crypto
+
+        dk = crypto.discovery_key(bytes.fromhex(key)).hex()
+        outsider = await storm("--dk", dk)
+        assert outsider["peers"] >= VIEWERS and outsider["posted"] > 0, outsider
+        gaps = {m.url: round(m.max_gap, 2) for m in monitors}
+        print("outsider", gaps, [m.min_peers for m in monitors], outsider)
+        assert all(g <= SEGMENT_S + 1.0 for g in gaps.values()), f"outsider storm: {gaps}"
+        assert all(m.min_peers >= 1 for m in monitors)
+        for m in monitors:
+            assert m.last["signals_refused"] > 0, m.last
+
+        insider = await storm("--key", key)
+        assert insider["peers"] >= VIEWERS and insider["posted"] > 0, insider
+        gaps = {m.url: round(m.max_gap, 2) for m in monitors}
+        assert all(g <= SEGMENT_S + 1.0 for g in gaps.values()), f"insider storm: {gaps}"
+        assert all(m.min_peers >= 1 for m in monitors)
+        for proc in procs[: 2 + VIEWERS]:
+            assert proc.returncode is None
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 15.0)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
