@@ -8,9 +8,11 @@ its messages with valid MACs and signatures, and announces each made-up id first
 looks like an isolated newcomer; messages in the name of real peers get a valid MAC and its own
 signature (it cannot make theirs).
 
-    python -m tests.storm --hub URL --dk HEX [--key HEX] [--interval 5] [--duration S]
+    python -m tests.storm --hub URL --dk HEX [--key HEX] [--interval 5] [--duration S] [--armed]
 
-Prints one JSON line of counts to stdout when it stops (SIGTERM or --duration).
+With --armed it only listens (learning ids while peers join and announce) until SIGUSR1 starts
+the storm. Prints "storm listening" when subscribed, and one JSON line of counts to stdout when
+it stops (SIGTERM or --duration).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Storm:
         self.dk_bytes = dk
         self.peers: set[str] = set()
         self.own: set[str] = set()  # made-up ids (with --key: ids of our own identities)
+        self.listening = asyncio.Event()
         self.counts: dict[str, int] = {"posted": 0, "failed": 0, "rounds": 0}
 
     def identity(self) -> SignalAuth | None:
@@ -88,6 +91,8 @@ class Storm:
         channels = [self.dk]
         while True:
             sub = self.client.subscribe(APP, channels)
+            await sub.wait_connected()
+            self.listening.set()
             try:
                 async for message in sub:
                     sender = message.get("from") if isinstance(message, dict) else None
@@ -107,6 +112,7 @@ class Storm:
         for peer in real:
             auth = self.identity()
             fake = auth.peer_id if auth is not None else secrets.token_hex(16)
+            self.own.add(fake)
             if auth is not None:
                 # Look like an isolated newcomer: announce, then ask for room.
                 posts.append(self._post(self.dk, {"type": "hello", "from": fake, "n": 0}, auth))
@@ -143,17 +149,25 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--key", help="stream key (hex): seal messages with valid MACs")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--armed", action="store_true", help="wait for SIGUSR1 to start")
     args = parser.parse_args(argv)
     key = bytes.fromhex(args.key) if args.key else None
     dk = crypto.discovery_key(key) if key is not None else bytes.fromhex(args.dk)
     storm = Storm(args.hub, dk, key)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    listener = asyncio.ensure_future(storm.listen())
-    print("storm started", flush=True)
+    stop, go = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    end = loop.time() + args.duration if args.duration else None
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, go.set)
+    listener = asyncio.ensure_future(storm.listen())
+    await storm.listening.wait()
+    print("storm listening", flush=True)
     try:
+        if args.armed:
+            await asyncio.wait(
+                [asyncio.ensure_future(go.wait()), asyncio.ensure_future(stop.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        end = loop.time() + args.duration if args.duration else None
         while not stop.is_set() and (end is None or loop.time() < end):
             await storm.round()
             with contextlib.suppress(asyncio.TimeoutError):

@@ -3,7 +3,9 @@ three `viewer watch` processes; tests/storm.py posts forged hello+evict, full, o
 reject and bye messages to every peer id it learns on the hub, every 5 s, first without the
 stream key (an outsider: every message is dropped and counted) and then with it (an insider on
 a named stream: the make-room rules bound what it costs). Every viewer keeps receiving blocks
-without a gap of more than a second beyond the segment duration, and keeps its neighbours."""
+without a gap more than a second longer than the longest gap measured on the same swarm without
+a storm just before (at least the segment duration), and keeps all its neighbours. (With the
+rules of before, the outsider storm alone cut viewers off their neighbours.)"""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import BinaryIO
 
 SEGMENT_S = 1.0
 VIEWERS = 3
-MAX_PEERS = 2  # few neighbours: every node is full, and an eviction can strand a viewer
+MAX_PEERS = 3  # few neighbours: every node is full, so every request to make room could bite
 PHASE_S = 20.0  # each storm runs this long: four rounds
 
 
@@ -88,11 +90,18 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
         assert proc.stdout is not None
         return (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().strip()
 
-    async def storm(*args: str) -> dict:
-        proc = await start("-m", "tests.storm", "--hub", hub_url, "--interval", "5", *args)
-        assert await line(proc) == "storm started"
+    async def armed_storm(*args: str) -> asyncio.subprocess.Process:
+        """A storm that learns peer ids from now on and attacks when told to (SIGUSR1)."""
+        proc = await start(
+            "-m", "tests.storm", "--hub", hub_url, "--interval", "5", "--armed", *args
+        )
+        assert await line(proc) == "storm listening"
+        return proc
+
+    async def storm(proc: asyncio.subprocess.Process) -> dict:
         for m in monitors:
             m.start()
+        proc.send_signal(signal.SIGUSR1)
         await asyncio.sleep(PHASE_S)  # the storm's duration: what is measured is its effect
         proc.send_signal(signal.SIGTERM)
         counts = json.loads(await line(proc, 30.0))
@@ -109,6 +118,12 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
             "--duration", "600", "--feed", str(tmp_path / "feed"),
         )
         key = await line(writer)
+        from streamer.core import crypto
+
+        dk = crypto.discovery_key(bytes.fromhex(key)).hex()
+        # Both storms listen while the viewers join (full nodes stop announcing themselves).
+        outsider_storm = await armed_storm("--dk", dk)
+        insider_storm = await armed_storm("--key", key)
         viewers = [
             await start(
                 "-m", "viewer", "watch", key, "--hub", hub_url, "--no-browser", "--port", "0",
@@ -126,24 +141,29 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
                 break
             assert loop.time() < deadline, f"the viewers never started: {states}"
             await asyncio.sleep(0.25)
-        from streamer.core import crypto
-
-        dk = crypto.discovery_key(bytes.fromhex(key)).hex()
-        outsider = await storm("--dk", dk)
+        # The same measure without a storm: what the encoder and the swarm give on this machine.
+        for m in monitors:
+            m.start()
+        await asyncio.sleep(PHASE_S)
+        for m in monitors:
+            await m.stop()
+        baseline = max(max(m.max_gap for m in monitors), SEGMENT_S)
+        before = {m.url: m.last["peers"] for m in monitors}  # no storm may cost a neighbour
+        outsider = await storm(outsider_storm)
         assert outsider["peers"] >= VIEWERS and outsider["posted"] > 0, outsider
         gaps = {m.url: round(m.max_gap, 2) for m in monitors}
-        print("outsider", gaps, [m.min_peers for m in monitors], outsider)
-        assert all(g <= SEGMENT_S + 1.0 for g in gaps.values()), f"outsider storm: {gaps}"
-        assert all(m.min_peers >= 1 for m in monitors)
+        assert all(g <= baseline + 1.0 for g in gaps.values()), f"outsider storm: {gaps}"
+        assert all(m.min_peers >= before[m.url] for m in monitors), (before, outsider)
         for m in monitors:
             assert m.last["signals_refused"] > 0, m.last
 
-        insider = await storm("--key", key)
+        before = {m.url: m.last["peers"] for m in monitors}
+        insider = await storm(insider_storm)
         assert insider["peers"] >= VIEWERS and insider["posted"] > 0, insider
         gaps = {m.url: round(m.max_gap, 2) for m in monitors}
-        assert all(g <= SEGMENT_S + 1.0 for g in gaps.values()), f"insider storm: {gaps}"
-        assert all(m.min_peers >= 1 for m in monitors)
-        for proc in procs[: 2 + VIEWERS]:
+        assert all(g <= baseline + 1.0 for g in gaps.values()), f"insider storm: {gaps}"
+        assert all(m.min_peers >= before[m.url] for m in monitors), (before, insider)
+        for proc in [hub, writer, *viewers]:
             assert proc.returncode is None
     finally:
         for proc in procs:
