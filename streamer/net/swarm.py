@@ -47,6 +47,9 @@ from streamer.net.rtc import RtcPeer
 log = logging.getLogger(__name__)
 
 APP = "swarmcast"
+# An offer unanswered this long is given up and its slot reused: the answerer only gathers its
+# candidates (at most 5 s, aioice's limit) before it answers.
+ANSWER_TIMEOUT_S = 8.0
 HUB_POLL_S = 0.5  # how often the hub stream open count is checked to notice a reconnect
 
 ConnectionCallback = Callable[[MessageChannel], Awaitable[None] | None]
@@ -84,6 +87,7 @@ class Swarm:
         ice_servers: list[RTCIceServer] | str | None = None,
         announce_interval: float = 10.0,
         connect_timeout: float = 15.0,
+        answer_timeout: float = ANSWER_TIMEOUT_S,
         handshake_timeout: float = 10.0,
         ban_seconds: float = 60.0,
         identity: crypto.KeyPair | None = None,
@@ -111,6 +115,7 @@ class Swarm:
             ice_servers if isinstance(ice_servers, list) else user_ice_servers(ice_servers)
         )
         self._connect_timeout = connect_timeout
+        self._answer_timeout = min(answer_timeout, connect_timeout)
         self._handshake_timeout = handshake_timeout
         self._ban_seconds = ban_seconds
         self._membership = Membership(
@@ -370,7 +375,7 @@ class Swarm:
                 sdp = await peer.offer()
                 await self._send(offer_message(remote, sdp))
                 try:
-                    answer = await asyncio.wait_for(future, self._connect_timeout)
+                    answer = await asyncio.wait_for(future, self._answer_timeout)
                 except asyncio.TimeoutError:
                     raise NetworkError("no answer to our offer") from None
                 await peer.accept(answer)
