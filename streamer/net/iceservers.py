@@ -206,7 +206,8 @@ class IceServers:
             body = await self._fetch()
             servers, expires = servers_from_answer(body) if body is not None else ([], None)
         except NetworkError as exc:
-            log.info("no ICE servers from the hub (%s); asking again in %.0f s", exc, RETRY_S)
+            # The hub's own subscription already says (once) why it cannot be reached.
+            log.debug("no ICE servers from the hub (%s); asking again in %.0f s", exc, RETRY_S)
             self._refresh_at = time.monotonic() + RETRY_S
             return
         self._servers = await usable(servers, from_hub=True, warned=self._warned)
