@@ -4,8 +4,9 @@ reject and bye messages to every peer id it learns on the hub, every 5 s, first 
 stream key (an outsider: every message is dropped and counted) and then with it (an insider on
 a named stream: the make-room rules bound what it costs). Every viewer keeps receiving blocks
 without a gap more than a second longer than the longest gap measured on the same swarm without
-a storm just before (at least the segment duration), and keeps all its neighbours. (With the
-rules of before, the outsider storm alone cut viewers off their neighbours.)"""
+a storm just before (at least the segment duration), and keeps all its neighbours; the first
+viewer's page, playing in headless Chromium, never shows the same picture for more than a second.
+(With the rules of before, the outsider storm alone cut viewers off their neighbours.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
+from playwright.async_api import Page, async_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--autoplay-policy=no-user-gesture-required"]
+# In the page: the longest wall-clock time the video's currentTime stood still, sampled every
+# 50 ms (a frame gap, whatever its cause: a stall, a seek to catch up).
+WATCH_FRAMES = """() => {
+  window.frameGap = {max: 0, last: performance.now(), time: player.video.currentTime};
+  setInterval(() => {
+    const now = performance.now(), g = window.frameGap;
+    if (player.video.currentTime !== g.time) { g.time = player.video.currentTime; g.last = now; }
+    g.max = Math.max(g.max, now - g.last);
+  }, 50);
+}"""
+RESET_FRAMES = "() => { frameGap.max = 0; frameGap.last = performance.now(); }"
 SEGMENT_S = 1.0
 VIEWERS = 3
 MAX_PEERS = 3  # few neighbours: every node is full, so every request to make room could bite
@@ -99,6 +116,7 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
         return proc
 
     async def storm(proc: asyncio.subprocess.Process) -> dict:
+        await page.evaluate(RESET_FRAMES)
         for m in monitors:
             m.start()
         proc.send_signal(signal.SIGUSR1)
@@ -109,6 +127,8 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
             await m.stop()
         return counts
 
+    playwright = await async_playwright().start()
+    browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     try:
         hub = await start("-m", "streamer", "hub", "--port", "0")
         hub_url = (await line(hub)).split()[-1]
@@ -141,6 +161,24 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
                 break
             assert loop.time() < deadline, f"the viewers never started: {states}"
             await asyncio.sleep(0.25)
+        # The first viewer's page plays in headless Chromium throughout.
+        page: Page = await browser.new_page()
+        await page.goto(urls[0])
+        await page.wait_for_function(
+            "window.player && player.video.currentTime > 1", timeout=30_000, polling=100
+        )
+        await page.evaluate(WATCH_FRAMES)
+        # The measure sees a freeze: with its viewer process stopped, the page runs dry.
+        viewers[0].send_signal(signal.SIGSTOP)
+        try:
+            await page.wait_for_function("frameGap.max > 1000", timeout=20_000, polling=100)
+        finally:
+            viewers[0].send_signal(signal.SIGCONT)
+        await page.evaluate(RESET_FRAMES)
+        await page.wait_for_function(
+            "(t => new Promise(r => setTimeout(() => r(player.video.currentTime > t + 1), 1500)))"
+            "(player.video.currentTime)", timeout=30_000, polling=500,
+        )
         # The same measure without a storm: what the encoder and the swarm give on this machine.
         for m in monitors:
             m.start()
@@ -156,6 +194,7 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
         assert all(m.min_peers >= before[m.url] for m in monitors), (before, outsider)
         for m in monitors:
             assert m.last["signals_refused"] > 0, m.last
+        assert await page.evaluate("frameGap.max") <= 1000, "the page froze in the outsider storm"
 
         before = {m.url: m.last["peers"] for m in monitors}
         insider = await storm(insider_storm)
@@ -163,9 +202,12 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
         gaps = {m.url: round(m.max_gap, 2) for m in monitors}
         assert all(g <= baseline + 1.0 for g in gaps.values()), f"insider storm: {gaps}"
         assert all(m.min_peers >= before[m.url] for m in monitors), (before, insider)
+        assert await page.evaluate("frameGap.max") <= 1000, "the page froze in the insider storm"
         for proc in [hub, writer, *viewers]:
             assert proc.returncode is None
     finally:
+        await browser.close()
+        await playwright.stop()
         for proc in procs:
             if proc.returncode is None:
                 proc.terminate()
