@@ -26,6 +26,6 @@ class HubConfig:
     max_tracked_clients: int = 65_536  # rate-limit buckets kept at once
     # Make-room requests ("evict": true) per client IP: a newcomer sends one only when it is
     # isolated and everyone it heard is full, so a few a minute is plenty.
-    evict_per_second: float = 0.1
-    evict_burst: float = 3.0
+    evict_per_second: float = 0.2
+    evict_burst: float = 6.0
     ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN handed out at GET /v1/ice
