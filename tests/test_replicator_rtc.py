@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import pytest
 
-from streamer.broadcast import Broadcaster, plan_settings
+from streamer.broadcast import Broadcaster, BroadcastOptions, plan_settings
 from streamer.core import crypto
 from streamer.core.feed import Feed
 from streamer.core.replication import BlockVerified, Event
@@ -68,8 +68,10 @@ async def nodes(hub: HubServer) -> AsyncIterator[Callable[..., NetworkReplicator
 
 def broadcaster(feed: Feed, seconds: float) -> Broadcaster:
     source = open_source("test", fast=True, test_size=(160, 120), test_fps=15.0)
-    settings = plan_settings(source, size=(160, 120), fps=Fraction(15), bitrate=200_000)
-    return Broadcaster(feed, source, settings, duration=seconds, fast=True)
+    options = BroadcastOptions(
+        size=(160, 120), fps=Fraction(15), bitrate=200_000, duration=seconds, fast=True
+    )
+    return Broadcaster(feed, source, plan_settings(source, options), options)
 
 
 def complete(reader: Feed, writer: Feed) -> bool:

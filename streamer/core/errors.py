@@ -19,6 +19,7 @@ is one line saying what is wrong and what to do; the CLIs print it and exit non-
     ├── HandshakeFailed       a peer did not prove it knows the feed key
     ├── StreamFormatError     a block is not a valid stream header or segment
     ├── MediaError            a source that cannot be opened, decoded or encoded
+    ├── RtmpError             an RTMP publisher broke the protocol or went away
     ├── ExportError           a stream cannot be exported as asked
     └── NetworkError          hub or peer connection problems
         ├── NameNotFoundError no hub knows the stream name
@@ -129,3 +130,8 @@ class ChannelClosed(NetworkError):
 
 class MessageTooLarge(ValueError):
     """A message above MAX_MESSAGE_SIZE was given to send(): the caller must frame it first."""
+
+
+class RtmpError(SwarmcastError):
+    """An RTMP publisher broke the protocol or went away; its connection ends (the stream waits
+    for the next publisher)."""

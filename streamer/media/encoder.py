@@ -64,6 +64,7 @@ class Fragment:
     data: bytes
     frames: int
     captured: list[float] = field(default_factory=list)  # monotonic capture time of each frame
+    discontinuity: bool = False  # starts where the input restarted (a publisher reconnected)
 
 
 class BoxCutter:
@@ -147,9 +148,11 @@ class StreamEncoder:
         self.audio_lag = audio_lag  # silence fills audio that lags video by more than this
         self.cutter = BoxCutter()
         self._slot = 0
-        self._held: tuple[av.VideoFrame, float] | None = None  # newest input frame, capture time
+        # newest input frame, its capture time, and whether it starts after an input restart
+        self._held: tuple[av.VideoFrame, float, bool] | None = None
         self._last_key_time: float | None = None
-        self._gops: deque[tuple[float, int]] = deque()  # (start time, slot) of GOPs not yet cut
+        # (start time, slot, discontinuity) of GOPs not yet cut
+        self._gops: deque[tuple[float, int, bool]] = deque()
         self._captures: deque[float] = deque()
         self._audio_next = round(
             self.start * AUDIO_RATE
@@ -170,6 +173,9 @@ class StreamEncoder:
                     "x264-params": f"keyint={self._keyint()}:min-keyint=1:scenecut=0",
                 },
             )
+            # x264 picks a thread count from the cores (0 = auto); with zerolatency they are
+            # slice threads, which split each frame instead of adding frames of delay.
+            self._video.codec_context.thread_count = 0
             self._video.width = settings.width
             self._video.height = settings.height
             self._video.pix_fmt = "yuv420p"
@@ -218,17 +224,24 @@ class StreamEncoder:
         """Stream time at which the video encoded so far ends."""
         return self.slot_time(self._slot)
 
-    def add_video(self, frame: av.VideoFrame, time: float, captured: float) -> list[Fragment]:
-        """Feed one video frame shown from stream time `time`; returns completed fragments."""
+    def add_video(
+        self, frame: av.VideoFrame, time: float, captured: float, discontinuity: bool = False
+    ) -> list[Fragment]:
+        """Feed one video frame shown from stream time `time`; returns completed fragments.
+
+        `discontinuity` (the input restarted) starts a new GOP, and so a new fragment, at the
+        first slot that shows this frame.
+        """
         if self._held is not None:
             half = self.slot_duration / 2
             while self.slot_time(self._slot) + half <= time:
                 self._encode_slot(*self._held)
+                self._held = (self._held[0], self._held[1], False)
         elif time > self.slot_time(0) + self.slot_duration / 2:
             # The first frame defines slot 0, whatever its timestamp says.
             self.start = time
             self._audio_next = max(self._audio_next, round(time * AUDIO_RATE))
-        self._held = (frame, captured)
+        self._held = (frame, captured, discontinuity)
         return self._take_fragments()
 
     def add_audio(self, frame: av.AudioFrame, time: float) -> list[Fragment]:
@@ -278,13 +291,19 @@ class StreamEncoder:
 
     # -- video --------------------------------------------------------------------------------
 
-    def _encode_slot(self, frame: av.VideoFrame, captured: float) -> None:
+    def _encode_slot(
+        self, frame: av.VideoFrame, captured: float, discontinuity: bool = False
+    ) -> None:
         s = self.settings
         time = self.slot_time(self._slot)
         grid = s.segment
-        is_key = self._last_key_time is None or (
-            math.floor(time / grid + 1e-9) > math.floor(self._last_key_time / grid + 1e-9)
-            and time - self._last_key_time >= grid / 2 - 1e-9
+        is_key = (
+            self._last_key_time is None
+            or (discontinuity and self._slot > 0)
+            or (
+                math.floor(time / grid + 1e-9) > math.floor(self._last_key_time / grid + 1e-9)
+                and time - self._last_key_time >= grid / 2 - 1e-9
+            )
         )
         try:
             out = frame.reformat(width=s.width, height=s.height, format="yuv420p")
@@ -295,7 +314,7 @@ class StreamEncoder:
         out.pict_type = PictureType.I if is_key else PictureType.NONE
         if is_key:
             self._last_key_time = time
-            self._gops.append((time, self._slot))
+            self._gops.append((time, self._slot, discontinuity))
         self._captures.append(captured)
         self._slot += 1
         try:
@@ -363,7 +382,7 @@ class StreamEncoder:
         fragments = self.cutter.fragments
         while fragments:
             data = fragments.popleft()
-            start, slot = self._gops.popleft()
+            start, slot, discontinuity = self._gops.popleft()
             if self._gops:
                 end_slot = self._gops[0][1]
             elif final:
@@ -372,5 +391,9 @@ class StreamEncoder:
                 raise MediaError("the muxer cut a fragment that does not end at a forced keyframe")
             frames = end_slot - slot
             captured = [self._captures.popleft() for _ in range(frames)]
-            out.append(Fragment(start, self.slot_time(end_slot) - start, data, frames, captured))
+            out.append(
+                Fragment(
+                    start, self.slot_time(end_slot) - start, data, frames, captured, discontinuity
+                )
+            )
         return out

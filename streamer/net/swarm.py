@@ -7,6 +7,7 @@ this module does the I/O it asks for (hub posts, aiortc dials, closing channels)
 
 # Signaling channels: `{dk}` for everyone on the topic, `{dk}.{peer}` for messages to one peer.
 
+
 from __future__ import annotations
 
 import asyncio
