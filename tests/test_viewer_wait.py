@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.broadcast import Broadcaster, plan_settings
+from streamer.broadcast import Broadcaster, BroadcastOptions, plan_settings
 from streamer.core import crypto
 from streamer.core.feed import Feed
 from streamer.hub import HubConfig, start_hub
@@ -49,8 +49,10 @@ async def test_a_viewer_nobody_serves_keeps_trying_and_plays_when_a_broadcaster_
 
         feed = Feed.create(tmp_path / "w", WRITER)
         source = open_source("test", fast=True, test_size=(160, 120), test_fps=15.0)
-        settings = plan_settings(source, size=(160, 120), fps=Fraction(15), bitrate=200_000)
-        await Broadcaster(feed, source, settings, duration=4.0, fast=True).run()
+        options = BroadcastOptions(
+            size=(160, 120), fps=Fraction(15), bitrate=200_000, duration=4.0, fast=True
+        )
+        await Broadcaster(feed, source, plan_settings(source, options), options).run()
         swarm = Swarm(
             feed.discovery_key, feed.key, [hub.url], writer_secret_key=WRITER.secret_key,
             announce_interval=0.5,
