@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from streamer.core import storage
 from streamer.core.errors import (
@@ -242,6 +242,13 @@ class NetworkSource(LocalFeedSource):
 
     def _swarm_stats(self) -> ReplicationStats:
         return self.net.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """The node's stats, plus the signaling messages its swarm dropped for lack of a valid
+        proof (forged, replayed, stale: `signals_refused`)."""
+        swarm = self.net.swarm
+        refused = swarm.stats.signals_refused if swarm is not None else 0
+        return {**super().stats(), "signals_refused": refused}
 
     async def close(self) -> None:
         await super().close()

@@ -73,7 +73,6 @@ class ReplicationStats:
     peers_dropped: int = 0  # sessions closed for misbehaving
     inflight: int = 0  # our block requests out now
     unavailable: int = 0  # wanted blocks no neighbour holds: a sign to find other peers
-    signals_refused: int = 0  # signaling messages without a valid proof (forged, stale, replayed)
     neighbours: list[NeighbourStats] = field(default_factory=list)
 
     @property

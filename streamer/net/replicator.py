@@ -192,12 +192,8 @@ class NetworkReplicator:
         return max((s.remote_length for s in self._peers if s.is_open), default=0)
 
     def stats(self) -> ReplicationStats:
-        """What this node replicated so far (Replicator.stats, rates sampled once a second),
-        with the swarm's count of refused signaling messages."""
-        stats = self.replicator.stats(self._now())
-        if self.swarm is not None:
-            stats.signals_refused = self.swarm.stats.signals_refused
-        return stats
+        """What this node replicated so far (Replicator.stats, rates sampled once a second)."""
+        return self.replicator.stats(self._now())
 
     def stats_fields(self) -> dict[str, Any]:
         """The swarm fields of a stats snapshot, as JSON (a Broadcaster stats provider)."""
