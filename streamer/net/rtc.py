@@ -188,6 +188,9 @@ class RtcPeer:
         self._ready: asyncio.Future[RtcChannel] = asyncio.get_running_loop().create_future()
         self._remote_sdp: str | None = None
         self._pc.on("connectionstatechange", self._on_state)
+        from streamer.net.ice import patch_aioice
+
+        patch_aioice()  # once per process: prefer direct routes, skip dead STUN/TURN servers
         if initiator:
             dc = self._pc.createDataChannel(LABEL, ordered=True)
             dc.on("open", lambda: self._resolve(dc))
