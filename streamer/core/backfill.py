@@ -23,6 +23,8 @@ __all__ = [
     "describe_runs",
     "missing_runs",
     "parse_keep",
+    "to_runs",
+    "unavailable_runs",
 ]
 
 DEFAULT_KEEP = 3  # peers besides the broadcaster that should hold every block
@@ -75,6 +77,33 @@ def missing_runs(length: int, held: Runs) -> list[tuple[int, int]]:
     if at < length:
         out.append((at, length))
     return [(s, e) for s, e in out if s < e]
+
+
+def to_runs(blocks: Iterable[int]) -> list[tuple[int, int]]:
+    """Block indexes as sorted (start, end) runs."""
+    out: list[tuple[int, int]] = []
+    for b in sorted(blocks):
+        if out and out[-1][1] == b:
+            out[-1] = (out[-1][0], b + 1)
+        elif not out or out[-1][1] < b:
+            out.append((b, b + 1))
+    return out
+
+
+def unavailable_runs(length: int, own: Runs, holders: Iterable[Runs]) -> list[tuple[int, int]]:
+    """Runs of blocks 0..length-1 that `own` lacks and none of `holders` holds: lost, unless a
+    peer that holds them comes online."""
+    counts = copy_counts(length, holders)
+    out: list[tuple[int, int]] = []
+    for start, end in missing_runs(length, own):
+        for block in range(start, end):
+            if counts[block]:
+                continue
+            if out and out[-1][1] == block:
+                out[-1] = (out[-1][0], block + 1)
+            else:
+                out.append((block, block + 1))
+    return out
 
 
 def describe_runs(runs: Sequence[tuple[int, int]], limit: int = 4) -> str:

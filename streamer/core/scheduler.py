@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from streamer.core.admission import UploadAdmission
-from streamer.core.backfill import Backfill, Safety
+from streamer.core.backfill import Backfill, Safety, missing_runs, to_runs, unavailable_runs
 from streamer.core.handshake import Handshaker
 from streamer.core.replication import (
     MAX_EVENTS,
@@ -305,7 +305,10 @@ class Replicator:
             if w.priority < PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.archive:
-            yield from range(self.feed.contiguous_length, length)
+            # The blocks we lack, not everything from the first gap: a block nobody holds must
+            # not hide the ones after it from the scan limit.
+            for start, end in missing_runs(length, self.feed.present_ranges()):
+                yield from range(start, end)
 
     def _deadline(self, block: int) -> float | None:
         """When a block in the playback window is due: counted from when the playhead moved or,
@@ -493,6 +496,16 @@ class Replicator:
             if not idle or not plan.room():
                 return
 
+    @property
+    def inflight_blocks(self) -> int:
+        """Block requests out now."""
+        return sum(len(e) for e in self._inflight.values())
+
+    def nowhere(self, end: int) -> list[tuple[int, int]]:
+        """Runs of blocks below `end` that we lack and no open neighbour announced holding."""
+        holders = [s.remote_has.runs() for s in self.sessions if s.is_open]
+        return unavailable_runs(min(end, self.feed.length), self.feed.present_ranges(), holders)
+
     def _backfill_timer(self, best: float | None) -> float | None:
         wake = None if self.feed.writable else self.backfill.wake_at()
         return wake if wake is not None and (best is None or wake < best) else best
@@ -529,7 +542,7 @@ class Replicator:
     def dropped(self, blocks: list[int]) -> None:
         """We no longer hold these blocks (evicted): tell every neighbour."""
         self.backfill.evicted += len(blocks)
-        for start, end in _runs(blocks):
+        for start, end in to_runs(blocks):
             for s in self.sessions:
                 s.announce_drop(start, end)
         self._consume_all()
@@ -721,14 +734,3 @@ class Replicator:
                 NeighbourStats(s.name, s.remote_is_writer, s.remote_length, replace(traffic))
             )
         return out
-
-
-def _runs(blocks: list[int]) -> list[tuple[int, int]]:
-    """Sorted block indexes as (start, end) runs."""
-    out: list[tuple[int, int]] = []
-    for b in sorted(blocks):
-        if out and out[-1][1] == b:
-            out[-1] = (out[-1][0], b + 1)
-        else:
-            out.append((b, b + 1))
-    return out
