@@ -143,10 +143,11 @@ async def _fetch(
             if idle >= settle and net.peers and not live and not net.replicator.inflight_blocks:
                 lost = net.nowhere(target)
                 if lost and lost == _lacking(feed, target):
+                    one = sum(e - b for b, e in lost) == 1
                     raise NetworkError(
-                        f"{describe_runs(lost)} of the stream exist on none of the {net.peers} "
-                        f"online peer(s) ({have}); run the same command again when a peer that "
-                        "holds them is online"
+                        f"{describe_runs(lost)} {'is' if one else 'are'} held by none of the "
+                        f"{net.peers} online peer(s) ({have}); run the same command again when "
+                        f"a peer that holds {'it' if one else 'them'} is online"
                     )
             if idle >= options.timeout and not live:
                 raise NetworkError(
