@@ -29,7 +29,7 @@ __all__ = [
 
 DEFAULT_KEEP = 3  # peers besides the broadcaster that should hold every block
 KEEP_ALL: None = None  # keep=None: fetch every block (a full copy) and never evict
-BACKFILL_INFLIGHT = 2  # backfill requests out at once: history never crowds out the live edge
+BACKFILL_INFLIGHT = 1  # backfill requests out at once: history never crowds out the live edge
 RESCAN_S = 1.0  # a pass that found nothing to fetch is not repeated sooner than this
 CANDIDATES = 32  # blocks handed to the scheduler per pass (it skips the ones it cannot place)
 
@@ -209,6 +209,16 @@ class Backfill:
             return []
         picks.sort()
         return [block for _, _, block in picks[:CANDIDATES]]
+
+    @property
+    def blocks(self) -> frozenset[int]:
+        """The blocks asked for as backfill and (as of the last `inflight`) still out."""
+        return frozenset(self._inflight)
+
+    def blocked(self, now: float, wait: float) -> None:
+        """Candidates existed but none could be asked for now (their holders refused or have
+        one of ours out): look again after `wait` rather than at every message."""
+        self._next_scan = now + wait
 
     def wake_at(self) -> float | None:
         """When the next pass may look again after one that found nothing (for the timer), or

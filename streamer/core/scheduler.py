@@ -466,14 +466,17 @@ class Replicator:
 
     def _request_backfill(self, now: float) -> None:
         """History the swarm holds fewest copies of, after everything else was asked for: at most
-        a couple of requests out, each to a peer we are asking nothing else of, so the live edge
-        and the playback window never wait behind it."""
+        a couple of requests out, one per peer; peers answer history only when nothing else waits
+        for their uplink (core.admission), so the live edge does not wait behind it."""
         plan = self.backfill
         if not plan.fetch or plan.inflight(self._inflight.__contains__) >= plan.max_inflight:
             return
         fork = self.feed.fork
-        idle = [s for s in self.sessions if s.is_open and not s.inflight and s.remote_fork == fork]
-        if not idle:
+        busy = {t for b in plan.blocks for t, _ in self._inflight.get(b, ())}
+        ready = [
+            s for s in self.sessions if self._capacity(s) and s.remote_fork == fork and s not in busy
+        ]
+        if not ready:
             return
         feed = self.feed
         candidates = plan.choose(
@@ -481,20 +484,24 @@ class Replicator:
             feed.length,
             feed.present_ranges(),
             self._neighbour_runs(),
-            [s.remote_has.runs() for s in idle],
+            [s.remote_has.runs() for s in self.sessions if s.is_open],
             self._inflight.__contains__,
         )
+        placed = False
         for block in candidates:
-            s = self._pick(block, now, idle)
+            s = self._pick(block, now, ready)
             if s is None:
                 continue
             out = s.request(now, block=block)
             self._inflight[block] = [(s, out)]
             self._mark_checks(out)
             plan.sent(block)
-            idle.remove(s)
-            if not idle or not plan.room():
+            placed = True
+            ready.remove(s)
+            if not ready or not plan.room():
                 return
+        if candidates and not placed:
+            plan.blocked(now, self.config.busy_backoff)  # the holders refused or are busy
 
     @property
     def inflight_blocks(self) -> int:
