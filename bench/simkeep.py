@@ -2,8 +2,8 @@
 same seed, once with viewers that fetch only what they watch (--keep 0) and once with history
 backfill until every block is held by K viewers (core.backfill), and a comparison of both.
 
-For each run it reports, when the broadcaster leaves (one segment after its last append, as it
-waits for its end marker), the share of blocks held by at least K live viewers and the rarest
+For each run it reports, when the broadcaster leaves (as `streamer broadcast` does: once none of
+its neighbours lacks a block it alone holds, at most --linger's 30 s after its end), the share of blocks held by at least K live viewers and the rarest
 block's copies; how long after its append each block first had K copies (p50, p95, slowest) and
 when every block had them; and the live-edge delay, stalls and uploads of simulate.py.
 """
@@ -18,6 +18,8 @@ from simulate import Simulation, percentile
 
 from streamer.core.backfill import Backfill
 from streamer.core.replication import BlockVerified, Event, Session
+
+LINGER_S = 30.0  # streamer broadcast --linger's default
 
 
 @dataclass
@@ -54,6 +56,8 @@ class KeepSimulation(Simulation):
         self.fetch_keep = fetch_keep
         self.copies = Copies(args.keep)
         self._gone: set[SimNode] = set()
+        self._last_append = 0.0
+        self.departed_after = float("nan")  # seconds after the last append
 
     def join(self) -> None:
         super().join()
@@ -82,9 +86,17 @@ class KeepSimulation(Simulation):
     def append(self) -> None:
         super().append()
         if len(self.appended) == self.args.history + int(self.args.seconds / self.args.segment):
+            self._last_append = self.net.now
             self.net.at(self.net.now + self.args.segment, self._departure)
 
     def _departure(self) -> None:
+        """The broadcaster's rule (streamer broadcast --linger): after its end marker, it leaves
+        once no block is only on its disk as its neighbours announced, or after LINGER_S."""
+        waited = self.net.now - self._last_append
+        if self.writer.rep.safety().only_here and waited < LINGER_S:
+            self.net.at(self.net.now + 0.1, self._departure)
+            return
+        self.departed_after = waited
         self.copies.at_departure = self.copies.snapshot(len(self.appended))
 
     def keep_report(self) -> dict[str, float]:
@@ -109,6 +121,7 @@ class KeepSimulation(Simulation):
             "lag_max": max(lags) if lags else float("nan"),
             "never_reached": never,
             "all_safe_after_end": all_safe,
+            "departed_after": self.departed_after,
             "backfill_requests": sum(v.node.rep.backfill.requested for v in self.viewers),
         }
 
@@ -116,6 +129,7 @@ class KeepSimulation(Simulation):
 def main(args: argparse.Namespace) -> int:
     """Run the swarm without and with backfill (same seed) and print both side by side."""
     rows = []
+    args.drain = max(args.drain, LINGER_S + args.segment)  # room for the broadcaster to linger
     for fetch in (0, args.keep):
         sim = KeepSimulation(args, fetch)
         report = sim.run()
@@ -131,7 +145,8 @@ def main(args: argparse.Namespace) -> int:
         what = "without backfill (--keep 0)" if fetch == 0 else f"with backfill (--keep {fetch})"
         print(f"{what}:")
         print(
-            f"  at the broadcaster's departure: {c['share_at_departure']:.1%} of blocks held by "
+            f"  at the broadcaster's departure ({c['departed_after']:.1f} s after its last "
+            f"append): {c['share_at_departure']:.1%} of blocks held by "
             f">= {k} viewers, rarest block {c['rarest_at_departure']} copies "
             f"(after the drain: {c['share_at_end']:.1%}, rarest {c['rarest_at_end']})"
         )

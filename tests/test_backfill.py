@@ -76,16 +76,16 @@ def test_requests_out_are_capped_and_an_empty_pass_waits_before_looking_again() 
     plan = Backfill(keep=1, fetch=True, max_inflight=2)
     src = [[(0, 10)]]
     assert plan.choose(0.0, 10, [], [], src, lambda b: False)
-    plan.sent(1)
-    plan.sent(2)
+    plan.sent(1, 0.0)
+    plan.sent(2, 0.0)
     assert plan.room() == 0 and plan.choose(0.0, 10, [], [], src, lambda b: False) == []
     assert plan.inflight(lambda b: b == 2) == 1 and plan.room() == 1
     # Everything is safe: nothing to fetch, and no new look for `rescan` seconds.
     assert plan.choose(1.0, 3, [], [[(0, 3)]], src, lambda b: False) == []
-    assert plan.wake_at() == 1.0 + plan.rescan
+    assert plan.wake_at(1.0) == 1.0 + plan.rescan and plan.wake_at(2.0) is None
     assert plan.choose(1.5, 3, [], [], src, lambda b: False) == []
     assert plan.choose(2.0, 3, [], [], src, lambda b: False) != []
-    assert plan.wake_at() is None
+    assert plan.wake_at(2.0) is None
 
 
 def test_safety_counts_a_viewers_own_copy_but_never_the_broadcasters() -> None:
@@ -141,7 +141,7 @@ def test_late_viewers_backfill_until_every_block_has_keep_copies(
     for i in range(10, 16):
         append(net, w, [block(i)])
         net.run(1)
-    net.run(5)
+    net.run(12)
     for v in viewers:
         assert held(v) == list(range(16))
         assert v.backfill.requested > 0
@@ -154,7 +154,7 @@ def test_late_viewers_backfill_until_every_block_has_keep_copies(
 
 def test_keep_two_of_three_viewers_stops_at_two_copies(make: Callable[..., Replicator]) -> None:
     net, w, viewers = _swarm(make, keep=2, history=12)
-    net.run(8)
+    net.run(14)
     copies = [sum(v.feed.has(i) for v in viewers) for i in range(12)]
     assert min(copies) >= 2
     assert sum(copies) < 3 * 12  # nobody fetched what two others already hold
@@ -176,7 +176,7 @@ def test_viewers_that_opt_out_leave_history_only_on_the_broadcaster(
 
 def test_an_evicted_block_is_announced_gone(make: Callable[..., Replicator]) -> None:
     net, w, viewers = _swarm(make, keep=3)
-    net.run(5)
+    net.run(12)
     a, b = viewers[0], viewers[1]
     link = next(x for x in net.links if x.ra is a and x.rb is b)
     assert 3 in link.b.remote_has
@@ -192,7 +192,7 @@ def test_an_evicted_block_is_announced_gone(make: Callable[..., Replicator]) -> 
     # With room again it does.
     a.backfill.full = False
     a.schedule(net.now)
-    net.run(3)
+    net.run(5)
     assert a.feed.has(3) and a.feed.has(4)
 
 
@@ -200,7 +200,7 @@ def test_an_evicted_block_stays_gone_after_reopening_and_the_rest_verifies(
     make: Callable[..., Replicator],
 ) -> None:
     net, w, viewers = _swarm(make, keep=3)
-    net.run(5)
+    net.run(12)
     feed = viewers[0].feed
     before = feed.held_bytes()  # type: ignore[attr-defined]
     assert before == w.feed.byte_length

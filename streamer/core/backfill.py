@@ -30,6 +30,7 @@ __all__ = [
 DEFAULT_KEEP = 3  # peers besides the broadcaster that should hold every block
 KEEP_ALL: None = None  # keep=None: fetch every block (a full copy) and never evict
 BACKFILL_INFLIGHT = 1  # backfill requests out at once: history never crowds out the live edge
+PACE_S = 1.0  # at most one backfill request per this many seconds (about one block per segment)
 RESCAN_S = 1.0  # a pass that found nothing to fetch is not repeated sooner than this
 CANDIDATES = 32  # blocks handed to the scheduler per pass (it skips the ones it cannot place)
 
@@ -148,6 +149,7 @@ class Backfill:
         fetch: bool = False,
         max_inflight: int = BACKFILL_INFLIGHT,
         rescan: float = RESCAN_S,
+        pace: float = PACE_S,
         seed: int | None = None,
     ) -> None:
         if keep is not None and keep < 0:
@@ -156,6 +158,7 @@ class Backfill:
         self.fetch = fetch and keep != 0
         self.max_inflight = max_inflight
         self.rescan = rescan
+        self.pace = pace
         self.requested = 0  # backfill requests sent over the node's life
         self.evicted = 0  # blocks evicted from the store over the node's life
         self.full = False  # the store is at its bound: fetch no more history (the adapter sets it)
@@ -220,17 +223,20 @@ class Backfill:
         one of ours out): look again after `wait` rather than at every message."""
         self._next_scan = now + wait
 
-    def wake_at(self) -> float | None:
-        """When the next pass may look again after one that found nothing (for the timer), or
-        None: announcements that arrive meanwhile are then looked at without waiting for input."""
-        if not self.fetch or self.full or self._next_scan == float("-inf"):
+    def wake_at(self, now: float) -> float | None:
+        """When the next pass may look again after one that found nothing (for the timer, so that
+        announcements that arrive meanwhile are looked at without waiting for input); None when
+        no such pass is pending after `now`."""
+        if not self.fetch or self.full or self._next_scan <= now:
             return None
         return self._next_scan
 
-    def sent(self, block: int) -> None:
-        """The scheduler asked a peer for `block` as backfill."""
+    def sent(self, block: int, now: float) -> None:
+        """The scheduler asked a peer for `block` as backfill: the next may go `pace` seconds
+        later at the soonest, so history trickles through spare capacity instead of bursting."""
         self._inflight.add(block)
         self.requested += 1
+        self._next_scan = max(self._next_scan, now + self.pace)
 
     def room(self) -> int:
         return max(0, self.max_inflight - len(self._inflight))

@@ -471,14 +471,26 @@ class Replicator:
         plan = self.backfill
         if not plan.fetch or plan.inflight(self._inflight.__contains__) >= plan.max_inflight:
             return
-        fork = self.feed.fork
+        if any(now >= out.check_at for e in self._inflight.values() for _, out in e):
+            return  # a request of ours is late: the swarm around us has no capacity to spare
+        feed, fork = self.feed, self.feed.fork
         busy = {t for b in plan.blocks for t, _ in self._inflight.get(b, ())}
+        # The broadcaster's uplink carries the first copy of each new block: history waits until
+        # that copy is out (we or a viewer neighbour hold the newest block).
+        newest = feed.length - 1
+        writer_ok = feed.has(newest) or any(
+            newest in s.remote_has for s in self.sessions if not s.remote_is_writer
+        )
         ready = [
-            s for s in self.sessions if self._capacity(s) and s.remote_fork == fork and s not in busy
+            s
+            for s in self.sessions
+            if self._capacity(s)
+            and s.remote_fork == fork
+            and s not in busy
+            and (writer_ok or not s.remote_is_writer)
         ]
         if not ready:
             return
-        feed = self.feed
         candidates = plan.choose(
             now,
             feed.length,
@@ -495,7 +507,7 @@ class Replicator:
             out = s.request(now, block=block)
             self._inflight[block] = [(s, out)]
             self._mark_checks(out)
-            plan.sent(block)
+            plan.sent(block, now)
             placed = True
             ready.remove(s)
             if not ready or not plan.room():
@@ -514,7 +526,7 @@ class Replicator:
         return unavailable_runs(min(end, self.feed.length), self.feed.present_ranges(), holders)
 
     def _backfill_timer(self, best: float | None) -> float | None:
-        wake = None if self.feed.writable else self.backfill.wake_at()
+        wake = None if self.feed.writable else self.backfill.wake_at(self._now)
         return wake if wake is not None and (best is None or wake < best) else best
 
     def safety(self) -> Safety:
