@@ -465,9 +465,10 @@ class Replicator:
         return [s.remote_has.runs() for s in self.sessions if s.is_open and not s.remote_is_writer]
 
     def _request_backfill(self, now: float) -> None:
-        """History the swarm holds fewest copies of, after everything else was asked for: at most
-        a couple of requests out, one per peer; peers answer history only when nothing else waits
-        for their uplink (core.admission), so the live edge does not wait behind it."""
+        """History the swarm holds fewest copies of, after everything else was asked for, paced
+        and capped by the Backfill policy, one request per peer, none while a request of ours is
+        late; peers answer history only when nothing else waits for their uplink
+        (core.admission), so the live edge does not wait behind it."""
         plan = self.backfill
         if not plan.fetch or plan.inflight(self._inflight.__contains__) >= plan.max_inflight:
             return
