@@ -29,6 +29,7 @@ from viewer.netsource import (
     wait_for_stream,
 )
 from viewer.server import PlayerServer
+from viewer.store import StoreKeeper
 
 log = logging.getLogger("viewer.watch")
 
@@ -47,6 +48,8 @@ class WatchOptions:
     max_peers: int = 6
     ice: str | None = None  # --ice: STUN/TURN servers (None: the environment's or the hub's)
     hub_ca: str | None = None  # --hub-ca: a private CA for an https hub
+    keep: int | None = 3  # peers besides the broadcaster that should hold each block (None: all)
+    max_store: int | None = None  # bytes kept on disk (None: no bound)
 
 
 def check_options(options: WatchOptions) -> None:
@@ -58,6 +61,8 @@ def check_options(options: WatchOptions) -> None:
         raise UsageError(f"--max-peers {options.max_peers} is out of range; use 1-64")
     if options.at is not None and options.at < 0:
         raise UsageError("--at is seconds from the start of the stream; give 0 or more")
+    if options.keep is not None and options.keep < 0:
+        raise UsageError("--keep must be 0 (opt out), a positive number of peers, or 'all'")
 
 
 async def watch(
@@ -93,11 +98,14 @@ async def _watch(
     )
     source = NetworkSource(net)
     server = PlayerServer(source, port=options.port)
+    keeper = StoreKeeper(net, options.keep, options.max_store, say=status)
     try:
         await net.start()
+        keeper.start()
         # Our own disk failing ends the watch at once with its message, whatever it was doing.
         await until_failed(net, _play(key, net, source, server, options, stop, on_ready, status))
     finally:
+        await keeper.stop()
         await server.stop()  # also closes the source: the replicator, the swarm and the feed
     net.raise_if_failed()
 
