@@ -315,7 +315,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=10.0, help="seconds simulated after the end")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--png", type=Path, default=Path(__file__).parent / "out" / "simulate.png")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=0,
+        help="K > 0: run the swarm twice, without and with history backfill to K copies, and "
+        "compare (bench/simkeep.py)",
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="with --keep: blocks appended before the first viewer joins (history nobody watched)",
+    )
     args = parser.parse_args(argv)
+    if args.keep:
+        from simkeep import main as keep_main
+
+        return keep_main(args)
     if args.viewers < 1 or args.seconds <= 0 or args.bitrate <= 0 or args.upload <= 0:
         parser.error("viewers, seconds, bitrate and upload must be positive")
 

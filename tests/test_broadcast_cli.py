@@ -184,6 +184,7 @@ BAD_OPTIONS = [
     (["--timeout", "5"], "--timeout is how long --listen waits for a publisher; add --listen"),
     (["--listen"], "--listen takes rtmp://HOST:PORT/APP/KEY"),
     (["--copy", "--size", "320x180"], "--copy keeps the input's pictures as they are"),
+    (["--linger", "-1"], "--linger -1 is out of range"),
     (["--loop"], None),
     (["--audio", "hw:0"], None),
 ]

@@ -1,7 +1,8 @@
 """The swarm membership rules of streamer.core.membership on a virtual clock, one test per rule:
-signaling validation, who offers, the neighbour bound, making room (cooldown, never the writer if
-another will do), asking for room while isolated, bans and their expiry, the announce schedule,
-and the exact shape of every signaling message."""
+signaling validation and proofs, who offers, the neighbour bound, making room (only for an
+announced isolated newcomer, only once it connected, never stranding a neighbour, cooldowns per
+node and per newcomer, never the writer if another will do), asking for room while isolated,
+bans and their expiry, the announce schedule, and the exact shape of every signaling message."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import random
 
 import pytest
 
+from streamer.core import crypto
 from streamer.core.membership import (
     EVICT_COOLDOWN_S,
+    HEARD_S,
     ISOLATED_RETRY_S,
     MAX_BANNED,
     MAX_FULL_NODES,
     MAX_SDP,
+    ROOM_HOLD_S,
+    SENDER_EVICT_COOLDOWN_S,
     Answer,
     CancelDial,
     Dial,
@@ -24,10 +29,12 @@ from streamer.core.membership import (
     Ignored,
     Membership,
     Post,
+    Refused,
     answer_message,
     bye_message,
     offer_message,
 )
+from streamer.core.signal import SignalAuth, Verdict
 
 ME = "5" * 32
 LOW = "1" * 32  # offers to ME
@@ -175,73 +182,205 @@ def test_known_neighbours_are_not_dialled_again():
 # -- making room ----------------------------------------------------------------------------------
 
 
-def test_a_full_node_asked_to_make_room_evicts_one_neighbour_and_takes_the_newcomer():
+def announced(m: Membership, peer: str, n: int, now: float) -> list:
+    """`peer` broadcast "hello, I have n neighbours" at `now`."""
+    return m.signal(msg("hello", peer, n=n), now)
+
+
+def full_with_paths(m: Membership, *peers: str, writer: str | None = None, now: float = 90.0):
+    """Neighbours `peers`, each of which said it has another neighbour besides us."""
+    fill(m, *peers, writer=writer)
+    for p in peers:
+        announced(m, p, 2, now)
+
+
+def evictions(actions: list) -> list:
+    return [a for a in actions if isinstance(a, Evict)]
+
+
+def ask(m: Membership, newcomer: str, now: float) -> list:
+    """`newcomer` announces itself isolated, then asks us for room."""
+    announced(m, newcomer, 0, now - 1.0)
+    return m.signal(to_me("hello", newcomer, n=0, evict=True), now)
+
+
+def test_a_full_node_makes_room_only_once_the_newcomer_connected():
     m = node()
-    fill(m, *OTHERS[:2])
+    full_with_paths(m, *OTHERS[:2])
     m.announced(99.0)
-    actions = m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 100.0)
-    assert len(actions) == 2
-    assert isinstance(actions[0], Evict) and actions[0].peer in OTHERS[:2]
-    assert actions[1] == Dial(OTHERS[9])
-    assert actions[0].peer not in m.neighbours
+    # Room is promised, not made: the newcomer is dialled one over the bound.
+    assert ask(m, OTHERS[9], 100.0) == [Dial(OTHERS[9])]
+    assert set(m.neighbours) == set(OTHERS[:2])
+    actions = m.connected(OTHERS[9], False)
+    m.dial_ended(OTHERS[9])
+    [evict] = evictions(actions)
+    assert evict.peer in OTHERS[:2]
+    # The neighbours left hear our count (an addressed hello with n), the evicted one does not.
+    reports = [a for a in actions if isinstance(a, Post)]
+    assert {p.to for p in reports} == set(m.neighbours)
+    assert all(p.message == {"type": "hello", "to": p.to, "n": 2} for p in reports)
+    assert evict.peer not in m.neighbours and len(m.neighbours) == 2
     # The evicted node's channel closes later; that is not a disconnect to announce for.
-    m.disconnected(actions[0].peer)
+    m.disconnected(evict.peer)
     assert m.announce_deadline() != -math.inf
 
 
-def test_making_room_has_a_cooldown():
-    m = node(max_peers=1)
-    fill(m, OTHERS[0])
-    assert m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 100.0)[0] == Evict(OTHERS[0])
-    m.connected(OTHERS[9], False)
-    m.dial_ended(OTHERS[9])
-    # Within the cooldown: no eviction; it hears we are full, so it can ask someone else.
-    assert m.signal(to_me("hello", OTHERS[10], n=0, evict=True), 100.0 + EVICT_COOLDOWN_S - 0.1) == [
-        Post(OTHERS[10], {"type": "full", "to": OTHERS[10]})
+def test_a_newcomer_that_never_connects_costs_no_neighbour():
+    m = node()
+    full_with_paths(m, *OTHERS[:2])
+    assert ask(m, OTHERS[9], 100.0) == [Dial(OTHERS[9])]
+    m.dial_ended(OTHERS[9])  # it never answered
+    assert set(m.neighbours) == set(OTHERS[:2])
+    assert not m.has_room_for(OTHERS[9], 101.0)
+
+
+def test_a_promise_to_a_lower_id_waits_for_its_offer_for_a_while():
+    m = node()
+    full_with_paths(m, *OTHERS[:2])
+    assert ask(m, LOW, 100.0) == [Post(LOW, {"type": "hello", "to": LOW})]
+    assert m.signal(to_me("offer", LOW, sdp="v=0"), 100.0 + ROOM_HOLD_S - 1) == [Dial(LOW, "v=0")]
+    m.dial_ended(LOW)
+    m2 = node()
+    full_with_paths(m2, *OTHERS[:2])
+    ask(m2, LOW, 100.0)
+    assert m2.signal(to_me("offer", LOW, sdp="v=0"), 100.0 + ROOM_HOLD_S) == [
+        Post(LOW, {"type": "reject", "to": LOW})
     ]
-    assert OTHERS[9] in m.neighbours
-    actions = m.signal(to_me("hello", OTHERS[10], n=0, evict=True), 100.0 + EVICT_COOLDOWN_S)
-    assert actions == [Evict(OTHERS[9]), Dial(OTHERS[10])]
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [],  # never announced itself
+        [("hello", 1)],  # announced it has a neighbour: not isolated
+        [("old", 0)],  # announced too long ago
+    ],
+)
+def test_room_only_for_a_newcomer_that_announced_itself_isolated(history):
+    m = node()
+    full_with_paths(m, *OTHERS[:2])
+    for kind, n in history:
+        announced(m, OTHERS[9], n, 100.0 - (HEARD_S + 1 if kind == "old" else 1))
+    assert m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 100.0) == [
+        Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})
+    ]
+
+
+@pytest.mark.parametrize("their_count", [None, 0, 1])
+def test_a_neighbour_without_another_path_is_never_evicted(their_count):
+    m = node()
+    fill(m, *OTHERS[:2])
+    if their_count is not None:
+        for p in OTHERS[:2]:
+            announced(m, p, their_count, 90.0)
+    assert ask(m, OTHERS[9], 100.0) == [Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})]
+    assert set(m.neighbours) == set(OTHERS[:2])
+
+
+def test_making_room_has_a_cooldown_and_one_promise_at_a_time():
+    m = node(max_peers=1)
+    full_with_paths(m, OTHERS[0])
+    assert ask(m, OTHERS[9], 100.0) == [Dial(OTHERS[9])]
+    # A second newcomer while the first one is still connecting: no second promise.
+    assert ask(m, OTHERS[10], 100.5) == [Post(OTHERS[10], {"type": "full", "to": OTHERS[10]})]
+    assert evictions(m.connected(OTHERS[9], False)) == [Evict(OTHERS[0])]
+    m.dial_ended(OTHERS[9])
+    announced(m, OTHERS[9], 2, 101.0)
+    # Within the cooldown: no promise; it hears we are full, so it can ask someone else.
+    late = 100.0 + EVICT_COOLDOWN_S - 0.1
+    assert ask(m, OTHERS[10], late) == [Post(OTHERS[10], {"type": "full", "to": OTHERS[10]})]
+    assert ask(m, OTHERS[10], 100.0 + EVICT_COOLDOWN_S) == [Dial(OTHERS[10])]
+
+
+def test_one_newcomer_gets_room_at_most_once_per_sender_cooldown():
+    m = node(max_peers=1)
+    full_with_paths(m, OTHERS[0])
+    assert ask(m, OTHERS[9], 100.0) == [Dial(OTHERS[9])]
+    m.dial_ended(OTHERS[9])  # it did not connect, and asks again and again
+    for t in (110.0, 130.0, 100.0 + SENDER_EVICT_COOLDOWN_S - 1):
+        assert ask(m, OTHERS[9], t) == [Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})]
+    assert ask(m, OTHERS[9], 100.0 + SENDER_EVICT_COOLDOWN_S) == [Dial(OTHERS[9])]
 
 
 def test_only_an_addressed_hello_can_ask_for_room():
     m = node()
-    fill(m, *OTHERS[:2])
-    assert m.signal(msg("hello", OTHERS[9], n=0, evict=True), 0.0) == [
+    full_with_paths(m, *OTHERS[:2])
+    assert m.signal(msg("hello", OTHERS[9], n=0, evict=True), 100.0) == [
         Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})
     ]
-    assert m.signal(to_me("hello", OTHERS[9], n=0, evict="yes"), 0.0) == [
-        Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})
-    ]
+    # Not a request for room (evict is not true): read as a count report from a non-neighbour.
+    assert m.signal(to_me("hello", OTHERS[9], n=0, evict="yes"), 100.0) == []
     assert len(m.neighbours) == 2
 
 
 def test_a_node_with_room_does_not_evict():
     m = node(max_peers=3)
-    fill(m, *OTHERS[:2])
-    assert m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 0.0) == [Dial(OTHERS[9])]
+    full_with_paths(m, *OTHERS[:2])
+    assert m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 100.0) == [Dial(OTHERS[9])]
+    assert evictions(m.connected(OTHERS[9], False)) == []
+    assert len(m.neighbours) == 3
 
 
 def test_a_full_node_that_is_only_dialling_has_nobody_to_evict():
     m = node(max_peers=1)
     m.signal(msg("hello", OTHERS[0]), 0.0)
-    assert m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 0.0) == [
-        Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})
-    ]
+    assert ask(m, OTHERS[9], 10.0) == [Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})]
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_the_writer_is_never_evicted_if_another_neighbour_will_do(seed):
     m = node(max_peers=3, rng=random.Random(seed))
-    fill(m, *OTHERS[:3], writer=OTHERS[1])
-    actions = m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 0.0)
-    assert isinstance(actions[0], Evict) and actions[0].peer != OTHERS[1]
+    full_with_paths(m, *OTHERS[:3], writer=OTHERS[1])
+    assert ask(m, OTHERS[9], 100.0) == [Dial(OTHERS[9])]
+    [evict] = evictions(m.connected(OTHERS[9], False))
+    assert evict.peer != OTHERS[1]
 
 
-def test_the_writer_is_evicted_when_it_is_the_only_neighbour():
+def test_the_writer_is_evicted_when_it_is_the_only_neighbour_with_another_path():
     m = node(max_peers=1)
-    fill(m, OTHERS[0], writer=OTHERS[0])
-    assert m.signal(to_me("hello", OTHERS[9], n=0, evict=True), 0.0)[0] == Evict(OTHERS[0])
+    full_with_paths(m, OTHERS[0], writer=OTHERS[0])
+    assert ask(m, OTHERS[9], 100.0) == [Dial(OTHERS[9])]
+    assert evictions(m.connected(OTHERS[9], False)) == [Evict(OTHERS[0])]
+
+
+def test_neighbours_report_their_count_and_a_report_makes_a_neighbour_evictable():
+    m = node()
+    fill(m, *OTHERS[:2])
+    assert ask(m, OTHERS[9], 100.0) == [Post(OTHERS[9], {"type": "full", "to": OTHERS[9]})]
+    # OTHERS[0] tells us (addressed hello with n) it has two neighbours now.
+    assert m.signal(to_me("hello", OTHERS[0], n=2), 101.0) == []
+    assert m.neighbour_count(OTHERS[0]) == 2
+    assert ask(m, OTHERS[10], 110.0) == [Dial(OTHERS[10])]
+    assert evictions(m.connected(OTHERS[10], False)) == [Evict(OTHERS[0])]
+    # A report from a peer that is not a neighbour changes nothing.
+    assert m.signal(to_me("hello", OTHERS[20], n=3), 111.0) == []
+    assert m.neighbour_count(OTHERS[20]) is None
+    # Losing a neighbour: the others hear the new count.
+    assert m.disconnected(OTHERS[1]) == [Post(OTHERS[10], {"type": "hello", "to": OTHERS[10], "n": 1})]
+
+
+# -- proofs (core.signal) -------------------------------------------------------------------------
+
+
+def test_with_auth_only_messages_with_a_valid_proof_count():
+    key = bytes(range(32))
+    dk = crypto.discovery_key(key)
+    ours = SignalAuth(key, dk)
+    m = Membership(ours.peer_id, max_peers=2, auth=ours)
+    wall = 1_700_000_000_000
+    theirs = SignalAuth(key, dk)
+    hello = theirs.seal({"type": "hello", "n": 1}, wall, "0000000000000001")
+    assert m.signal({"type": "hello", "from": theirs.peer_id, "n": 1}, 0.0, wall) == [
+        Refused(Verdict.NO_PROOF)
+    ]
+    assert m.signal({**hello, "n": 0}, 0.0, wall) == [Refused(Verdict.BAD_MAC)]
+    actions = m.signal(hello, 0.0, wall + 1000)
+    assert actions and not isinstance(actions[0], Refused)
+    assert m.signal(hello, 0.0, wall + 2000) == [Refused(Verdict.REPLAY)]
+    late = theirs.seal({"type": "bye"}, wall, "0000000000000002")
+    assert m.signal(late, 0.0, wall + 90_000) == [Refused(Verdict.STALE, 90.0)]
+    outsider = SignalAuth(bytes(32), dk).seal({"type": "hello", "n": 0}, wall, "0000000000000003")
+    assert m.signal(outsider, 0.0, wall) == [Refused(Verdict.BAD_MAC)]
 
 
 # -- asking for room while isolated ---------------------------------------------------------------

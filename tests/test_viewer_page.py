@@ -204,6 +204,7 @@ async def test_a_finished_stream_plays_from_its_start_and_shows_stats(
     await s.until("document.getElementById('s-blocks').textContent === '12 / 12'")
     assert await s.page.text_content("#live") == "ENDED"
     assert (await s.page.text_content("#s-peers")) == "0"
+    assert (await s.page.text_content("#s-safe")) == "–"  # no swarm: no copies to count
     await s.js("player.video.currentTime = 9.5")
     await s.until("player.video.ended", timeout=5)
 

@@ -31,12 +31,14 @@ from streamer.broadcast import (
 )
 from streamer.commands.status import show_status
 from streamer.core import keyfile, storage
+from streamer.core.backfill import describe_runs
 from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import SECRET_KEY_FILE, Feed
 from streamer.core.names import validate_name
 from streamer.hub import HubServer, start_hub
 from streamer.media.passthrough import COPY_PRESET
 from streamer.media.sources import TEST_FPS, TEST_SIZE, open_source, parse_source
+from streamer.net.aio import run_until
 from streamer.net.hubclient import HubClient
 from streamer.net.loop import run as run_loop
 from streamer.net.replicator import NetworkReplicator
@@ -55,11 +57,13 @@ BITRATE_RANGE = (50_000, 50_000_000)
 @dataclass(frozen=True)
 class SwarmPlan:
     """How the broadcaster joins its swarm: through `hub` (None: an embedded hub), signing with
-    `secret_key`, registering `name` if given."""
+    `secret_key`, registering `name` if given; `ice` and `hub_ca` as --ice and --hub-ca."""
 
     hub: str | None
     secret_key: bytes
     name: str | None
+    ice: str | None = None
+    hub_ca: str | None = None
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -141,6 +145,8 @@ def parse_options(args: argparse.Namespace) -> BroadcastOptions:
         stats_path=stats_path,
         copy=True if args.copy else False if args.reencode else None,
     )
+
+LINGER_DEFAULT_S = 30.0  # --linger: how long to wait for blocks held by no viewer yet
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -229,12 +235,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="signaling hub URL (default: an embedded hub on 127.0.0.1, port 8000 when free)",
     )
     parser.add_argument(
+        "--hub-ca", metavar="FILE", default=None,
+        help="PEM certificate of the private CA that signed an https hub's certificate",
+    )
+    parser.add_argument(
+        "--ice", metavar="SERVERS", default=None,
+        help="STUN/TURN servers as in $SWARMCAST_ICE_SERVERS, or 'none' (default: "
+        "$SWARMCAST_ICE_SERVERS, else the hub's)",
+    )
+    parser.add_argument(
         "--name",
         metavar="NAME",
         help="register a stream name on the hub (signed by the stream key; first come, first served)",
     )
     parser.add_argument(
         "--stats", metavar="FILE", help="rewrite a JSON stats snapshot here every second"
+    )
+    parser.add_argument(
+        "--linger",
+        metavar="S",
+        help="after the end, stay up to S seconds while some blocks exist only on this disk, "
+        f"so the viewers can fetch them (default {LINGER_DEFAULT_S:g}; Ctrl-C again leaves now)",
     )
     parser.set_defaults(func=run)
 
@@ -268,6 +289,9 @@ def run(args: argparse.Namespace) -> int:
         if args.no_swarm:
             raise UsageError("--name is registered on a hub; it does not go with --no-swarm")
         validate_name(args.name)
+    linger = (
+        parse_seconds("--linger", args.linger, 0.0) if args.linger is not None else LINGER_DEFAULT_S
+    )
 
     feed: Feed | None = None
     resume = None
@@ -328,17 +352,48 @@ def run(args: argparse.Namespace) -> int:
             settings.segment,
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)
-        swarm_plan = None if args.no_swarm else SwarmPlan(args.hub, secret_key, args.name)
+        swarm_plan = None if args.no_swarm else SwarmPlan(
+            args.hub, secret_key, args.name, args.ice, args.hub_ca
+        )
         total = None
         if options.fast and source.duration:
             total = min(source.duration, options.duration or source.duration)
-        run_loop(_broadcast(broadcaster, swarm_plan, total))
+        run_loop(_broadcast(broadcaster, swarm_plan, total, linger))
         log.info(
             "stream ended: %d blocks, %.2f s of stream time",
             feed.length,
             broadcaster.pipeline.end_time,
         )
     return 0
+
+
+async def _linger(replicator: NetworkReplicator, linger: float, leave_now: asyncio.Event) -> None:
+    """Before leaving: let the neighbours fetch the last segment and the end marker, then stay up
+    to `linger` seconds while some blocks exist only on this disk (no neighbour announced them),
+    and say so in one line if some still do when we go."""
+    if replicator.peers:
+        await run_until(replicator.wait_served(min(LINGER_S, linger)), leave_now)
+    deadline = asyncio.get_running_loop().time() + linger
+    only = replicator.replicator.safety().only_here
+    if only and replicator.peers and linger > 0 and not leave_now.is_set():
+        log.info(
+            "%s exist only on this disk; staying up to %g s until viewers hold them "
+            "(Ctrl-C again to leave now)",
+            describe_runs(only),
+            linger,
+        )
+    while only and replicator.peers and not leave_now.is_set():
+        if asyncio.get_running_loop().time() >= deadline:
+            break
+        # Viewers' announcements arrive as peer messages, which no single event here signals.
+        await run_until(asyncio.sleep(0.25), leave_now)
+        only = replicator.replicator.safety().only_here
+    if only:
+        log.warning(
+            "warning: leaving while %s exist only on this disk: no viewer holds them, so the "
+            "swarm loses them unless this feed is seeded (viewer seed) or broadcast again",
+            describe_runs(only),
+        )
 
 
 def _stored_secret_key(feed_dir: Path) -> bytes:
@@ -366,9 +421,11 @@ async def _go_live(
         [hub],
         max_peers=WRITER_MAX_PEERS,
         writer_secret_key=secret_key,
+        ice_servers=plan.ice,
+        hub_ca=plan.hub_ca,
     )
     if name is not None:
-        async with HubClient([hub]) as client:
+        async with HubClient([hub], ca_file=plan.hub_ca) as client:
             await client.register_name(name, secret_key)
         log.info("registered the name %r on %s", name, hub)
     replicator = NetworkReplicator(feed, swarm)
@@ -383,13 +440,20 @@ async def _go_live(
 
 
 async def _broadcast(
-    broadcaster: Broadcaster, swarm_plan: SwarmPlan | None, import_total: float | None = None
+    broadcaster: Broadcaster,
+    swarm_plan: SwarmPlan | None,
+    import_total: float | None = None,
+    linger: float = LINGER_DEFAULT_S,
 ) -> None:
     """Run the broadcast (and its swarm) with a progress display; `import_total`: the seconds a
     --fast import will take, for its progress bar."""
     loop = asyncio.get_running_loop()
+    leave_now = asyncio.Event()
 
     def on_signal() -> None:
+        if broadcaster.state is BroadcastState.ENDED:
+            leave_now.set()  # a second Ctrl-C while lingering
+            return
         if broadcaster.state is BroadcastState.STOPPING:
             return
         log.info("stopping: flushing the last segment")
@@ -411,9 +475,8 @@ async def _broadcast(
         status = asyncio.create_task(show_status(broadcaster.snapshot, import_total))
         await broadcaster.run()
         status.cancel()
-        if replicator is not None and replicator.peers:
-            # Give the neighbours a moment to fetch the last segment and the end marker.
-            await replicator.wait_served(LINGER_S)
+        if replicator is not None:
+            await _linger(replicator, linger, leave_now)
     finally:
         if status is not None:
             status.cancel()

@@ -487,6 +487,11 @@ class Session:
         if self._state == _OPEN and start < end:
             self._queue(Range(start, end - start))
 
+    def announce_drop(self, start: int, end: int) -> None:
+        """Tell the peer we no longer hold blocks start..end-1 (evicted from a bounded store)."""
+        if self._state == _OPEN and start < end:
+            self._queue(Range(start, end - start, drop=True))
+
     def announce_length(self) -> None:
         """Tell the peer our signed length if it grew since we last did."""
         feed = self._feed

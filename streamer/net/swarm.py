@@ -17,15 +17,15 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCIceServer
 
+from streamer.core import crypto
 from streamer.core.errors import ChannelClosed, HandshakeFailed, NetworkError
 from streamer.core.handshake import Handshaker
 from streamer.core.membership import (
-    PEER_ID,
     Action,
     Answer,
     CancelDial,
@@ -34,17 +34,23 @@ from streamer.core.membership import (
     Ignored,
     Membership,
     Post,
+    Refused,
     answer_message,
     bye_message,
     offer_message,
 )
+from streamer.core.signal import SignalAuth, Verdict
 from streamer.net.channel import MessageChannel
 from streamer.net.hubclient import HubClient, Subscription
-from streamer.net.rtc import RtcPeer, ice_servers_from_env, parse_ice_servers
+from streamer.net.iceservers import IceServers, user_ice_servers
+from streamer.net.rtc import RtcPeer
 
 log = logging.getLogger(__name__)
 
 APP = "swarmcast"
+# An offer unanswered this long is given up and its slot reused: the answerer only gathers its
+# candidates (at most 5 s, aioice's limit) before it answers.
+ANSWER_TIMEOUT_S = 8.0
 HUB_POLL_S = 0.5  # how often the hub stream open count is checked to notice a reconnect
 
 ConnectionCallback = Callable[[MessageChannel], Awaitable[None] | None]
@@ -58,6 +64,8 @@ class SwarmStats:
     handshakes_failed: int = 0  # peers that did not prove the feed key (banned for a while)
     dials_failed: int = 0  # offers unanswered, bad SDP, ICE failures, peers gone mid-way
     hub_messages_ignored: int = 0  # malformed or misaddressed signaling messages
+    signals_refused: int = 0  # signaling messages without a valid proof (forged, stale, replayed)
+    signals_refused_by: dict[str, int] = field(default_factory=dict)  # by Verdict value
     closed_bytes_sent: int = 0  # payload bytes of neighbours already gone (live ones: conn.stats)
     closed_bytes_received: int = 0
 
@@ -80,28 +88,35 @@ class Swarm:
         ice_servers: list[RTCIceServer] | str | None = None,
         announce_interval: float = 10.0,
         connect_timeout: float = 15.0,
+        answer_timeout: float = ANSWER_TIMEOUT_S,
         handshake_timeout: float = 10.0,
         ban_seconds: float = 60.0,
-        peer_id: str | None = None,
+        identity: crypto.KeyPair | None = None,
+        hub_ca: str | None = None,
     ) -> None:
+        """`ice_servers`: a list, or a spec as in SWARMCAST_ICE_SERVERS ("none" for no servers);
+        None takes $SWARMCAST_ICE_SERVERS, and when that is unset too, the hub's (GET /v1/ice).
+        `hub_ca`: a PEM file of the private CA of https hubs. `identity`: the node's signaling
+        key pair (a fresh one by default); the peer id is its hash."""
         if len(topic) != 32 or len(feed_key) != 32:
             raise ValueError("topic and feed key must be 32 bytes each")
         if writer_secret_key is not None and writer_secret_key[32:] != feed_key:
             raise ValueError("the writer secret key does not belong to this feed key")
         if not hubs:
             raise ValueError("a swarm needs at least one hub URL")
-        if peer_id is not None and not PEER_ID.fullmatch(peer_id):
-            raise ValueError("a peer id is 32 lowercase hex digits")
-        # Random per node (and per run), so ids say nothing about who is behind them.
-        self.peer_id = peer_id or secrets.token_hex(16)
+        # A fresh signaling key per node and per run, so ids say nothing about who is behind
+        # them; the id is the key's hash, so nobody can sign messages in another node's name.
+        self._auth = SignalAuth(feed_key, topic, identity)
+        self.peer_id = self._auth.peer_id
         self.topic = topic
         self.stats = SwarmStats()
         self._feed_key = feed_key
         self._writer_secret_key = writer_secret_key
-        if isinstance(ice_servers, str):
-            ice_servers = parse_ice_servers(ice_servers)
-        self._ice_servers = ice_servers if ice_servers is not None else ice_servers_from_env()
+        user_servers = (
+            ice_servers if isinstance(ice_servers, list) else user_ice_servers(ice_servers)
+        )
         self._connect_timeout = connect_timeout
+        self._answer_timeout = min(answer_timeout, connect_timeout)
         self._handshake_timeout = handshake_timeout
         self._ban_seconds = ban_seconds
         self._membership = Membership(
@@ -109,8 +124,10 @@ class Swarm:
             max_peers=max_peers,
             ban_seconds=ban_seconds,
             announce_interval=announce_interval,
+            auth=self._auth,
         )
-        self._hub = HubClient(hubs)
+        self._hub = HubClient(hubs, ca_file=hub_ca)
+        self._ice = IceServers(user_servers, self._hub.ice)
         self._dk = topic.hex()
         self._peers: dict[str, MessageChannel] = {}
         self._dialing: dict[str, asyncio.Task[None]] = {}
@@ -125,6 +142,7 @@ class Swarm:
         self._joined = False
         self._leaving = False
         self._post_failing = False
+        self._refusals_logged: set[Verdict] = set()
 
     # -- public surface ------------------------------------------------------------------------
 
@@ -175,7 +193,7 @@ class Swarm:
         self._spawn(self._listen(subscription))
         with contextlib.suppress(asyncio.TimeoutError):
             # A hub that is down now is retried in the background; joining does not wait for it.
-            await subscription.wait_connected(5.0)
+            await asyncio.gather(subscription.wait_connected(5.0), self._ice.wait_ready(5.0))
         self._spawn(self._watch_hubs(subscription))
         self._spawn(self._announce_loop())
 
@@ -195,6 +213,7 @@ class Swarm:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._ice.close()
         await self._hub.close()
         self._arrived.set()
 
@@ -215,7 +234,8 @@ class Swarm:
 
     async def _send(self, post: Post) -> None:
         channel = self._dk if post.to is None else f"{self._dk}.{post.to}"
-        await self._hub.broadcast(APP, channel, {**post.message, "from": self.peer_id})
+        sealed = self._auth.seal(post.message, int(time.time() * 1000), secrets.token_hex(8))
+        await self._hub.broadcast(APP, channel, sealed)
 
     async def _send_quietly(self, post: Post) -> None:
         """Post, logging a failure once until a post succeeds again (the hub may be down a while;
@@ -276,13 +296,39 @@ class Swarm:
         elif isinstance(action, Ignored):
             self.stats.hub_messages_ignored += 1
             log.info("swarm %s: ignored a signaling message: %s", self.peer_id[:8], action.why)
+        elif isinstance(action, Refused):
+            self._refused(action)
+
+    def _refused(self, refused: Refused) -> None:
+        """Count a message without a valid proof; say so once per kind (a storm of forgeries
+        must not flood the log), and name a clock far off, which only the user can fix."""
+        self.stats.signals_refused += 1
+        by = self.stats.signals_refused_by
+        by[refused.verdict.value] = by.get(refused.verdict.value, 0) + 1
+        if refused.verdict in self._refusals_logged:
+            return
+        self._refusals_logged.add(refused.verdict)
+        if refused.verdict is Verdict.STALE:
+            log.warning(
+                "swarm %s: dropping signaling messages stamped %.0f s away from this machine's "
+                "clock; check that the clocks of this machine and the other peers are set (NTP)",
+                self.peer_id[:8], refused.skew_s,
+            )
+        else:
+            log.info(
+                "swarm %s: dropping signaling messages without a valid proof (%s); counted in "
+                "the stats as signals_refused", self.peer_id[:8], refused.verdict.value,
+            )
 
     async def _listen(self, subscription: Subscription) -> None:
         try:
             async for message in subscription:
                 try:
                     deadline = self._membership.announce_deadline()
-                    for action in self._membership.signal(message, time.monotonic()):
+                    actions = self._membership.signal(
+                        message, time.monotonic(), int(time.time() * 1000)
+                    )
+                    for action in actions:
                         self._execute(action)
                     if self._membership.announce_deadline() != deadline:
                         self._wake.set()
@@ -321,7 +367,7 @@ class Swarm:
         self._membership.dial_ended(remote)
 
     async def _connect(self, remote: str, initiator: bool, offer: str | None) -> None:
-        peer = RtcPeer(remote, initiator=initiator, ice_servers=self._ice_servers)
+        peer = RtcPeer(remote, initiator=initiator, ice_servers=self._ice.current())
         conn: MessageChannel | None = None
         try:
             if initiator:
@@ -330,7 +376,7 @@ class Swarm:
                 sdp = await peer.offer()
                 await self._send(offer_message(remote, sdp))
                 try:
-                    answer = await asyncio.wait_for(future, self._connect_timeout)
+                    answer = await asyncio.wait_for(future, self._answer_timeout)
                 except asyncio.TimeoutError:
                     raise NetworkError("no answer to our offer") from None
                 await peer.accept(answer)
@@ -399,7 +445,8 @@ class Swarm:
             self.stats.connections_replaced += 1
             self._spawn(old.close("replaced by a new connection"))
         self._peers[remote] = conn
-        self._membership.connected(remote, conn.is_writer)
+        for action in self._membership.connected(remote, conn.is_writer):
+            self._execute(action)
         self._wake.set()
         self.stats.connections_opened += 1
         log.info(
@@ -437,7 +484,8 @@ class Swarm:
                 "swarm %s: %s left (%s)", self.peer_id[:8], conn.peer_id[:8], conn.close_reason
             )
             # A free slot: the membership announces at once so a replacement finds us.
-            self._membership.disconnected(conn.peer_id)
+            for action in self._membership.disconnected(conn.peer_id):
+                self._execute(action)
             self._wake.set()
 
     def ban(self, peer_id: str) -> None:

@@ -402,6 +402,7 @@
     $("s-share").textContent = `${Math.round((s.share_from_peers || 0) * 100)} %`;
     $("s-delay").textContent = state.ended ? "ended" : `${delayBehindLive().toFixed(1)} s`;
     $("s-blocks").textContent = s.length ? `${s.blocks_have} / ${s.length}` : "–";
+    $("s-safe").textContent = s.keep ? `${Math.round((s.replicated_share || 0) * 100)} % by ≥ ${s.keep}, rarest ${s.rarest_copies}` : "–";
     const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
     $("s-frames").textContent = q ? `${q.totalVideoFrames}` : "–";
   }
