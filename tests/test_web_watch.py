@@ -192,8 +192,8 @@ async def test_three_tabs_play_from_each_other_and_a_late_tab_outlives_the_broad
     final = [await stats(t) for t in tabs]
     for s in final:
         assert s["ended"] is True and s["peers_dropped"] == 0
-        # Tabs seal their signaling and check each other's seals (Python peers on main do not).
-        assert s["swarm"]["signals_checked"] > 0 and s["swarm"]["signals_refused"] == {}
+        # Tabs seal their signaling and check every seal they hear.
+        assert s["swarm"]["signals_checked"] > 0 and s["signals_refused"] == 0
     from_tabs = sum(s["block_bytes_from_peers"] for s in final)
     from_writer = sum(s["block_bytes_from_writer"] for s in final)
     assert from_tabs > from_writer  # most of the tabs' bytes came from other tabs

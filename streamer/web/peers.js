@@ -147,6 +147,7 @@ export class PeerSet {
       live_delay_s: null,
       ended: false,
       ...this.replicator.stats(now),
+      evicted: this.evicted,
       block_bytes_held: feed.blockBytes,
       blocks_evicted: this.evicted,
       banned: this._banned.size,

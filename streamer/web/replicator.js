@@ -502,6 +502,14 @@ export class Replicator {
       peers_dropped: t.peers_dropped,
       inflight: [...this._inflight.values()].reduce((n, e) => n + e.length, 0),
       unavailable: this._unavailable,
+      // The swarm-safety figures of core/stats.py (backfill): a tab keeps no history for the
+      // swarm's sake, so it reports none; `evicted` is filled in by the PeerSet.
+      keep: 0,
+      replicated_share: 0,
+      rarest_copies: 0,
+      unreplicated_blocks: 0,
+      backfill_requests: 0,
+      evicted: 0,
       share_from_peers: shareFromPeers(t.block_bytes_from_writer, t.block_bytes_from_peers),
       neighbours: [],
     }

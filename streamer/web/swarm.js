@@ -127,7 +127,8 @@ export class TabSwarm {
       peer_id: this.peerId,
       neighbours_writer: [...this.membership.neighbours.values()].filter(Boolean).length,
       ...this.counters,
-      signals_refused: { ...this.signalsRefused },
+      signals_refused: Object.values(this.signalsRefused).reduce((a, b) => a + b, 0),
+      signals_refused_by: { ...this.signalsRefused },
     }
   }
 

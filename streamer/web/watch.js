@@ -21,10 +21,9 @@ import { TabSwarm } from './swarm.js'
 const $ = (id) => document.getElementById(id)
 const seconds = () => performance.now() / 1000
 const params = new URLSearchParams(location.search)
-// Signed signaling (docs/signaling.md "Signed messages"): every post is sealed. Messages heard are
-// checked when they carry a proof; with REQUIRE_PROOF, those without one are refused too (set it
-// once every peer signs: swarmcast with the sig branch merged; ?proof=required does it now).
-const REQUIRE_PROOF = params.get('proof') === 'required'
+// Signed signaling (docs/signaling.md "Signed messages"): every post is sealed and every message
+// heard must carry a valid proof; ?proof=optional also takes unsealed messages (older peers).
+const REQUIRE_PROOF = params.get('proof') !== 'optional'
 
 function status (text) {
   $('status').textContent = text
@@ -155,7 +154,10 @@ async function main () {
     status,
     at: isNaN(at) ? null : at,
   })
-  const stats = () => ({ ...peers.stats(seconds()), ...player.stats(), swarm: swarm.stats() })
+  const stats = () => {
+    const sw = swarm.stats()
+    return { ...peers.stats(seconds()), ...player.stats(), signals_refused: sw.signals_refused, swarm: sw }
+  }
   window.swarmcast = {
     key: toHex(key), feed, peers, swarm, player, events,
     stats,
