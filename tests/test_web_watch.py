@@ -27,6 +27,9 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from streamer.core.feed import Feed
 from streamer.hub import start_hub as start_hub_in_process
+from streamer.hub.server import tls_context
+from tests.fixtures_net import Certificates, certificates  # noqa: F401
+from tests.waiting import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -334,5 +337,33 @@ async def test_the_hub_serves_the_watch_page_and_only_the_web_modules() -> None:
                 async with s.get(server.url + bad) as r:
                     assert r.status == 404, bad
                     assert "error" in await r.json()
+    finally:
+        await server.stop()
+
+
+async def test_the_watch_page_over_https_on_another_name_is_a_secure_context(
+    certificates: Certificates,  # noqa: F811
+) -> None:
+    """`streamer hub --tls-cert/--tls-key`: the page served over https on a name other than
+    localhost can verify (WebCrypto is there) and subscribes to the hub over TLS."""
+    server = await start_hub_in_process(
+        ssl_context=tls_context(certificates.cert, certificates.key)
+    )
+    port = server.url.rsplit(":", 1)[1]
+    host = "tls-tab.invalid"
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {host} 127.0.0.1"],
+            )
+            # The test CA is not in Chromium's store; the name is not the certificate's either.
+            context = await browser.new_context(ignore_https_errors=True)
+            page = await context.new_page()
+            await page.goto(f"https://{host}:{port}/watch/{'ab' * 32}")
+            await page.wait_for_function("window.swarmcast && swarmcast.swarm", timeout=15_000)
+            assert await page.evaluate("isSecureContext && !swarmcast.problem")
+            await eventually(lambda: len(server.hub.subscribers) == 1, "the tab's SSE over TLS")
+            await browser.close()
     finally:
         await server.stop()
