@@ -1,7 +1,8 @@
 """The broadcaster: source -> encoder (worker thread) -> feed.append -> publishers (the swarm).
 
-Block 0 is the stream header; each later block one keyframe-aligned segment; a clean stop appends
-an empty FLAG_END block. Reopening a feed resumes its stream (same settings, timeline continued,
+Block 0 is the stream header; each later block one part (format v2: a CMAF chunk of about
+--part seconds, independent when it starts a segment's keyframe; a v1 stream being resumed keeps
+one block per GOP); a clean stop appends an empty FLAG_END block. Reopening a feed resumes its stream (same settings, timeline continued,
 FLAG_DISCONTINUITY on the first new segment). It never encodes on the event loop, never appends a
 block the stream's init segment cannot decode, and never parses argv (commands/broadcast.py does).
 """
@@ -35,10 +36,13 @@ from streamer.media.encoder import (
 from streamer.media.format import (
     FLAG_DISCONTINUITY,
     FLAG_END,
+    FORMAT_V1,
+    FORMAT_VERSION,
     Segment,
     StreamFormatError,
     StreamHeader,
 )
+from streamer.media.parts import DEFAULT_PART, part_plan
 from streamer.media.pipeline import Pipeline
 from streamer.media.sources import Source
 
@@ -169,6 +173,7 @@ def plan_settings(
     segment: float | None = None,
     preset: str | None = None,
     resume: ResumePoint | None = None,
+    part: float | None = None,
 ) -> EncoderSettings:
     """Encoder settings from explicit options, the resumed stream and the source, in that order.
 
@@ -205,6 +210,7 @@ def plan_settings(
             int(h.extra["bitrate"]),
             h.segment_duration,
             str(h.extra["preset"]),
+            part=_resumed_part(h, part),
         )
     if size is None:
         if not source.width or not source.height:
@@ -216,6 +222,9 @@ def plan_settings(
     segment = DEFAULT_SEGMENT if segment is None else segment
     if segment * fps < 1:
         raise UsageError(f"--segment {segment:g} is shorter than one frame at {float(fps):g} fps")
+    part = DEFAULT_PART if part is None else part
+    if part > segment + 1e-9:
+        raise UsageError(f"--part {part:g} is longer than --segment {segment:g}; use at most the segment")
     return EncoderSettings(
         size[0],
         size[1],
@@ -223,7 +232,28 @@ def plan_settings(
         DEFAULT_BITRATE if bitrate is None else bitrate,
         segment,
         preset or DEFAULT_PRESET,
+        part=part if part < segment else None,
     )
+
+
+def _resumed_part(h: StreamHeader, asked: float | None) -> float | None:
+    """The part duration a resumed stream keeps: a v1 stream has none (one block per GOP)."""
+    if h.version == FORMAT_V1:
+        if asked is not None:
+            raise UsageError(
+                "this feed's stream is in format v1 (one block per segment) and cannot be cut "
+                "into parts; leave out --part, or start a new stream with another --feed"
+            )
+        return None
+    stored = h.part_duration if h.part_duration and h.part_duration < h.segment_duration else None
+    if asked is not None:
+        planned = part_plan(h.fps, h.segment_duration, asked)[0]
+        if abs(planned - h.block_duration) > 1e-6:
+            raise UsageError(
+                f"this feed's stream uses --part {h.block_duration:g}; resume it with the same "
+                "value (or leave it out), or start a new stream with another --feed"
+            )
+    return stored
 
 
 def write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
@@ -272,6 +302,7 @@ class Broadcaster:
         self.latencies: deque[float] = deque(maxlen=100_000)
         self._header_present = self.resume is not None
         self._next_flags = FLAG_DISCONTINUITY if self.resume and self.resume.length > 1 else 0
+        self.format_version = self.resume.header.version if self.resume else FORMAT_VERSION
 
     @property
     def key(self) -> bytes:
@@ -314,7 +345,10 @@ class Broadcaster:
                     await self._append_fragment(value)
             worker.result()
             if self._header_present:
-                end = Segment(self.pipeline.end_time, 0.0, time.time(), b"", FLAG_END)
+                end = Segment(
+                    self.pipeline.end_time, 0.0, time.time(), b"", FLAG_END,
+                    version=self.format_version,
+                )
                 await self._append(end.encode())
             self.state = "ended"
         except BaseException:
@@ -340,6 +374,7 @@ class Broadcaster:
                 )
         else:
             s = self.settings
+            part_duration, parts = part_plan(s.fps, s.segment, s.part)
             header = StreamHeader(
                 title=self.title,
                 start_time=time.time(),
@@ -348,6 +383,8 @@ class Broadcaster:
                 height=s.height,
                 fps=float(s.fps),
                 segment_duration=s.segment,
+                part_duration=part_duration,
+                parts_per_segment=parts,
                 sample_rate=AUDIO_RATE,
                 channels=AUDIO_CHANNELS,
                 init=init,
@@ -366,7 +403,14 @@ class Broadcaster:
 
     async def _append_fragment(self, fragment: Fragment) -> None:
         segment = Segment(
-            fragment.pts, fragment.duration, time.time(), fragment.data, self._next_flags
+            fragment.pts,
+            fragment.duration,
+            time.time(),
+            fragment.data,
+            self._next_flags,
+            fragment.independent,
+            fragment.back,
+            self.format_version,
         )
         self._next_flags = 0
         await self._append(segment.encode())

@@ -11,6 +11,7 @@ from streamer.core.feed import Feed
 from streamer.media.format import (
     FLAG_DISCONTINUITY,
     FLAG_END,
+    FLAG_INDEPENDENT,
     SEGMENT_HEADER_SIZE,
     Segment,
     SegmentHeader,
@@ -33,7 +34,8 @@ def end(pts: float) -> bytes:
 def test_segment_header_has_named_fields() -> None:
     block = seg(2.5, 1.25, FLAG_DISCONTINUITY, b"moofmdat")
     header = SegmentHeader.decode(block)
-    assert (header.pts, header.duration, header.flags) == (2.5, 1.25, FLAG_DISCONTINUITY)
+    assert (header.pts, header.duration) == (2.5, 1.25)
+    assert header.flags == FLAG_DISCONTINUITY | FLAG_INDEPENDENT and header.independent
     assert header.wall_clock == 1700000002.5
     assert header.discontinuity and not header.end and header.stop == 3.75
     assert Segment.decode_header(block) == header

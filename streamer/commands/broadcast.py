@@ -70,6 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--segment", metavar="S", help="seconds per segment / keyframe interval (default 1.0)"
     )
     parser.add_argument(
+        "--part",
+        metavar="S",
+        help="seconds per part, the block a viewer can fetch as soon as it is encoded "
+        "(default 0.2, a whole number of frames; equal to --segment for one block per segment)",
+    )
+    parser.add_argument(
         "--size",
         metavar="WxH",
         help="output picture size (default: the source's, at most 1920x1080)",
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     duration = (
         parse_seconds("--duration", args.duration, 0.001) if args.duration is not None else None
     )
+    part = parse_seconds("--part", args.part, 0.01, SEGMENT_RANGE[1]) if args.part else None
     kind, _ = parse_source(args.source)
     if args.loop and kind != "file":
         raise UsageError("--loop repeats a file; it does not apply to webcam or test sources")
@@ -184,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
                 segment=segment,
                 preset=args.preset,
                 resume=resume,
+                part=part,
             )
             if feed is None:
                 feed = Feed.create(feed_dir, key_pair)
@@ -212,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             else "starting a new stream"
         )
         log.info(
-            "%s: %s -> %s (%dx%d %.4g fps, %d kbit/s, %.3g s segments)",
+            "%s: %s -> %s (%dx%d %.4g fps, %d kbit/s, %.3g s segments, %.3g s parts)",
             what,
             source.description,
             feed_dir,
@@ -221,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             float(settings.fps),
             settings.bitrate // 1000,
             settings.segment,
+            settings.part or settings.segment,
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)
         swarm_plan = None if args.no_swarm else (args.hub, secret_key, args.name)
