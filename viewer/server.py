@@ -316,7 +316,7 @@ async def _playlist(request: web.Request) -> web.Response:
     ]
     if with_parts:
         part_target = max([header.block_duration] + [e.duration for e in rows[-64:]])
-        part_target = math.ceil(part_target * 1000) / 1000
+        part_target = math.ceil(part_target * 1000 - 1e-6) / 1000
         lines += [
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * part_target:.3f}",
             f"#EXT-X-PART-INF:PART-TARGET={part_target:.3f}",

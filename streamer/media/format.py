@@ -436,7 +436,8 @@ class Timeline:
         """Given block `index`'s header (added), the block to look at next for stream time `t`:
         `index` itself once it is the media block covering `t` (or no better one exists).
         Jumps by as many blocks as the header's duration suggests, never past a block already
-        known to lie before or after `t`, so the search always ends."""
+        known to lie before or after `t` (halving that bracket when a jump would leave it), so
+        the search ends in a few reads."""
         header = self._headers[index]
         lo, hi = 1, length - 1
         for i, h in self._headers.items():
@@ -453,6 +454,9 @@ class Timeline:
             target = index + jump
         else:
             return index
+        if not lo <= target <= hi:
+            # The jump overshot what is known (a gap in the timeline): halve the bracket instead.
+            target = (lo + hi + (1 if target > hi else 0)) // 2
         return min(max(target, lo), hi)
 
     def newest_media(self, length: int) -> int:
