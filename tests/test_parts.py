@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -38,6 +39,7 @@ from streamer.media.format import (
 )
 from streamer.media.sources import TestPatternSource
 from streamer.media.testpattern import TestPattern, read_time_code, time_code_bits
+from tests.test_e2e import decode_hls, spawn, stats_until  # noqa: F401 (spawn is a fixture)
 from viewer.cli import main as viewer_main
 from viewer.server import PlayerServer
 from viewer.source import LocalFeedSource
@@ -320,3 +322,58 @@ async def test_a_v1_stream_still_plays_in_the_page_and_over_hls(v1_copy: Path) -
                     assert errors == []
                 finally:
                     await browser.close()
+
+
+# ---------------------------------------------------------------- end to end, real processes
+
+
+async def test_parts_end_to_end_hub_broadcaster_viewer_and_page(spawn, tmp_path: Path) -> None:  # noqa: F811
+    py = sys.executable
+    hub = await spawn("hub", py, "-m", "streamer", "hub", "--port", "0")
+    hub_url = (await hub.line()).rsplit(" ", 1)[-1]
+    writer = await spawn(
+        "broadcaster", py, "-m", "streamer", "broadcast", "test", "--hub", hub_url,
+        "--size", "320x180", "--fps", "15", "--bitrate", "300k", "--part", "0.2",
+        "--duration", "40", "--feed", str(tmp_path / "feed"),
+    )
+    key = await writer.line()
+    viewer = await spawn(
+        "viewer", py, "-m", "viewer", "watch", key, "--hub", hub_url, "--no-browser",
+        "--port", "0", "--store", str(tmp_path / "v"),
+    )
+    url = await viewer.line()
+    await stats_until(url, lambda s: s["blocks_have"] >= 5 and s["peers"] >= 1)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(url)
+            await page.wait_for_function(
+                "window.player && player.state.ready && player.video.currentTime > 0",
+                timeout=30_000,
+                polling=100,
+            )
+            start = await page.evaluate("player.video.currentTime")
+            await page.wait_for_function(
+                f"player.video.currentTime > {start + 3}", timeout=30_000, polling=100
+            )
+            info = await page.evaluate(
+                """() => ({
+                  part: player.state.info.part_duration,
+                  dependent: player.state.rows.filter((r) => r && r.known && !r.independent).length,
+                  behind: player.state.liveEdge - player.video.currentTime,
+                  frames: player.video.getVideoPlaybackQuality().totalVideoFrames,
+                })"""
+            )
+            assert errors == []
+        finally:
+            await browser.close()
+    assert info["part"] == pytest.approx(0.2)
+    assert info["dependent"] >= 10  # it appended dependent parts as they came
+    assert info["frames"] >= 3 * 15
+    assert info["behind"] < 4.0  # it followed the live edge (a loose bound: the machine is shared)
+    # An HLS client reads the viewer's LL-HLS playlist while the stream is live.
+    frames = await asyncio.to_thread(decode_hls, url + "live.m3u8", 15)
+    assert frames == 15
