@@ -137,6 +137,7 @@ async def _block(request: web.Request) -> web.Response:
             "X-Duration": f"{segment.duration:.6f}",
             "X-Flags": str(segment.flags),
             "X-Independent": "1" if segment.independent else "0",
+            "X-Wall-Clock": f"{segment.wall_clock:.6f}",
         },
     )
 
