@@ -377,3 +377,35 @@ async def test_parts_end_to_end_hub_broadcaster_viewer_and_page(spawn, tmp_path:
     # An HLS client reads the viewer's LL-HLS playlist while the stream is live.
     frames = await asyncio.to_thread(decode_hls, url + "live.m3u8", 15)
     assert frames == 15
+
+
+async def test_resuming_a_v1_stream_goes_on_in_v1(tmp_path: Path) -> None:
+    from streamer.broadcast import plan_settings, resume_point
+    from streamer.core.errors import UsageError
+
+    settings = EncoderSettings(160, 96, Fraction(30), 300_000, 1.0, "ultrafast")
+    with Feed.create(tmp_path / "v2") as feed:
+        await Broadcaster(feed, TestPatternSource(160, 96, 30, live=False), settings, fast=True,
+                          duration=2.0).run()
+        blocks = [feed.get(i) for i in range(feed.length)]
+    # The same stream as today's code wrote it: v1 header and v1 blocks.
+    header = StreamHeader.decode(blocks[0])
+    header.version, header.part_duration, header.parts_per_segment = 1, None, None
+    old = []
+    for block in blocks[1:]:
+        s = Segment.decode(block)
+        s.version = 1
+        old.append(s.encode())
+    with Feed.create(tmp_path / "v1") as feed:
+        feed.append([header.encode(), *old])
+        resume = resume_point(feed)
+        assert resume is not None and resume.header.version == 1
+        with pytest.raises(UsageError, match="format v1"):
+            plan_settings(TestPatternSource(160, 96, 30, live=False), resume=resume, part=0.2)
+        again = plan_settings(TestPatternSource(160, 96, 30, live=False), resume=resume)
+        assert again.part is None
+        await Broadcaster(feed, TestPatternSource(160, 96, 30, live=False), again, fast=True,
+                          duration=1.0).run()
+        added = [feed.get(i) for i in range(len(old) + 1, feed.length)]
+    assert [b[4] for b in added] == [1, 1]  # one v1 GOP block, then a v1 end marker
+    assert SegmentHeader.decode(added[0]).discontinuity and SegmentHeader.decode(added[-1]).end
