@@ -26,6 +26,7 @@ from streamer.core.feed import Feed
 from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
 from streamer.media.format import StreamHeader, Timeline
+from streamer.media.parts import fit_replicator_to_parts
 from streamer.net.aio import Deadline, FeedWakeup, run_until
 from streamer.net.hubclient import HubClient
 from streamer.net.replicator import NetworkReplicator
@@ -185,6 +186,7 @@ class NetworkSource(LocalFeedSource):
         """The stream header (block 0), fetched if needed."""
         if self._header is None:
             self._header = StreamHeader.decode(await self.get(0, timeout))
+            fit_replicator_to_parts(self.net.replicator.config, self._header.block_duration)
         return self._header
 
     async def start_block(self, timeout: float, at: float | None = None) -> int:

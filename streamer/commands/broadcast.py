@@ -28,7 +28,9 @@ from streamer.core import keyfile, storage
 from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import SECRET_KEY_FILE, Feed
 from streamer.core.names import validate_name
+from streamer.core.scheduler import ReplicatorConfig
 from streamer.hub import HubServer, start_hub
+from streamer.media.parts import fit_replicator_to_parts
 from streamer.media.sources import TEST_FPS, TEST_SIZE, open_source, parse_source
 from streamer.net.hubclient import HubClient
 from streamer.net.loop import run as run_loop
@@ -271,7 +273,9 @@ async def _go_live(
         async with HubClient([hub]) as client:
             await client.register_name(name, secret_key)
         log.info("registered the name %r on %s", name, hub)
-    replicator = NetworkReplicator(feed, swarm)
+    settings = broadcaster.settings
+    config = fit_replicator_to_parts(ReplicatorConfig(), settings.part or settings.segment)
+    replicator = NetworkReplicator(feed, swarm, config=config)
     broadcaster.stats_providers.append(replicator.stats_fields)
     await replicator.start()
     log.info(
