@@ -34,7 +34,6 @@
     hold: null, // seconds of media kept buffered ahead of the playhead at the live edge
     stalls: 0, // times playback ran dry while following live
     lastStall: 0, // performance.now() of the last stall
-    placedAt: 0, // performance.now() of the last time the player moved the playhead itself
   };
 
   // Blocks (parts) arrive whole, so a live viewer's buffer is a sawtooth whose low point is what
@@ -210,7 +209,6 @@
   }
 
   function setTime(t) {
-    state.placedAt = performance.now();
     state.expectSeek = t;
     video.currentTime = t;
   }
@@ -515,11 +513,11 @@
   // Running dry at the live edge means the offset was too small for this network: grow it.
   video.addEventListener("waiting", () => {
     if (!state.ready || !state.followLive || state.ended || video.seeking) return;
-    if (performance.now() - state.placedAt < 1500) return; // our own jump, not the network
+    if (bufferedAhead() > 0.1) return; // decoding after a jump of ours: not a stall
 
     state.stalls++;
     state.lastStall = performance.now();
-    state.hold = Math.min(HOLD_MAX_S, hold() + Math.max(0.1, part()));
+    state.hold = Math.min(HOLD_MAX_S, hold() + Math.max(0.1, part() / 2));
   });
 
   video.addEventListener("seeking", () => {
