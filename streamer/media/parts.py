@@ -4,8 +4,9 @@ frames, whether it starts with a keyframe, how far back its independent part is)
 
 Shared by every producer of fragments (the re-encoding StreamEncoder, a passthrough cutter that
 muxes input packets without re-encoding): mux with `part_muxer_options`, hand each fragment the
-muxer writes to `PartCutter.cut`, and append what it returns as blocks. Pure Python except for
-nothing: it never touches PyAV objects, only options and bytes.
+muxer writes to `PartCutter.cut`, and append what it returns as blocks. Pure Python: it never
+touches PyAV objects, only options and bytes. (fit_replicator_to_parts, the scheduler's windows
+in blocks scaled to parts, lives here too until the scheduler reasons in seconds.)
 """
 
 from __future__ import annotations
