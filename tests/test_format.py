@@ -124,3 +124,15 @@ def test_seeking_starts_on_the_grid_and_settles_on_the_covering_block() -> None:
     assert timeline.newest_media(length) == 8
     timeline.add_block(9, seg(18.0))
     assert timeline.newest_media(length) == 9
+
+
+def test_entries_from_a_later_block_match_the_whole_list() -> None:
+    timeline = Timeline()
+    for index in (1, 2, 5, 9):
+        timeline.add_block(index, seg(10.0 + index - 1))
+    whole = timeline.entries(12, 1.0)
+    for first in range(1, 13):
+        assert timeline.entries(12, 1.0, first) == whole[first - 1 :]
+    timeline.add_block(6, end(15.0))
+    assert timeline.entries(12, 1.0, 8) == []
+    assert timeline.entries(12, 1.0, 3) == timeline.entries(12, 1.0)[2:]

@@ -55,20 +55,25 @@ class PlayerState:
             self.header = StreamHeader.decode(await self.source.get(0, self.block_timeout))
         return self.header
 
-    async def media_blocks(self) -> list[TimelineEntry]:
-        """The timeline's entries for blocks 1.. up to the newest media block, after reading the
-        headers of the blocks held (Timeline places the others on the segment grid)."""
+    async def media_blocks(self, first: int = 1) -> list[TimelineEntry]:
+        """The timeline's entries for blocks `first`.. up to the newest media block, after
+        reading the headers of the blocks held (Timeline places the others on the grid)."""
         header = await self.stream_header()
         length = self.source.length
+        timeline, source = self.timeline, self.source
+        read = 0
         for index in range(1, length):
-            if index % TIMING_BATCH == 0 and index not in self.timeline:
-                # A first look at a long archive reads many blocks: let other requests
-                # (block fetches, peers) run between batches.
-                await asyncio.sleep(0)
-            known = await self.held_timing(index)
+            known = timeline.get(index)
+            if known is None and source.has(index):
+                read += 1
+                if read % TIMING_BATCH == 0:
+                    # A first look at a long archive reads many blocks: let other requests
+                    # (block fetches, peers) run between batches.
+                    await asyncio.sleep(0)
+                known = await self.held_timing(index)
             if known is not None and known.end:
                 break
-        return self.timeline.entries(length, header.grid)
+        return timeline.entries(length, header.grid, first)
 
     async def held_timing(self, index: int) -> SegmentHeader | None:
         """The header of block `index` if it is held (read once, then kept in the timeline)."""
@@ -179,8 +184,10 @@ async def _timeline(request: web.Request) -> web.Response:
     except ValueError:
         raise web.HTTPBadRequest(text="from must be a block index") from None
     header = await state.stream_header()
-    rows = await state.media_blocks()
-    live_edge = rows[-1].stop if rows else 0.0
+    rows = await state.media_blocks(first)
+    # The live edge is where the newest media block ends (`from` may lie past it).
+    tail = rows or await state.media_blocks(max(1, state.source.length - 2))
+    live_edge = tail[-1].stop if tail else 0.0
     return _json(
         {
             "key": state.source.stats().get("key"),
@@ -197,7 +204,7 @@ async def _timeline(request: web.Request) -> web.Response:
             "ended": state.source.ended,
             "live_edge": live_edge,
             # One object per media block from `from` on (TimelineEntry's fields).
-            "blocks": [_entry_json(entry) for entry in rows[first - 1 :]],
+            "blocks": [_entry_json(entry) for entry in rows],
         }
     )
 

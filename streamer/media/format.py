@@ -349,6 +349,7 @@ class Timeline:
 
     def __init__(self) -> None:
         self._headers: dict[int, SegmentHeader] = {}
+        self._ends: set[int] = set()  # indexes of the end markers added
 
     def __contains__(self, index: object) -> bool:
         return index in self._headers
@@ -359,20 +360,32 @@ class Timeline:
 
     def add(self, index: int, header: SegmentHeader) -> SegmentHeader:
         self._headers[index] = header
+        if header.end:
+            self._ends.add(index)
+        else:
+            self._ends.discard(index)
         return header
 
     def add_block(self, index: int, block: bytes) -> SegmentHeader:
         """Parse block `index`'s fixed header and remember it (StreamFormatError if it is none)."""
         return self.add(index, SegmentHeader.decode(block))
 
-    def entries(self, length: int, grid: Grid | float) -> list[TimelineEntry]:
-        """Blocks 1.. of a feed of `length` blocks up to the newest media block, unknown ones
-        placed on `grid` (a Grid, or a segment duration for one block per segment)."""
+    def entries(self, length: int, grid: Grid | float, first: int = 1) -> list[TimelineEntry]:
+        """Blocks `first`.. of a feed of `length` blocks up to the newest media block, unknown
+        ones placed on `grid` (a Grid, or a segment duration for one block per segment). With
+        `first` > 1 the work starts at the nearest block before it whose header is known."""
         g = Grid.of(grid)
         rows: list[TimelineEntry] = []
         next_pts = 0.0
         position = 0  # the next block's position within its segment, on the grid
-        for index in range(1, length):
+        start = 1
+        if first > 1:
+            start = first - 1
+            while start > 1 and start not in self._headers:
+                start -= 1
+            if any(i < start for i in self._ends):
+                return []  # media ended before `first`
+        for index in range(start, length):
             known = self._headers.get(index)
             if known is not None:
                 if known.end:
@@ -390,7 +403,7 @@ class Timeline:
                 rows.append(TimelineEntry(index, next_pts, duration, flags, False, position))
                 next_pts += duration
                 position = position + 1 if position + 1 < g.parts else 0
-        return rows
+        return rows[first - start :] if first > start else rows
 
     def known_entries(self) -> dict[int, TimelineEntry]:
         """The media blocks whose header is known (before the first known end marker), by index."""
