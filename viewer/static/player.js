@@ -40,7 +40,8 @@
   // is left when the next part lands; the offsets follow the part duration P (a whole segment in
   // a v1 stream).
   const part = () => (state.info && (state.info.part_duration || state.info.segment_duration)) || 1;
-  const minHold = () => Math.max(0.25, 1.5 * part());
+  // 1.5 parts ahead (0.3 s for 0.2 s parts); a part and 0.2 s for long ones (1.2 s for 1 s).
+  const minHold = () => Math.max(0.25, Math.min(1.5 * part(), part() + 0.2));
   const hold = () => (state.hold === null ? minHold() : state.hold);
   const catchUpS = () => Math.max(2.5, hold() + 2 * part() + 1.5); // behind by more: jump
 
