@@ -187,6 +187,11 @@ async def test_a_stream_reaches_viewers_outlives_its_broadcaster_and_archives(sp
         "--follow",
     )
     archiver = await spawn("archive", *archive_args)
+    # The archive is the broadcaster's first neighbour, so its first run fetches the stream's
+    # start from it (the viewers hold only what they play, from where they joined).
+    assert archiver.proc.stderr is not None
+    while b"connected to" not in await asyncio.wait_for(archiver.proc.stderr.readline(), 30):
+        pass
     viewers = [await watch(i) for i in range(3)]
     urls = [await v.line() for v in viewers]
     assert all(u.startswith("http://127.0.0.1:") for u in urls)
