@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamer.core import crypto
-from streamer.core.errors import BlockNotFoundError
+from streamer.core.errors import BlockNotFoundError, ForkMismatchError
 from streamer.core.feed import ApplyResult
-from streamer.core.merkle import CompatVerifier, ForkMismatchError, MemoryNodeStore, MerkleTree
+from streamer.core.merkle import CompatVerifier, MemoryNodeStore, MerkleTree
 from streamer.core.replication import Event, RangeSet, Session
 from streamer.core.scheduler import Replicator
 from streamer.core.wire import Data, Request
@@ -191,10 +191,11 @@ class SimNet:
         """After anything happened at a node: read events, drop bad peers, send, rearm its timer."""
         if not node.alive:
             return
+        while (item := node.rep.next_event()) is not None:
+            s, event = item
+            if s in node.links:
+                node.on_event(node, s, event, self.now)
         for s in list(node.links):
-            if s.has_events:
-                while (event := s.next_event()) is not None:
-                    node.on_event(node, s, event, self.now)
             if s.closed:
                 self.disconnect(node, s)
         self._send(node)
@@ -255,5 +256,5 @@ class SimNet:
     def _deliver(self, node: SimNode, s: Session, chunk: bytes) -> None:
         if not node.alive or s not in node.links:
             return
-        s.receive(chunk, self.now)
+        node.rep.receive(s, chunk, self.now)
         self.touch(node)

@@ -1,5 +1,5 @@
-"""The Broadcaster on a real feed: header + segments + end marker, resuming a stream, publishers,
-stats, clean stop; blocks decoded back with PyAV."""
+"""The Broadcaster on a real feed: header + segments + end marker, resuming a stream, stats
+providers, clean stop; blocks decoded back with PyAV."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from streamer.broadcast import Broadcaster, plan_settings, resume_point
+from streamer.broadcast import (
+    Broadcaster,
+    BroadcastOptions,
+    BroadcastState,
+    plan_settings,
+    resume_point,
+)
 from streamer.core.errors import MediaError, UsageError
-from streamer.core.feed import Feed
+from streamer.core.feed import Feed, FeedEvent
 from streamer.media.encoder import EncoderSettings
 from streamer.media.format import (
     FLAG_DISCONTINUITY,
@@ -36,27 +42,21 @@ def _blocks(feed: Feed) -> tuple[StreamHeader, list[Segment]]:
 
 
 async def _broadcast(feed: Feed, source, settings=SMALL, **kwargs) -> Broadcaster:
-    broadcaster = Broadcaster(feed, source, settings, fast=True, **kwargs)
+    broadcaster = Broadcaster(feed, source, settings, BroadcastOptions(fast=True, **kwargs))
     await broadcaster.run()
     return broadcaster
 
 
 async def test_a_file_becomes_header_segments_and_an_end_marker(tmp_path: Path) -> None:
     appended: list[int] = []
-
-    async def publisher(length: int) -> None:
-        appended.append(length)
-
     with Feed.create(tmp_path / "feed") as feed:
+        feed.add_listener(lambda event: appended.append(event.length))
         broadcaster = Broadcaster(
             feed,
             FileSource(str(SAMPLE)),
             SMALL,
-            fast=True,
-            title="sample",
-            stats_path=tmp_path / "stats.json",
+            BroadcastOptions(fast=True, title="sample", stats_path=tmp_path / "stats.json"),
         )
-        broadcaster.publishers.append(publisher)
         await broadcaster.run()
         feed.verify_all()
         header, segments = _blocks(feed)
@@ -100,6 +100,7 @@ async def test_a_file_becomes_header_segments_and_an_end_marker(tmp_path: Path) 
             assert field in stats
         assert stats["key"] == feed.key.hex() and stats["length"] == feed.length
         assert stats["state"] == "ended" and stats["realtime_factor"] > 0
+        assert broadcaster.state is BroadcastState.ENDED
 
 
 async def test_parts_are_blocks_and_independent_parts_start_each_segment(tmp_path: Path) -> None:
@@ -162,7 +163,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
             {"preset": "veryfast"},
         ):
             with pytest.raises(UsageError, match="resume it with the same value"):
-                plan_settings(source, resume=resume, **kwargs)
+                plan_settings(source, BroadcastOptions(**kwargs), resume)
         assert feed.length == length
 
 
@@ -181,16 +182,19 @@ async def test_stop_ends_a_live_broadcast_cleanly(tmp_path: Path) -> None:
     with Feed.create(tmp_path / "feed") as feed:
         broadcaster = Broadcaster(feed, TestPatternSource(160, 96, 30, live=True), SMALL)
         two_segments = asyncio.Event()
+        loop = asyncio.get_running_loop()
 
-        def publisher(length: int) -> None:
-            if length >= 3:
-                two_segments.set()
+        def listener(event: FeedEvent) -> None:
+            if event.length >= 3:
+                loop.call_soon_threadsafe(two_segments.set)
 
-        broadcaster.publishers.append(publisher)
+        feed.add_listener(listener)
         task = asyncio.create_task(broadcaster.run())
         await asyncio.wait_for(two_segments.wait(), 20)
         broadcaster.stop()
+        assert broadcaster.state is BroadcastState.STOPPING
         await asyncio.wait_for(task, 20)
+        assert broadcaster.state is BroadcastState.ENDED
         feed.verify_all()
         header, segments = _blocks(feed)
         assert segments[-1].flags == FLAG_END
@@ -202,15 +206,15 @@ async def test_stop_ends_a_live_broadcast_cleanly(tmp_path: Path) -> None:
         assert len(decoded.video_times) == len(broadcaster.latencies)
 
 
-async def test_a_failing_publisher_does_not_stop_the_broadcast(tmp_path: Path) -> None:
-    def broken(length: int) -> None:
-        raise RuntimeError("swarm trouble")
-
+async def test_stats_providers_fill_the_swarm_fields(tmp_path: Path) -> None:
     with Feed.create(tmp_path / "feed") as feed:
         broadcaster = Broadcaster(
-            feed, TestPatternSource(160, 96, 30, live=False), SMALL, fast=True, duration=2.0
+            feed,
+            TestPatternSource(160, 96, 30, live=False),
+            SMALL,
+            BroadcastOptions(fast=True, duration=2.0),
         )
-        broadcaster.publishers.append(broken)
+        assert broadcaster.snapshot()["peers"] == 0
         broadcaster.stats_providers.append(lambda: {"peers": 4, "bytes_up": 1234})
         await broadcaster.run()
         assert feed.length == 4
@@ -232,10 +236,11 @@ class _RecordingSource(TestPatternSource):
 
 async def test_media_work_never_runs_on_the_event_loop_thread(tmp_path: Path) -> None:
     source = _RecordingSource()
-    publisher_threads: set[int] = set()
+    append_threads: set[int] = set()
     with Feed.create(tmp_path / "feed") as feed:
-        broadcaster = Broadcaster(feed, source, SMALL, fast=True, duration=1.0)
-        broadcaster.publishers.append(lambda length: publisher_threads.add(threading.get_ident()))
+        feed.add_listener(lambda event: append_threads.add(threading.get_ident()))
+        broadcaster = Broadcaster(feed, source, SMALL, BroadcastOptions(fast=True, duration=1.0))
         await broadcaster.run()
-    assert publisher_threads == {threading.get_ident()}  # hooks run on the loop
+        assert feed.length == 3
+    assert append_threads and threading.get_ident() not in append_threads  # disk writes too
     assert source.threads and threading.get_ident() not in source.threads

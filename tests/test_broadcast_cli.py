@@ -187,6 +187,9 @@ BAD_OPTIONS = [
     (["--segment", "0"], "--segment 0 is out of range"),
     (["--duration", "-1"], "--duration -1 is out of range"),
     (["--preset", "warp"], "not an x264 preset"),
+    (["--timeout", "5"], "--timeout is how long --listen waits for a publisher; add --listen"),
+    (["--listen"], "--listen takes rtmp://HOST:PORT/APP/KEY"),
+    (["--copy", "--size", "320x180"], "--copy keeps the input's pictures as they are"),
     (["--loop"], None),
     (["--audio", "hw:0"], None),
 ]

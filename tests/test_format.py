@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from streamer.core.errors import StreamFormatError
 from streamer.core.feed import Feed
 from streamer.media.format import (
     FLAG_DISCONTINUITY,
@@ -15,7 +16,6 @@ from streamer.media.format import (
     SEGMENT_HEADER_SIZE,
     Segment,
     SegmentHeader,
-    StreamFormatError,
     Timeline,
     feed_ended,
     segment_media,

@@ -387,6 +387,26 @@ async def test_two_hubs_on_redis_agree_on_names(session, redis_url):  # noqa: F8
         await two.stop()
 
 
+async def test_concurrent_claims_on_one_name_through_two_hubs_have_one_winner(session, redis_url):  # noqa: F811
+    one = await start_hub(redis_url=redis_url)
+    two = await start_hub(redis_url=redis_url)
+    try:
+        now = int(time.time())
+        claims = [names.sign_record("contested", secret_key(), now).to_json() for _ in range(12)]
+        results = await asyncio.gather(*(
+            put_record(session, (one, two)[i % 2].url, claim) for i, claim in enumerate(claims)
+        ))
+        statuses = sorted(status for status, _ in results)
+        assert statuses == [201] + [409] * (len(claims) - 1)
+        winner = next(body for status, body in results if status == 201)
+        for server in (one, two):
+            async with session.get(server.url + "/names/contested") as resp:
+                assert await resp.json() == winner
+    finally:
+        await one.stop()
+        await two.stop()
+
+
 async def test_hubs_keep_working_through_a_redis_restart(session, redis_server: RedisProcess):  # noqa: F811
     one = await start_hub(redis_url=redis_server.url)
     two = await start_hub(redis_url=redis_server.url)

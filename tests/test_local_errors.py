@@ -60,17 +60,19 @@ class FullDiskFeed(Feed):
         return super().verify_and_apply(data)
 
 
-def pump(a: Session, b: Session, events: dict[int, list[Event]]) -> None:
+def pump(
+    ra: Replicator, a: Session, rb: Replicator, b: Session, events: dict[int, list[Event]]
+) -> None:
     """Deliver messages both ways until both sessions are quiet, collecting their events."""
     for _ in range(10_000):
         moved = False
-        for src, dst in ((a, b), (b, a)):
+        for src, rep, dst in ((a, rb, b), (b, ra, a)):
             for chunk in src.datagrams_to_send(0.0):
-                dst.receive(chunk, 0.0)
+                rep.receive(dst, chunk, 0.0)
                 moved = True
-        for s in (a, b):
-            while (e := s.next_event()) is not None:
-                events.setdefault(id(s), []).append(e)
+        for rep in (ra, rb):
+            while (item := rep.next_event()) is not None:
+                events.setdefault(id(item[0]), []).append(item[1])
         if not moved:
             return
     raise AssertionError("the sessions never went quiet")
@@ -89,7 +91,7 @@ def test_a_full_disk_is_a_local_error_and_no_peer_is_blamed(tmp_path):
     a = rrep.add_session(name="writer", remote_is_writer=True)
     b = wrep.add_session(name="reader")
     events: dict[int, list[Event]] = {}
-    pump(a, b, events)
+    pump(rrep, a, wrep, b, events)
 
     mine = events[id(a)]
     assert not any(isinstance(e, PeerMisbehaved) for e in mine)
@@ -124,10 +126,10 @@ def test_a_closed_feed_and_raw_os_errors_are_local_but_a_bad_proof_is_not(tmp_pa
     b = wrep.add_session(name="reader")
     # The writer's answers are on their way when our feed is closed under the session.
     for chunk in a.datagrams_to_send(0.0):
-        b.receive(chunk, 0.0)
+        wrep.receive(b, chunk, 0.0)
     reader.close()
     events: dict[int, list[Event]] = {}
-    pump(a, b, events)
+    pump(rrep, a, wrep, b, events)
     kinds = [type(e) for e in events[id(a)]]
     assert LocalError in kinds and PeerMisbehaved not in kinds
     assert isinstance(rrep.failure, FeedError) and "closed" in str(rrep.failure)

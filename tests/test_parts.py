@@ -21,7 +21,7 @@ import av
 import pytest
 from playwright.async_api import async_playwright
 
-from streamer.broadcast import Broadcaster
+from streamer.broadcast import Broadcaster, BroadcastOptions
 from streamer.core.errors import ProofError
 from streamer.core.feed import Feed
 from streamer.core.wire import Request, RequestBlock, RequestUpgrade
@@ -139,7 +139,8 @@ def parts_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     async def run() -> None:
         with Feed.create(directory) as feed:
             source = TestPatternSource(320, 180, FPS, live=False)
-            await Broadcaster(feed, source, settings, fast=True, duration=SECONDS).run()
+            options = BroadcastOptions(fast=True, duration=SECONDS)
+            await Broadcaster(feed, source, settings, options).run()
 
     asyncio.run(run())
     return directory
@@ -385,8 +386,12 @@ async def test_resuming_a_v1_stream_goes_on_in_v1(tmp_path: Path) -> None:
 
     settings = EncoderSettings(160, 96, Fraction(30), 300_000, 1.0, "ultrafast")
     with Feed.create(tmp_path / "v2") as feed:
-        await Broadcaster(feed, TestPatternSource(160, 96, 30, live=False), settings, fast=True,
-                          duration=2.0).run()
+        await Broadcaster(
+            feed,
+            TestPatternSource(160, 96, 30, live=False),
+            settings,
+            BroadcastOptions(fast=True, duration=2.0),
+        ).run()
         blocks = [feed.get(i) for i in range(feed.length)]
     # The same stream as today's code wrote it: v1 header and v1 blocks.
     header = StreamHeader.decode(blocks[0])
@@ -401,11 +406,17 @@ async def test_resuming_a_v1_stream_goes_on_in_v1(tmp_path: Path) -> None:
         resume = resume_point(feed)
         assert resume is not None and resume.header.version == 1
         with pytest.raises(UsageError, match="format v1"):
-            plan_settings(TestPatternSource(160, 96, 30, live=False), resume=resume, part=0.2)
+            plan_settings(
+                TestPatternSource(160, 96, 30, live=False), BroadcastOptions(part=0.2), resume
+            )
         again = plan_settings(TestPatternSource(160, 96, 30, live=False), resume=resume)
         assert again.part is None
-        await Broadcaster(feed, TestPatternSource(160, 96, 30, live=False), again, fast=True,
-                          duration=1.0).run()
+        await Broadcaster(
+            feed,
+            TestPatternSource(160, 96, 30, live=False),
+            again,
+            BroadcastOptions(fast=True, duration=1.0),
+        ).run()
         added = [feed.get(i) for i in range(len(old) + 1, feed.length)]
     assert [b[4] for b in added] == [1, 1]  # one v1 GOP block, then a v1 end marker
     assert SegmentHeader.decode(added[0]).discontinuity and SegmentHeader.decode(added[-1]).end

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from streamer.core import crypto, wire
 from streamer.core.feed import Feed
+from streamer.core.handshake import Handshaker
 from streamer.core.replication import (
     BlockVerified,
     Event,
@@ -27,8 +28,6 @@ from streamer.core.replication import (
     RangeSet,
     Session,
     Upgraded,
-    check_handshake,
-    make_handshake,
 )
 from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
 
@@ -39,6 +38,8 @@ from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
 class Link:
     a: Session
     b: Session
+    ra: Replicator  # a's replicator
+    rb: Replicator
     # Messages on a link go through this filter (None = deliver unchanged, b"" = drop).
     tamper_ab: Callable[[bytes], bytes | None] | None = None
     tamper_ba: Callable[[bytes], bytes | None] | None = None
@@ -66,16 +67,13 @@ class Net:
 
             def side(rep: Replicator, initiator: bool) -> Session:
                 sk = rep.feed._secret_key if rep.feed.writable else None  # noqa: SLF001
-                return rep.add_session(
-                    handshake=make_handshake(key, hh, initiator, sk),
-                    verify_handshake=lambda h: check_handshake(h, key, hh, initiator),
-                )
+                return rep.add_session(handshake=Handshaker(key, hh, initiator, sk))
 
             a, b = side(x, True), side(y, False)
         else:
             a = x.add_session(name=f"{id(y)}", remote_is_writer=y.feed.writable)
             b = y.add_session(name=f"{id(x)}", remote_is_writer=x.feed.writable)
-        link = Link(a, b)
+        link = Link(a, b, x, y)
         self.links.append(link)
         return link
 
@@ -94,14 +92,14 @@ class Net:
                     if chunk:
                         wire_.append(chunk)
         for link in self.links:
-            for dst, wire_ in ((link.b, link.ab), (link.a, link.ba)):
+            for dst, rep, wire_ in ((link.b, link.rb, link.ab), (link.a, link.ra, link.ba)):
                 if wire_:
-                    dst.receive(wire_.popleft(), self.now)
+                    rep.receive(dst, wire_.popleft(), self.now)
                     moved = True
-        for link in self.links:
-            for s in (link.a, link.b):
-                while (e := s.next_event()) is not None:
-                    self.events.setdefault(id(s), []).append(e)
+        for rep in self.reps:
+            while (item := rep.next_event()) is not None:
+                s, e = item
+                self.events.setdefault(id(s), []).append(e)
         return moved or any(s.wants_to_send() for link in self.links for s in (link.a, link.b))
 
     def settle(self) -> None:
@@ -192,8 +190,9 @@ def test_two_peers_replicate_a_live_stream(make: Callable[..., Replicator]) -> N
     assert [v.feed.get(i) for i in range(12)] == [block(i) for i in range(12)]  # type: ignore[attr-defined]
     assert [e.length for e in net.of(link.b, Upgraded)][-1] == 12
     assert sorted(e.index for e in net.of(link.b, BlockVerified)) == list(range(12))
-    stats = v.stats()
-    assert stats["writer_share"] == 1.0 and stats["duplicates"] == 0
+    stats = v.stats(net.now)
+    assert stats.share_from_peers == 0.0 and stats.duplicates == 0
+    assert stats.blocks_from_writer == 12 and stats.peers == 1 and stats.writer_connected
     assert net.of(link.a, PeerMisbehaved) == [] and net.of(link.b, PeerMisbehaved) == []
 
 
@@ -214,15 +213,15 @@ def test_a_viewer_reshares_so_the_next_downloads_mostly_from_it(
     assert held(c) == list(range(10))
     # The writer already served each block once (to b): beyond that it spends only a small
     # budget of extra copies, so c gets nearly everything from b.
-    stats = c.stats()
-    assert stats["blocks_from_peers"] >= 7 and stats["blocks_from_writer"] <= 3
+    stats = c.stats(net.now)
+    assert stats.blocks_from_peers >= 7 and stats.blocks_from_writer <= 3
     # Live blocks: the writer serves each one once; whichever viewer got it passes it on.
     for i in range(10, 20):
         append(net, w, [block(i)])
         net.run(1)
     assert held(b) == held(c) == list(range(20))
-    assert w.totals.blocks_up <= 20 + 4  # once each, plus the writer's small extra budget
-    assert b.totals.blocks_up + c.totals.blocks_up >= 20
+    assert w.stats(net.now).blocks_up <= 20 + 4  # once each, plus the writer's small extra budget
+    assert b.stats(net.now).blocks_up + c.stats(net.now).blocks_up >= 20
 
 
 def test_the_writer_uploads_each_block_about_once_however_many_watch(
@@ -240,7 +239,7 @@ def test_the_writer_uploads_each_block_about_once_however_many_watch(
         net.run(1)
     for v in viewers:
         assert all(v.feed.has(i) for i in range(28, 30))
-    assert w.totals.blocks_up <= 1.3 * 30
+    assert w.stats(net.now).blocks_up <= 1.3 * 30
     assert sum(v.totals.blocks_from_peers for v in viewers) > 4 * sum(
         v.totals.blocks_from_writer for v in viewers
     )
@@ -318,7 +317,7 @@ def test_requests_in_flight_to_one_peer_are_bounded(make: Callable[..., Replicat
     append(net, w, [block(i, 200) for i in range(100)])
     net.run(0)
     link.tamper_ab = lambda chunk: None  # the writer goes silent: nothing is answered
-    link.b.receive(wire.Framer().frame(wire.encode_message(wire.Range(0, 100)))[0], net.now)
+    v.receive(link.b, wire.Framer().frame(wire.encode_message(wire.Range(0, 100)))[0], net.now)
     net.run(1)
     assert len(link.b.inflight) <= 16
     link.tamper_ab = None
@@ -452,7 +451,7 @@ def test_an_unrequested_block_gets_the_peer_dropped(make: Callable[..., Replicat
     append(net, w, [block(i) for i in range(4)])
     net.run(1)
     data = w.feed.proof(wire.Request(id=77, fork=0, block=wire.RequestBlock(2, 0)))
-    link.b.receive(wire.Framer().frame(wire.encode_message(data))[0], net.now)
+    v.receive(link.b, wire.Framer().frame(wire.encode_message(data))[0], net.now)
     net.settle()
     (event,) = net.of(link.b, PeerMisbehaved)
     assert "never sent" in event.reason
@@ -471,7 +470,7 @@ def test_undecodable_bytes_get_the_peer_dropped(
     v = net.add(make())
     link = net.link(w, v)
     net.run(0)
-    link.b.receive(garbage, net.now)
+    v.receive(link.b, garbage, net.now)
     net.settle()
     assert len(net.of(link.b, PeerMisbehaved)) == 1
     assert link.b.closed

@@ -64,26 +64,31 @@ class Harness:
         self.now = 0.0
         self.cases = 0
         self.dropped = 0
+        self.reps: dict[Session, Replicator] = {}
 
     def session(self, rep: Replicator | None = None) -> Session:
-        return (rep or self.rep).add_session(name="fuzz")
+        s = (rep or self.rep).add_session(name="fuzz")
+        self.reps[s] = rep or self.rep
+        return s
 
     def feed(self, s: Session, chunks: list[bytes]) -> list[PeerMisbehaved]:
         self.cases += 1
         self.now += 0.001
+        rep = self.reps.pop(s)
         for chunk in chunks:
-            s.receive(chunk, self.now)  # must never raise
+            rep.receive(s, chunk, self.now)  # must never raise
         s.datagrams_to_send(self.now)
         events = []
-        while (e := s.next_event()) is not None:
-            events.append(e)
+        while (item := rep.next_event()) is not None:
+            if item[0] is s:
+                events.append(item[1])
         bad = [e for e in events if isinstance(e, PeerMisbehaved)]
         for e in bad:
             assert "internal error" not in e.reason, e.reason
         if bad:
             self.dropped += 1
             assert s.closed
-        s.close()
+        rep.remove_session(s)
         return bad
 
     def valid_answer(self, s: Session, rng: random.Random) -> wire.Data:

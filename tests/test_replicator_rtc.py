@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import pytest
 
-from streamer.broadcast import Broadcaster, plan_settings
+from streamer.broadcast import Broadcaster, BroadcastOptions, plan_settings
 from streamer.core import crypto
 from streamer.core.feed import Feed
 from streamer.core.replication import BlockVerified, Event
@@ -69,10 +69,10 @@ async def nodes(hub: HubServer) -> AsyncIterator[Callable[..., NetworkReplicator
 
 def broadcaster(feed: Feed, seconds: float, part: float | None = None) -> Broadcaster:
     source = open_source("test", fast=True, test_size=(160, 120), test_fps=15.0)
-    settings = plan_settings(
-        source, size=(160, 120), fps=Fraction(15), bitrate=200_000, part=part
+    options = BroadcastOptions(
+        size=(160, 120), fps=Fraction(15), bitrate=200_000, duration=seconds, fast=True, part=part
     )
-    return Broadcaster(feed, source, settings, duration=seconds, fast=True)
+    return Broadcaster(feed, source, plan_settings(source, options), options)
 
 
 def complete(reader: Feed, writer: Feed) -> bool:
@@ -113,10 +113,10 @@ async def test_a_viewer_follows_a_live_encoded_stream_and_gets_an_exact_copy(nod
     assert sorted(e.index for e in blocks) == list(range(writer_feed.length))
     assert all(e.from_writer for e in blocks)
     stats = reader.stats()
-    assert stats["blocks_from_writer"] == writer_feed.length
-    assert stats["share_from_peers"] == 0.0
-    assert stats["bytes_down"] >= writer_feed.byte_length
-    assert writer.stats()["blocks_up"] == writer_feed.length
+    assert stats.blocks_from_writer == writer_feed.length
+    assert stats.share_from_peers == 0.0
+    assert stats.bytes_down >= writer_feed.byte_length
+    assert writer.stats().blocks_up == writer_feed.length
     await reader.stop()
     reader_feed.close()
     await assert_plays(tmp_path / "r", tmp_path / "r.mp4", 4.0)
@@ -137,8 +137,8 @@ async def test_viewers_share_with_each_other_and_reshare_after_the_writer_left(n
     for v in viewers:
         assert_same_stream(v.feed, writer_feed)
     # The writer serves each block freely once: the other viewer gets most of it from a peer.
-    assert sum(v.stats()["blocks_from_peers"] for v in viewers) > 0
-    assert writer.stats()["blocks_up"] < 2 * writer_feed.length
+    assert sum(v.stats().blocks_from_peers for v in viewers) > 0
+    assert writer.stats().blocks_up < 2 * writer_feed.length
     await writer.stop()
 
     late_feed = Feed.open(tmp_path / "late", key=WRITER.public_key, create=True)
@@ -147,10 +147,10 @@ async def test_viewers_share_with_each_other_and_reshare_after_the_writer_left(n
     await eventually(lambda: complete(late_feed, writer_feed))
     assert_same_stream(late_feed, writer_feed)
     stats = late.stats()
-    assert stats["blocks_from_writer"] == 0
-    assert stats["blocks_from_peers"] == writer_feed.length
-    assert stats["share_from_peers"] == 1.0
-    assert sum(v.stats()["blocks_up"] for v in viewers) >= writer_feed.length
+    assert stats.blocks_from_writer == 0
+    assert stats.blocks_from_peers == writer_feed.length
+    assert stats.share_from_peers == 1.0
+    assert sum(v.stats().blocks_up for v in viewers) >= writer_feed.length
 
 
 async def test_the_network_source_fetches_what_the_player_asks_for(nodes, tmp_path):
@@ -196,7 +196,7 @@ async def test_a_peer_that_sends_garbage_is_dropped_and_banned(nodes, hub, tmp_p
         await conn.send(b"\xff" * 100)  # a frame that decodes to no protocol message
         await asyncio.wait_for(conn.wait_closed(), 10.0)
         await eventually(lambda: writer.swarm.is_banned(rogue.peer_id), timeout=5.0)
-        assert writer.stats()["peers_dropped"] == 1
+        assert writer.stats().peers_dropped == 1
     finally:
         await rogue.leave()
 

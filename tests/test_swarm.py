@@ -1,7 +1,7 @@
 """The swarm over a real hub (in-process aiohttp on a free port) and real aiortc peers on
 127.0.0.1: mesh forming, the neighbour bound, making room for newcomers, the feed-key handshake,
 writer identification, hub restarts and two hubs, graceful leave, hostile signaling, silent and
-flooding peers, ICE server configuration."""
+flooding peers, ICE server configuration. (Idle timeouts: tests/test_channel_conformance.py.)"""
 
 from __future__ import annotations
 
@@ -223,18 +223,6 @@ async def test_hostile_signaling_is_ignored_and_the_node_keeps_working(hub, make
     friend = make_swarm()
     await friend.join()
     await eventually(lambda: connected(target, friend))
-
-
-async def test_a_silent_neighbour_is_dropped():
-    # The answerer never sends keepalives; the offerer gives up on it after half a second.
-    offerer = RtcPeer("quiet", initiator=True, keepalive=0.1, idle_timeout=0.5)
-    answerer = RtcPeer("chatty", initiator=False, keepalive=3600, idle_timeout=3600)
-    await offerer.accept(await answerer.answer(await offerer.offer()))
-    a, b = await asyncio.gather(offerer.channel(), answerer.channel())
-    await asyncio.wait_for(a.wait_closed(), 10)
-    assert a.close_reason == "peer silent"
-    await asyncio.wait_for(b.wait_closed(), 10)
-    await answerer.close()
 
 
 def test_ice_servers_come_from_json_or_a_url_list():

@@ -167,7 +167,7 @@ def run_archive(options: ArchiveOptions) -> int:
                     task,
                     total=max(target, 1),
                     completed=min(feed.blocks_present, target),
-                    mb=net.stats()["bytes_down"] / 1e6,
+                    mb=net.stats().bytes_down / 1e6,
                     peers=net.peers,
                 )
 

@@ -16,13 +16,9 @@ from pathlib import Path
 
 import av
 
-from streamer.core.errors import BlockNotFoundError, SwarmcastError
+from streamer.core.errors import BlockNotFoundError, ExportError, StreamFormatError
 from streamer.core.feed import Feed
-from streamer.media.format import StreamFormatError, StreamHeader, Timeline, segment_media
-
-
-class ExportError(SwarmcastError):
-    """A stream cannot be exported as asked (nothing to export, output not writable, ...)."""
+from streamer.media.format import StreamHeader, Timeline, segment_media
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 from streamer.core import storage
 from streamer.core.errors import (
@@ -25,6 +25,7 @@ from streamer.core.errors import (
 from streamer.core.feed import Feed
 from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
+from streamer.core.stats import ReplicationStats
 from streamer.media.format import StreamHeader, Timeline
 from streamer.media.parts import fit_replicator_to_parts
 from streamer.net.aio import Deadline, FeedWakeup, run_until
@@ -221,15 +222,8 @@ class NetworkSource(LocalFeedSource):
             timeline.add_block(join, await self.get(join, timeout))
         return join
 
-    def stats(self) -> dict[str, Any]:
-        stats = super().stats()
-        net = self.net.stats()
-        for field in ("peers", "bytes_up", "bytes_down", "share_from_peers", "down_rate", "up_rate"):
-            stats[field] = net[field]
-        stats["writer_connected"] = self.net.writer_connected
-        for field in ("blocks_from_writer", "blocks_from_peers", "blocks_up", "duplicates"):
-            stats[field] = net[field]
-        return stats
+    def _swarm_stats(self) -> ReplicationStats:
+        return self.net.stats()
 
     async def close(self) -> None:
         await super().close()

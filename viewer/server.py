@@ -18,10 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from streamer.core.errors import BlockNotFoundError
+from streamer.core.errors import BlockNotFoundError, StreamFormatError
 from streamer.media.format import (
     SegmentHeader,
-    StreamFormatError,
     StreamHeader,
     Timeline,
     TimelineEntry,

@@ -11,8 +11,9 @@ import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from streamer.core.errors import BlockNotFoundError
-from streamer.media.format import SegmentHeader, StreamFormatError, stream_ended
+from streamer.core.errors import BlockNotFoundError, StreamFormatError
+from streamer.core.stats import NodeStats, ReplicationStats
+from streamer.media.format import SegmentHeader, stream_ended
 from streamer.net.aio import Deadline, FeedWakeup
 
 if TYPE_CHECKING:
@@ -139,21 +140,20 @@ class LocalFeedSource(BlockSource):
         delay = 0.0
         if self._newest_wall_clock is not None and not self._ended:
             delay = max(0.0, time.time() - self._newest_wall_clock)
-        return {
-            "key": feed.key.hex(),
-            "length": feed.length,
-            "blocks_have": feed.blocks_present,
-            "byte_length": feed.byte_length,
-            "peers": 0,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "live_delay_s": round(delay, 3),
-            "share_from_peers": 0.0,
-            "down_rate": 0.0,
-            "up_rate": 0.0,
-            "ended": self._ended,
-            "playhead": self._playhead,
-        }
+        node = NodeStats(
+            key=feed.key.hex(),
+            length=feed.length,
+            blocks_have=feed.blocks_present,
+            byte_length=feed.byte_length,
+            live_delay_s=round(delay, 3),
+            ended=self._ended,
+            swarm=self._swarm_stats(),
+        )
+        return {**node.as_json(), "playhead": self._playhead}
+
+    def _swarm_stats(self) -> ReplicationStats:
+        """This node's replication (a network source's; none for a feed in this process)."""
+        return ReplicationStats()
 
     async def close(self) -> None:
         self._changes.close()

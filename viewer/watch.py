@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.core.errors import NetworkError, UsageError
-from streamer.media.format import StreamFormatError
+from streamer.core.errors import NetworkError, StreamFormatError, UsageError
 from streamer.net.aio import stop_on_signals
 from streamer.net.replicator import NetworkReplicator
 from viewer.netsource import (

@@ -22,6 +22,7 @@ from streamer.core.errors import (
     BlockNotFoundError,
     CorruptFeedError,
     FeedError,
+    ForkMismatchError,
     KeyMismatchError,
     NotWritableError,
 )
@@ -29,7 +30,6 @@ from streamer.core.flat_tree import full_roots, parent, right_span, sibling
 from streamer.core.merkle import (
     CompatVerifier,
     DefaultManifestVerifier,
-    ForkMismatchError,
     MerkleTree,
     ProofBatch,
     Verifier,

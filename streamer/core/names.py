@@ -1,15 +1,19 @@
 """Signed stream-name records: name syntax, canonical signable bytes, signing and verification.
 
 A record binds a human-readable name to a stream's public key; it is signed with the stream's
-ed25519 key, so anyone can check it without trusting the hub that served it. Sans-IO: this module
+ed25519 key, so anyone can check it without trusting the hub that served it. The rule deciding
+who owns a name (first come, first served; only the owner's newer record replaces it) lives here
+too, as judge_claim(), with NameRegistry as its bounded in-memory store. Sans-IO: this module
 never touches the network, the clock (time is passed in) or the filesystem.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import nacl.exceptions
@@ -69,6 +73,10 @@ class NameRecord:
             "signature": self.signature.hex(),
         }
 
+    def canonical_json(self) -> str:
+        """The record as compact, key-sorted JSON: the exact text a hub stores and serves."""
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
+
     @classmethod
     def from_json(cls, obj: Any) -> NameRecord:
         """Parse a JSON object into a record (syntax only; call verify() for the signature).
@@ -118,6 +126,70 @@ def sign_record(name: str, secret_key: bytes, time: int) -> NameRecord:
 def parse_verified(obj: Any) -> NameRecord:
     """Parse and verify a record received from anywhere; raises ProofError if it is not valid."""
     return NameRecord.from_json(obj).verify()
+
+
+class Claim(Enum):
+    """What offering a record for a name did: stored it, or why not."""
+
+    CREATED = "created"  # the name was free; the record is stored
+    UPDATED = "updated"  # the owner's newer record replaced the stored one
+    UNCHANGED = "unchanged"  # the very same record is stored already
+    TAKEN = "taken"  # the name belongs to another key
+    STALE = "stale"  # the owner's record is not newer than the stored one
+    FULL = "full"  # the registry holds as many names as it may
+
+    @property
+    def accepted(self) -> bool:
+        """True if the record now stands for the name."""
+        return self in (Claim.CREATED, Claim.UPDATED, Claim.UNCHANGED)
+
+    @property
+    def stores(self) -> bool:
+        """True if the record must be written in place of what is stored."""
+        return self in (Claim.CREATED, Claim.UPDATED)
+
+
+def judge_claim(current: str | None, record: NameRecord, *, room: bool = True) -> Claim:
+    """Decide a claim on `record.name`: first come, first served; only the key that owns a name
+    may replace its record, and only with a newer time.
+
+    `current` is the stored record's canonical JSON (None if the name is free); `room` says whether
+    a new name may still be stored. The record's signature must have been verified already.
+    """
+    if current is None:
+        return Claim.CREATED if room else Claim.FULL
+    if current == record.canonical_json():
+        return Claim.UNCHANGED
+    stored = json.loads(current)
+    if stored["key"] != record.key.hex():
+        return Claim.TAKEN
+    if stored["time"] >= record.time:
+        return Claim.STALE
+    return Claim.UPDATED
+
+
+class NameRegistry:
+    """Verified name records held in memory, at most `max_names` of them (a hub without Redis)."""
+
+    def __init__(self, max_names: int) -> None:
+        self._records: dict[str, str] = {}  # name -> canonical JSON of its record
+        self._max_names = max_names
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, name: str) -> str | None:
+        """The stored record for `name` as canonical JSON, or None."""
+        return self._records.get(name)
+
+    def put(self, record: NameRecord) -> Claim:
+        """Store `record` (already verified) if judge_claim allows it; say what happened."""
+        claim = judge_claim(
+            self._records.get(record.name), record, room=len(self._records) < self._max_names
+        )
+        if claim.stores:
+            self._records[record.name] = record.canonical_json()
+        return claim
 
 
 def _hex_field(field: str, value: Any, size: int) -> bytes:

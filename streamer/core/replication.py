@@ -1,9 +1,11 @@
 """One replication session with one peer, sans-IO, in the shape of aioquic's QuicConnection.
 
 Bytes in (`receive`), data-channel messages out (`datagrams_to_send`), events out (`next_event`),
-time always passed in. A Session parses and checks what its peer sends, keeps what we know of that
-peer (length, which blocks it holds, our requests to it, its requests to us) within fixed bounds,
-and leaves every choice of what to request or serve to its scheduler.Replicator. It never stores,
+time always passed in. A Session parses and checks what its peer sends, matches answers to our
+requests, verifies and applies them to the feed, and keeps what we know of that peer (length,
+which blocks it holds, our requests to it, its requests to us) within fixed bounds. It knows
+nothing of the scheduler: it emits events (which the scheduler.Replicator consumes) and asks a
+small upload policy (core.admission) whether to answer a block request now. It never stores,
 announces or serves a block that has not verified, never does I/O, and never blames the peer for
 our own failures (a full disk is a LocalError, not a PeerMisbehaved).
 """
@@ -11,22 +13,29 @@ our own failures (a full disk is a LocalError, not a PeerMisbehaved).
 from __future__ import annotations
 
 import bisect
-import hmac
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from streamer.core import crypto
-from streamer.core.errors import BlockNotFoundError, FeedError, ProofError, WireError
+from streamer.core.errors import (
+    BlockNotFoundError,
+    FeedError,
+    HandshakeFailed,
+    ProofError,
+    ProtocolViolation,
+    WireError,
+)
 from streamer.core.feed import ApplyResult
+from streamer.core.handshake import Handshaker
+from streamer.core.stats import PeerStats
 from streamer.core.wire import (
+    MAX_CHUNK,
     Bitfield,
     Cancel,
     Data,
     Extension,
     Framer,
-    Handshake,
     Message,
     NoData,
     Range,
@@ -41,9 +50,6 @@ from streamer.core.wire import (
     encode_message,
 )
 
-if TYPE_CHECKING:
-    from streamer.core.scheduler import Replicator
-
 __all__ = [
     "BlockVerified",
     "Event",
@@ -52,14 +58,16 @@ __all__ = [
     "LocalError",
     "NO_DATA_BUSY",
     "NO_DATA_MISSING",
+    "OutRequest",
     "PeerMisbehaved",
     "RangeSet",
     "RemoteSynced",
+    "RequestAnswered",
+    "RequestRefused",
     "Session",
+    "UploadPolicy",
     "Upgraded",
-    "check_handshake",
     "is_local_error",
-    "make_handshake",
 ]
 
 # NoData reasons (our own codes; hypercore peers send none, which reads as NO_DATA_MISSING).
@@ -75,10 +83,8 @@ MAX_EVENTS = 1024  # unread events kept; the oldest are dropped (a closing event
 RECENT_CANCELLED = 256  # cancelled requests whose late answers we still verify and use
 
 _HANDSHAKE, _OPEN, _CLOSED = "handshake", "open", "closed"
+LOCAL_ERROR_REASON = "replication stopped by a local error"
 
-
-class ProtocolViolation(Exception):
-    """The peer broke the protocol (as opposed to sending a proof that does not verify)."""
 
 
 # ---------------------------------------------------------------- events
@@ -131,7 +137,50 @@ class LocalError:
     error: Exception
 
 
-Event = HandshakeComplete | RemoteSynced | BlockVerified | Upgraded | PeerMisbehaved | LocalError
+@dataclass(slots=True)
+class OutRequest:
+    """A request we sent and whose answer we still expect."""
+
+    id: int
+    block: int | None
+    upgrade: bool
+    fork: int
+    sent_at: float
+    check_at: float = 0.0  # when the replicator looks whether it is late
+    late: bool = False  # already re-requested from another peer because this one was slow
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAnswered:
+    """The peer answered one of our requests with data that verified and is applied (for the
+    scheduler; comes before the Upgraded and BlockVerified it caused)."""
+
+    request: OutRequest
+    stale: bool  # it answers a request we had cancelled
+    block_size: int | None = None  # bytes of the block it carried; None: no block came
+    duplicate: bool = False  # we already held that block
+    declined: bool = False  # we asked for a block, it sent only the upgrade: it is busy
+    ignored: bool = False  # a stale upgrade that no longer applies: nothing was verified
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRefused:
+    """The peer declined one of our requests (NoData; for the scheduler)."""
+
+    request: OutRequest
+    busy: bool  # it holds the block but its uplink is full; else it lacks it
+
+
+Event = (
+    HandshakeComplete
+    | RemoteSynced
+    | BlockVerified
+    | Upgraded
+    | PeerMisbehaved
+    | LocalError
+    | RequestAnswered
+    | RequestRefused
+)
 
 
 def is_local_error(exc: BaseException) -> bool:
@@ -167,40 +216,26 @@ class FeedLike(Protocol):
     def verify_and_apply(self, data: Data) -> ApplyResult: ...
 
 
-# ---------------------------------------------------------------- handshake
+class UploadPolicy(Protocol):
+    """Whether to answer a peer's block request now (core.admission.UploadAdmission), shared by
+    every session of one feed."""
+
+    def admit(self, peer: Hashable, block: int, now: float) -> bool: ...
+    def started(self) -> None: ...
+    def dropped(self, block: int) -> None: ...
 
 
-def _writer_proof(capability: bytes) -> bytes:
-    # The writer signs the capability: it is bound to this connection, so it cannot be replayed.
-    return capability
+class AdmitAll:
+    """An UploadPolicy that answers every request (tests, tools)."""
 
+    def admit(self, peer: Hashable, block: int, now: float) -> bool:
+        return True
 
-def make_handshake(
-    key: bytes, handshake_hash: bytes, initiator: bool, writer_secret_key: bytes | None = None
-) -> Handshake:
-    """Our handshake for one connection: the capability, plus the writer's signature if we are it."""
-    capability = crypto.replication_capability(handshake_hash, key, initiator)
-    signature = None
-    if writer_secret_key is not None:
-        signature = crypto.sign(_writer_proof(capability), writer_secret_key)
-    return Handshake(capability=capability, seeks=True, writer_signature=signature)
+    def started(self) -> None:
+        return None
 
-
-def check_handshake(
-    handshake: Handshake, key: bytes, handshake_hash: bytes, initiator: bool
-) -> bool:
-    """Check the peer's handshake (`initiator` is OUR role); True if the peer is the writer.
-
-    Raises ProofError when the capability or the writer signature does not verify.
-    """
-    expected = crypto.replication_capability(handshake_hash, key, not initiator)
-    if not hmac.compare_digest(handshake.capability, expected):
-        raise ProofError("handshake capability does not match: the peer does not know the feed key")
-    if handshake.writer_signature is None:
-        return False
-    if not crypto.verify(_writer_proof(handshake.capability), handshake.writer_signature, key):
-        raise ProofError("handshake claims the writer key with a bad signature")
-    return True
+    def dropped(self, block: int) -> None:
+        return None
 
 
 # ---------------------------------------------------------------- remote bitfield
@@ -270,56 +305,30 @@ class RangeSet:
 # ---------------------------------------------------------------- session
 
 
-@dataclass(slots=True)
-class OutRequest:
-    """A request we sent and whose answer we still expect."""
-
-    id: int
-    block: int | None
-    upgrade: bool
-    fork: int
-    sent_at: float
-    check_at: float = 0.0  # when the replicator looks whether it is late
-    late: bool = False  # already re-requested from another peer because this one was slow
-
-
-@dataclass(slots=True)
-class PeerStats:
-    """Traffic with one peer (wire bytes include framing)."""
-
-    bytes_up: int = 0
-    bytes_down: int = 0
-    blocks_up: int = 0
-    blocks_down: int = 0
-    block_bytes_up: int = 0
-    block_bytes_down: int = 0
-    duplicates: int = 0  # blocks this peer sent that we already had (after re-requests)
-    refused: int = 0  # our block requests it declined (busy or missing)
-
-
 class Session:
     """Replication with one peer over one ordered, reliable message channel.
 
-    Create it with Replicator.add_session. Feed every received data-channel message to
-    `receive(data, now)`; send what `datagrams_to_send(now, max_bytes)` returns, in order;
-    drain `next_event()`; call `handle_timer(now)` at `get_timer()`.
+    Create it with Replicator.add_session, which also consumes its events. Feed every received
+    data-channel message to `Replicator.receive(session, data, now)`; send what
+    `datagrams_to_send(now, max_bytes)` returns, in order. With a Handshaker the session sends our
+    handshake first and takes none of the peer's messages until its handshake verified; without
+    one, the connection already did the handshake and `remote_is_writer` says what it found.
     """
 
     def __init__(
         self,
-        replicator: Replicator,
+        feed: FeedLike,
+        uploads: UploadPolicy | None = None,
         *,
         name: str = "",
-        handshake: Handshake | None = None,
-        verify_handshake: Callable[[Handshake], bool] | None = None,
+        chunk_size: int = MAX_CHUNK,
+        handshake: Handshaker | None = None,
         remote_is_writer: bool = False,
     ) -> None:
-        if (handshake is None) != (verify_handshake is None):
-            raise ValueError("give both handshake and verify_handshake, or neither (already done)")
         self.name = name
-        self._rep = replicator
-        self._feed = replicator.feed
-        self._verify_handshake = verify_handshake
+        self._feed = feed
+        self._uploads_policy = uploads if uploads is not None else AdmitAll()
+        self._handshake = handshake
         self.remote_is_writer = remote_is_writer
         self.remote_length = 0
         self.remote_fork = 0
@@ -332,7 +341,7 @@ class Session:
         self._uploads: deque[Request] = deque()  # block requests admitted, answered when sent
         self._control: deque[bytes] = deque()
         self._outbox: deque[bytes] = deque()  # chunks of the message being sent
-        self._framer = Framer(replicator.config.chunk_size)
+        self._framer = Framer(chunk_size)
         self._reassembler = Reassembler()
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._announced_length = 0
@@ -340,7 +349,7 @@ class Session:
         self.close_reason: str | None = None
         if handshake is not None:
             self._state = _HANDSHAKE
-            self._queue(handshake)
+            self._queue(handshake.message)
         else:
             self._state = _OPEN
             self._on_open()
@@ -371,15 +380,23 @@ class Session:
         return len(self._uploads)
 
     def receive(self, data: bytes, now: float) -> None:
-        """Take one data-channel message from the peer."""
+        """Take one data-channel message from the peer (Replicator.receive calls this)."""
         if self._state == _CLOSED:
             return
         self.stats.bytes_down += len(data)
         try:
+            if self._state == _HANDSHAKE:
+                assert self._handshake is not None
+                self.remote_is_writer = self._handshake.receive(data)
+                self._state = _OPEN
+                self._on_open()
+                return
             for raw in self._reassembler.feed(data):
                 self._handle(decode_message(raw), now)
                 if self._state == _CLOSED:
                     return
+        except HandshakeFailed as e:
+            self._misbehaved(f"bad handshake: {e}")
         except WireError as e:
             self._misbehaved(f"undecodable bytes: {e}")
         except (ProofError, ProtocolViolation) as e:
@@ -391,7 +408,6 @@ class Session:
                 self._misbehaved(
                     f"internal error on a message from the peer: {type(e).__name__}: {e}"
                 )
-        self._rep.schedule(now)
 
     def datagrams_to_send(self, now: float, max_bytes: int | None = None) -> list[bytes]:
         """Data-channel messages (each <= 64 KiB) to send now, in order.
@@ -424,13 +440,6 @@ class Session:
     def has_events(self) -> bool:
         return bool(self._events)
 
-    def get_timer(self) -> float | None:
-        """When handle_timer must run (the replicator's timer: one for all its sessions)."""
-        return self._rep.get_timer()
-
-    def handle_timer(self, now: float) -> None:
-        self._rep.handle_timer(now)
-
     def close(self, reason: str | None = None) -> None:
         """Stop: nothing more is sent or accepted; our requests to the peer go elsewhere."""
         if self._state == _CLOSED:
@@ -441,9 +450,8 @@ class Session:
         self._control.clear()
         for req in self._uploads:
             assert req.block is not None
-            self._rep._upload_dropped(req.block.index)
+            self._uploads_policy.dropped(req.block.index)
         self._uploads.clear()
-        self._rep._session_closed(self)
 
     # ------------------------------------------------------------ used by the replicator
 
@@ -525,8 +533,8 @@ class Session:
 
     def _answer(self, req: Request) -> Data | NoData | None:
         """Build the proof for an admitted request now (our state may have grown meanwhile);
-        None when our own feed failed (the replicator has stopped)."""
-        self._rep._upload_started()
+        None when our own feed failed (this session has stopped)."""
+        self._uploads_policy.started()
         try:
             data = self._feed.proof(req)
         except BlockNotFoundError:
@@ -535,26 +543,23 @@ class Session:
             self._local_error(e)
             return None
         if data.block is not None:
-            size = len(data.block.value)
             self.stats.blocks_up += 1
-            self.stats.block_bytes_up += size
-            self._rep._block_uploaded(self, data.block.index, size)
+            self.stats.block_bytes_up += len(data.block.value)
         return data
 
     def _misbehaved(self, reason: str) -> None:
         if self._state == _CLOSED:
             return
         self._emit(PeerMisbehaved(reason))
-        self._rep.totals.peers_dropped += 1
         self.close(reason)
 
     def _local_error(self, error: Exception) -> None:
-        """Our own feed failed: report it on this session and stop the whole replicator, since
-        every session shares the feed. Nobody is dropped for misbehaving."""
+        """Our own feed failed: report it and stop. The replicator, reading LocalError, stops
+        every other session too, since they share the feed. Nobody is dropped for misbehaving."""
         if self._state == _CLOSED:
             return
         self._emit(LocalError(error))
-        self._rep._fail(error)
+        self.close(LOCAL_ERROR_REASON)
 
     def _on_open(self) -> None:
         self._emit(HandshakeComplete(self.remote_is_writer))
@@ -566,17 +571,6 @@ class Session:
             self.announce(start, end)
 
     def _handle(self, msg: Message, now: float) -> None:
-        if self._state == _HANDSHAKE:
-            if not isinstance(msg, Handshake):
-                raise ProtocolViolation(f"expected a handshake, got {type(msg).__name__}")
-            assert self._verify_handshake is not None
-            try:
-                self.remote_is_writer = self._verify_handshake(msg)
-            except ProofError as e:
-                raise ProtocolViolation(f"bad handshake: {e}") from None
-            self._state = _OPEN
-            self._on_open()
-            return
         handler = _HANDLERS.get(type(msg))
         if handler is None:
             raise ProtocolViolation(f"unexpected {type(msg).__name__} message after the handshake")
@@ -610,7 +604,7 @@ class Session:
         if msg.block is not None and not feed.has(msg.block.index):
             self._queue(NoData(msg.id, NO_DATA_MISSING))
             return
-        if msg.block is not None and not self._rep._admit_upload(self, msg.block.index, now):
+        if msg.block is not None and not self._uploads_policy.admit(self, msg.block.index, now):
             if msg.upgrade is None:
                 self._queue(NoData(msg.id, NO_DATA_BUSY))
                 return
@@ -629,7 +623,7 @@ class Session:
             if req.id == msg.request:
                 self._uploads.remove(req)
                 assert req.block is not None
-                self._rep._upload_dropped(req.block.index)
+                self._uploads_policy.dropped(req.block.index)
                 return
 
     def _on_data(self, msg: Data, now: float) -> None:
@@ -655,7 +649,35 @@ class Session:
             raise ProtocolViolation("data answers nothing")
         if msg.fork != out.fork:
             raise ProtocolViolation(f"data is for fork {msg.fork}, we asked about fork {out.fork}")
-        self._rep._data(self, out, msg, stale, now)
+        self._apply(out, msg, stale)
+
+    def _apply(self, out: OutRequest, data: Data, stale: bool) -> None:
+        """Verify an answer to one of our requests and store what it proves; ProofError (the peer
+        is dropped) if invalid, or the feed's own error (LocalStorageError, ...) if our disk
+        refused what verified."""
+        feed = self._feed
+        if stale and data.upgrade is not None and data.upgrade.start != feed.length:
+            # The answer to an upgrade we gave up on; our length moved on, so it no longer applies.
+            self._emit(RequestAnswered(out, stale, ignored=True))
+            return
+        had = out.block is not None and feed.has(out.block)
+        old_length = feed.length
+        feed.verify_and_apply(data)
+        size = None if data.block is None else len(data.block.value)
+        declined = data.block is None and out.block is not None
+        if declined:
+            # The peer sent the upgrade but declined the block: it is busy.
+            self.stats.refused += 1
+        elif size is not None and had:
+            self.stats.duplicates += 1
+        elif size is not None:
+            self.stats.blocks_down += 1
+            self.stats.block_bytes_down += size
+        self._emit(RequestAnswered(out, stale, size, had, declined))
+        if feed.length > old_length:
+            self._emit(Upgraded(feed.length))
+        if data.block is not None and not had:
+            self._emit(BlockVerified(data.block.index, self.remote_is_writer))
 
     def _on_no_data(self, msg: NoData, now: float) -> None:
         out = self.inflight.pop(msg.request, None)
@@ -664,7 +686,10 @@ class Session:
             self._cancelled.pop(msg.request, None)
             return
         self.stats.refused += 1
-        self._rep._refused(self, out, msg.reason == NO_DATA_BUSY, now)
+        busy = msg.reason == NO_DATA_BUSY
+        if not busy and out.block is not None:
+            self.remote_has.remove(out.block, out.block + 1)
+        self._emit(RequestRefused(out, busy))
 
     def _on_range(self, msg: Range, now: float) -> None:
         end = msg.start + msg.length

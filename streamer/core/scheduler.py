@@ -2,28 +2,39 @@
 
 It owns the sessions of one feed (see replication.Session), asks for what matters most first (the
 playback window from the playhead, then the live edge, then explicit wants, then history in archive
-mode), never asks two peers for one block unless the first is late, caps what is in flight per peer
-and what waits for our uplink, and keeps a writer's upload near one copy of the stream. Sans-IO like
-the sessions: time is passed in, and it never stores anything a session has not verified.
+mode), never asks two peers for one block unless the first is late, and caps what is in flight
+per peer; what waits for our uplink is the upload policy's (core.admission). Sans-IO like the
+sessions, in the shape of aioquic's H3Connection over its QuicConnection: it consumes the sessions'
+events (their verified answers, refusals, closes) and calls only their public methods; time is
+passed in, and it never stores anything (the sessions verify and store).
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
+from streamer.core.admission import UploadAdmission
+from streamer.core.handshake import Handshaker
 from streamer.core.replication import (
+    MAX_EVENTS,
     BlockVerified,
+    Event,
     FeedLike,
+    LocalError,
     OutRequest,
+    PeerMisbehaved,
+    RequestAnswered,
+    RequestRefused,
     Session,
     Upgraded,
 )
-from streamer.core.wire import MAX_CHUNK, Data, Handshake
+from streamer.core.stats import NeighbourStats, PeerStats, RateMeter, ReplicationStats
+from streamer.core.wire import MAX_CHUNK
 
-__all__ = ["PRIORITY_HIGH", "PRIORITY_LOW", "Replicator", "ReplicatorConfig", "ReplicatorStats"]
+__all__ = ["PRIORITY_HIGH", "PRIORITY_LOW", "Replicator", "ReplicatorConfig", "ReplicatorTotals"]
 
 PRIORITY_HIGH = 2  # want(): after the playback window, before the live edge
 PRIORITY_LOW = 0  # want(): after the live edge, before archive history
@@ -31,7 +42,6 @@ PRIORITY_LOW = 0  # want(): after the live edge, before archive history
 MAX_WANTS = 64  # explicit want ranges remembered; the oldest is dropped beyond this
 MAX_REFUSALS = 4096  # (peer, block) back-offs remembered
 REVEALED_MEMORY = 64  # newest blocks whose reveal time is kept, for playback deadlines
-COPY_MEMORY = 4096  # blocks behind the live edge for which a writer remembers copies served
 
 
 @dataclass(slots=True)
@@ -69,13 +79,9 @@ class ReplicatorConfig:
 
 
 @dataclass(slots=True)
-class ReplicatorStats:
-    """Totals over the replicator's life (closed sessions included)."""
+class ReplicatorTotals:
+    """What the replicator counts over its life (the traffic itself is the sessions'; see stats())."""
 
-    bytes_up: int = 0
-    bytes_down: int = 0
-    blocks_up: int = 0
-    block_bytes_up: int = 0
     blocks_from_writer: int = 0
     blocks_from_peers: int = 0
     block_bytes_from_writer: int = 0
@@ -84,7 +90,6 @@ class ReplicatorStats:
     duplicate_bytes: int = 0
     rerequests: int = 0  # late requests sent to a second peer
     timeouts: int = 0  # requests given up
-    uploads_refused: int = 0  # block requests we declined as busy (or over the writer's budget)
     peers_dropped: int = 0  # sessions closed for misbehaving
 
 
@@ -100,10 +105,11 @@ class Replicator:
     """Coordinates the sessions of one feed. The asyncio adapter is expected to:
 
     - `add_session(...)` per verified channel, `remove_session(s)` when the channel closes;
-    - pass each received message to `session.receive(data, now)`;
-    - after any call into the replicator or a session, send `s.datagrams_to_send(now, room)` of
-      every session in `sessions` (and of the one it just fed), `room` being what the channel can
-      take (e.g. 256 KiB minus its buffered amount), and read every session's events;
+    - pass each received message to `receive(session, data, now)`;
+    - after any call into the replicator, send `s.datagrams_to_send(now, room)` of every session
+      in `sessions` (and of the one it just fed), `room` being what the channel can take (e.g.
+      256 KiB minus its buffered amount), and read `next_event()` until it returns None (also
+      after sending: an answer may find our own feed failing);
     - close and ban the peer on PeerMisbehaved;
     - stop replicating and report the error on LocalError (our own disk or feed failed: `failure`
       holds it, every session is closed, nothing more is requested, and nobody is banned);
@@ -115,7 +121,11 @@ class Replicator:
         self.feed = feed
         self.config = config or ReplicatorConfig()
         self.sessions: list[Session] = []
-        self.totals = ReplicatorStats()
+        self.totals = ReplicatorTotals()
+        self._closed = PeerStats()  # the traffic of sessions that closed
+        self.uploads = UploadAdmission(feed, self.config)
+        self._events: deque[tuple[Session, Event]] = deque(maxlen=MAX_EVENTS)
+        self._rates = RateMeter()
         self._rng = random.Random(self.config.seed)
         self._inflight: dict[int, list[tuple[Session, OutRequest]]] = {}
         self._upgrade: tuple[Session, OutRequest] | None = None
@@ -124,13 +134,9 @@ class Replicator:
         self._playhead_at = 0.0
         self._wants: list[_Want] = []
         self._want_seq = 0
-        self._uploads_waiting = 0
-        self._copies: dict[int, int] = {}  # writer: block -> copies admitted
-        self._tokens = 0.0  # writer: bytes of extra copies it may still serve
-        self._roots: deque[Session] = deque()  # writer: who got the newest blocks' first copies
-        self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
-        self._seen_length = feed.length
-        self._seen_bytes = feed.byte_length
+        self._seen_length = feed.length  # our own appends announced so far
+        self._revealed_to = feed.length  # the length whose blocks' reveal times are known
+        self._now = 0.0  # the latest time passed in
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
         self._unavailable = 0  # wanted blocks no neighbour has, at the last full scheduling pass
         self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
@@ -144,28 +150,106 @@ class Replicator:
         *,
         name: str = "",
         remote_is_writer: bool = False,
-        handshake: Handshake | None = None,
-        verify_handshake: Callable[[Handshake], bool] | None = None,
+        handshake: Handshaker | None = None,
     ) -> Session:
-        """A session for a new channel. With handshake and verify_handshake the session sends our
-        handshake first and checks the peer's (see replication.make_handshake/check_handshake);
-        without them the connection already did, and remote_is_writer says what it found."""
+        """A session for a new channel. With a Handshaker the session sends our handshake first
+        and checks the peer's; without one the connection already did, and remote_is_writer says
+        what it found."""
         session = Session(
-            self,
+            self.feed,
+            self.uploads,
             name=name,
+            chunk_size=self.config.chunk_size,
             handshake=handshake,
-            verify_handshake=verify_handshake,
             remote_is_writer=remote_is_writer,
         )
         if self.failure is not None:
             session.close("replication stopped by a local error")
         if not session.closed:
             self.sessions.append(session)
+            self.uploads.peer_added()
+        self._consume(session)
         return session
+
+    @property
+    def peers(self) -> int:
+        """Neighbours with an open session."""
+        return sum(1 for s in self.sessions if s.is_open)
+
+    @property
+    def writer_connected(self) -> bool:
+        return any(s.is_open and s.remote_is_writer for s in self.sessions)
 
     def remove_session(self, session: Session) -> None:
         """Forget a session whose channel closed; idempotent."""
         session.close("channel closed")
+        self._consume_all()
+
+    def receive(self, session: Session, data: bytes, now: float) -> None:
+        """One data-channel message from `session`'s peer: the session checks and applies it, and
+        the replicator acts on what came of it and sends the requests that should go out now."""
+        self._now = now
+        session.receive(data, now)
+        self._consume(session)
+        self.schedule(now)
+        self._sample(now)
+
+    def next_event(self) -> tuple[Session, Event] | None:
+        """The next event for the adapter, with the session it happened on (the scheduler's own
+        RequestAnswered and RequestRefused are not passed on)."""
+        if not self._events:
+            self._consume_all()
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------ session events
+
+    def _consume_all(self) -> None:
+        """Read what every session has to say (calls into one session may close another)."""
+        while True:
+            pending = [s for s in self.sessions if s.has_events or s.closed]
+            if not pending:
+                return
+            for s in pending:
+                self._consume(s)
+
+
+    def _consume(self, s: Session) -> None:
+        while (event := s.next_event()) is not None:
+            self._on_event(s, event)
+        if s.closed and s in self.sessions:
+            self._session_closed(s)
+
+    def _on_event(self, s: Session, event: Event) -> None:
+        if isinstance(event, RequestAnswered):
+            self._answered(s, event)
+            return
+        if isinstance(event, RequestRefused):
+            self._refused(s, event.request, event.busy)
+            return
+        if isinstance(event, Upgraded):
+            # Blocks an upgrade revealed are due from now on, if the playhead is near them.
+            length = event.length
+            for b in range(max(self._revealed_to, length - REVEALED_MEMORY), length):
+                self._revealed[b] = self._now
+            self._revealed_to = max(self._revealed_to, length)
+            while len(self._revealed) > REVEALED_MEMORY:
+                self._revealed.pop(next(iter(self._revealed)))
+            for t in self.sessions:
+                t.announce_length()
+        elif isinstance(event, BlockVerified):
+            block = event.index
+            for t, other in self._inflight.pop(block, []):
+                t.cancel(other)
+                if self._upgrade is not None and self._upgrade[1] is other:
+                    self._upgrade = None
+            for t in self.sessions:
+                if t is not s and block not in t.remote_has:
+                    t.announce(block, block + 1)
+        elif isinstance(event, PeerMisbehaved):
+            self.totals.peers_dropped += 1
+        elif isinstance(event, LocalError):
+            self._stop(event.error)
+        self._events.append((s, event))
 
     # ------------------------------------------------------------ what to fetch
 
@@ -235,28 +319,24 @@ class Replicator:
         feed = self.feed
         if feed.length <= self._seen_length:
             return
+        self._now = now
         start = self._seen_length
-        if feed.writable:
-            cfg = self.config
-            added = feed.byte_length - self._seen_bytes
-            average = feed.byte_length / max(feed.length, 1)
-            self._tokens = min(
-                self._tokens + cfg.writer_extra_ratio * added, cfg.writer_extra_burst * average
-            )
+        self.uploads.feed_grew()
         self._seen_length = feed.length
-        self._seen_bytes = feed.byte_length
         for s in self.sessions:
             s.announce_length()
             s.announce(start, feed.length)
+        self._consume_all()
 
     # ------------------------------------------------------------ scheduling
 
     def schedule(self, now: float) -> None:
         """Send the requests that should be in flight now (run after every input)."""
-        if self.feed.writable or self.failure is not None:
-            return
-        self._request_upgrade(now)
-        self._request_blocks(now)
+        self._now = now
+        if not self.feed.writable and self.failure is None:
+            self._request_upgrade(now)
+            self._request_blocks(now)
+            self._consume_all()  # what this and the input before it did to the other sessions
 
     def _capacity(self, s: Session) -> bool:
         return s.is_open and len(s.inflight) < self.config.max_inflight_per_peer
@@ -391,6 +471,8 @@ class Replicator:
         return best
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
+        self._sample(now)
         timeout = self.config.request_timeout
         for block, entries in list(self._inflight.items()):
             for s, out in list(entries):
@@ -431,117 +513,37 @@ class Replicator:
         self._inflight.setdefault(block, []).append((other, second))
         self.totals.rerequests += 1
 
-    # ------------------------------------------------------------ called by sessions
+    # ------------------------------------------------------------ what the sessions report
 
-    def _admit_upload(self, s: Session, block: int, now: float) -> bool:
-        """May we answer a block request now? False: the session answers busy."""
-        cfg = self.config
-        if self.feed.writable:
-            copies = self._copies.get(block, 0)
-            if copies == 0 and s in self._roots and len(self.sessions) > len(self._roots):
-                # A peer that got one of the last new blocks first is busy passing it on: let
-                # another neighbour be this block's first holder, unless none asks for a while.
-                asked = self._root_asked.setdefault(block, now)
-                if now - asked < cfg.root_grace:
-                    self.totals.uploads_refused += 1
-                    return False
-            if copies >= cfg.writer_copies:
-                average = self.feed.byte_length / max(self.feed.length, 1)
-                if self._tokens < average or self._uploads_waiting >= cfg.max_queued_uploads:
-                    self.totals.uploads_refused += 1
-                    return False
-                self._tokens -= average
-            if copies == 0:
-                self._roots.append(s)
-                while len(self._roots) > max(1, len(self.sessions) // 2):
-                    self._roots.popleft()
-                self._root_asked.pop(block, None)
-                if len(self._root_asked) > REVEALED_MEMORY:
-                    self._root_asked.pop(next(iter(self._root_asked)))
-            self._copies[block] = copies + 1
-            if len(self._copies) > COPY_MEMORY:
-                floor = self.feed.length - COPY_MEMORY
-                self._copies = {b: n for b, n in self._copies.items() if b >= floor}
-        elif block >= self.feed.length - cfg.hot_window:
-            # Everyone near wants a new block at once: keep only a short queue for it, so a peer
-            # we cannot serve soon asks one that just got it (that is how a block spreads fast).
-            if self._uploads_waiting >= cfg.max_queued_relays:
-                self.totals.uploads_refused += 1
-                return False
-        elif self._uploads_waiting >= cfg.max_queued_history:
-            self.totals.uploads_refused += 1
-            return False
-        self._uploads_waiting += 1
-        return True
-
-    def _upload_started(self) -> None:
-        self._uploads_waiting -= 1
-
-    def _upload_dropped(self, block: int) -> None:
-        """An admitted answer was cancelled or its session closed before it went out."""
-        self._uploads_waiting -= 1
-        if self.feed.writable and self._copies.get(block, 0) > 0:
-            self._copies[block] -= 1
-
-    def _block_uploaded(self, s: Session, block: int, size: int) -> None:
-        self.totals.blocks_up += 1
-        self.totals.block_bytes_up += size
-
-    def _data(self, s: Session, out: OutRequest, data: Data, stale: bool, now: float) -> None:
-        """A Data answering one of our requests; ProofError (the peer is dropped) if invalid, or
-        the feed's own error (LocalStorageError, ...) if our disk refused what verified."""
-        feed = self.feed
+    def _answered(self, s: Session, ev: RequestAnswered) -> None:
+        """A verified answer to one of our requests (Upgraded and BlockVerified follow it)."""
+        out, now = ev.request, self._now
         if self._upgrade is not None and self._upgrade[1] is out:
             self._upgrade = None
         if out.block is not None:
             self._forget(out.block, s, out)
-        if stale and data.upgrade is not None and data.upgrade.start != feed.length:
-            # The answer to an upgrade we gave up on; our length moved on, so it no longer applies.
+        if ev.ignored:
             return
-        had = out.block is not None and feed.has(out.block)
-        old_length = feed.length
-        feed.verify_and_apply(data)
-        if feed.length > old_length:
-            for b in range(max(old_length, feed.length - REVEALED_MEMORY), feed.length):
-                self._revealed[b] = now
-            while len(self._revealed) > REVEALED_MEMORY:
-                self._revealed.pop(next(iter(self._revealed)))
-            s._emit(Upgraded(feed.length))
-            for t in self.sessions:
-                t.announce_length()
-        if data.block is None:
-            if out.block is not None:
-                # The peer sent the upgrade but declined the block: it is busy.
-                s.stats.refused += 1
-                self._refuse(s, out.block, now + self.config.busy_backoff)
+        if ev.declined:
+            assert out.block is not None
+            self._refuse(s, out.block, now + self.config.busy_backoff)
+        if ev.block_size is None:
             return
-        block, size = data.block.index, len(data.block.value)
-        if not stale:
+        size = ev.block_size
+        if not ev.stale:
             self._answer_time += 0.1 * (now - out.sent_at - self._answer_time)
-        if had:
+        if ev.duplicate:
             self.totals.duplicates += 1
             self.totals.duplicate_bytes += size
-            s.stats.duplicates += 1
-            return
-        s.stats.blocks_down += 1
-        s.stats.block_bytes_down += size
-        if s.remote_is_writer:
+        elif s.remote_is_writer:
             self.totals.blocks_from_writer += 1
             self.totals.block_bytes_from_writer += size
         else:
             self.totals.blocks_from_peers += 1
             self.totals.block_bytes_from_peers += size
-        s._emit(BlockVerified(block, s.remote_is_writer))
-        for t, other in self._inflight.pop(block, []):
-            t.cancel(other)
-            if self._upgrade is not None and self._upgrade[1] is other:
-                self._upgrade = None
-        for t in self.sessions:
-            if t is not s and block not in t.remote_has:
-                t.announce(block, block + 1)
 
-    def _refused(self, s: Session, out: OutRequest, busy: bool, now: float) -> None:
-        cfg = self.config
+    def _refused(self, s: Session, out: OutRequest, busy: bool) -> None:
+        cfg, now = self.config, self._now
         backoff = cfg.busy_backoff if busy else cfg.missing_backoff
         if self._upgrade is not None and self._upgrade[1] is out:
             self._upgrade = None
@@ -549,11 +551,14 @@ class Replicator:
         if out.block is not None:
             self._forget(out.block, s, out)
             self._refuse(s, out.block, now + backoff)
-            if not busy:
-                s.remote_has.remove(out.block, out.block + 1)
 
-    def _fail(self, error: Exception) -> None:
-        """Our feed failed: stop for good. Every session closes; none counts as misbehaving."""
+    def fail(self, error: Exception) -> None:
+        """Our feed failed (a session reported LocalError, or the adapter's flush failed): stop
+        for good. Every session closes; none counts as misbehaving."""
+        self._stop(error)
+        self._consume_all()
+
+    def _stop(self, error: Exception) -> None:
         if self.failure is not None:
             return
         self.failure = error
@@ -563,8 +568,12 @@ class Replicator:
     def _session_closed(self, s: Session) -> None:
         if s in self.sessions:
             self.sessions.remove(s)
-        self.totals.bytes_up += s.stats.bytes_up
-        self.totals.bytes_down += s.stats.bytes_down
+            self.uploads.peer_closed(s)
+        closed, traffic = self._closed, s.stats
+        closed.bytes_up += traffic.bytes_up
+        closed.bytes_down += traffic.bytes_down
+        closed.blocks_up += traffic.blocks_up
+        closed.block_bytes_up += traffic.block_bytes_up
         for block, entries in list(self._inflight.items()):
             for t, out in entries:
                 if t is s:
@@ -573,30 +582,57 @@ class Replicator:
             self._upgrade = None
         for key in [k for k in self._refusals if k[0] is s]:
             del self._refusals[key]
-        if s in self._roots:
-            self._roots.remove(s)
 
     # ------------------------------------------------------------ stats
 
-    def stats(self) -> dict[str, object]:
-        """JSON-ready totals and per-peer traffic; `writer_share` is the share of downloaded block
-        bytes that came straight from the writer."""
-        totals = asdict(self.totals)
+    def stats(self, now: float) -> ReplicationStats:
+        """What this node has replicated so far, with byte rates sampled once a second."""
+        self._sample(now)
+        snapshot = self._snapshot()
+        snapshot.up_rate, snapshot.down_rate = self._rates.rates
+        return snapshot
+
+    def _sample(self, now: float) -> None:
+        if self._rates.due(now):
+            up, down = self._traffic()
+            self._rates.sample(now, up, down)
+
+    def _traffic(self) -> tuple[int, int]:
+        up, down = self._closed.bytes_up, self._closed.bytes_down
         for s in self.sessions:
-            totals["bytes_up"] += s.stats.bytes_up
-            totals["bytes_down"] += s.stats.bytes_down
-        down = totals["block_bytes_from_writer"] + totals["block_bytes_from_peers"]
-        totals["writer_share"] = totals["block_bytes_from_writer"] / down if down else 0.0
-        totals["inflight"] = sum(len(e) for e in self._inflight.values())
-        # Wanted blocks that no neighbour holds: a sign to find other peers.
-        totals["unavailable"] = self._unavailable
-        totals["peers"] = [
-            {
-                "name": s.name,
-                "is_writer": s.remote_is_writer,
-                "remote_length": s.remote_length,
-                **asdict(s.stats),
-            }
-            for s in self.sessions
-        ]
-        return totals
+            up += s.stats.bytes_up
+            down += s.stats.bytes_down
+        return up, down
+
+    def _snapshot(self) -> ReplicationStats:
+        t, closed = self.totals, self._closed
+        out = ReplicationStats(
+            bytes_up=closed.bytes_up,
+            bytes_down=closed.bytes_down,
+            blocks_up=closed.blocks_up,
+            block_bytes_up=closed.block_bytes_up,
+            blocks_from_writer=t.blocks_from_writer,
+            blocks_from_peers=t.blocks_from_peers,
+            block_bytes_from_writer=t.block_bytes_from_writer,
+            block_bytes_from_peers=t.block_bytes_from_peers,
+            duplicates=t.duplicates,
+            duplicate_bytes=t.duplicate_bytes,
+            rerequests=t.rerequests,
+            timeouts=t.timeouts,
+            uploads_refused=self.uploads.refused,
+            peers_dropped=t.peers_dropped,
+            inflight=sum(len(e) for e in self._inflight.values()),
+            unavailable=self._unavailable,
+            peers=self.peers,
+            writer_connected=self.writer_connected,
+        )
+        for s in self.sessions:
+            traffic = s.stats
+            out.bytes_up += traffic.bytes_up
+            out.bytes_down += traffic.bytes_down
+            out.blocks_up += traffic.blocks_up
+            out.block_bytes_up += traffic.block_bytes_up
+            out.neighbours.append(
+                NeighbourStats(s.name, s.remote_is_writer, s.remote_length, replace(traffic))
+            )
+        return out

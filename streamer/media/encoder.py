@@ -69,6 +69,7 @@ class Fragment:
     captured: list[float] = field(default_factory=list)  # monotonic capture time of each frame
     independent: bool = True  # starts with a keyframe
     back: int = 0  # fragments back to the independent one it decodes from
+    discontinuity: bool = False  # starts where the input restarted (a publisher reconnected)
 
 
 class BoxCutter:
@@ -152,9 +153,11 @@ class StreamEncoder:
         self.audio_lag = audio_lag  # silence fills audio that lags video by more than this
         self.cutter = BoxCutter()
         self._slot = 0
-        self._held: tuple[av.VideoFrame, float] | None = None  # newest input frame, capture time
+        # newest input frame, its capture time, and whether it starts after an input restart
+        self._held: tuple[av.VideoFrame, float, bool] | None = None
         self._last_key_time: float | None = None
-        self._gops: deque[tuple[float, int]] = deque()  # (start time, slot) of GOPs not yet cut
+        # (start time, slot, discontinuity) of GOPs not yet cut
+        self._gops: deque[tuple[float, int, bool]] = deque()
         self._captures: deque[float] = deque()
         self._parts = PartCutter()
         self._cut_slot = 0  # first slot of the next fragment
@@ -178,6 +181,9 @@ class StreamEncoder:
                     "x264-params": f"keyint={self._keyint()}:min-keyint=1:scenecut=0",
                 },
             )
+            # x264 picks a thread count from the cores (0 = auto); with zerolatency they are
+            # slice threads, which split each frame instead of adding frames of delay.
+            self._video.codec_context.thread_count = 0
             self._video.width = settings.width
             self._video.height = settings.height
             self._video.pix_fmt = "yuv420p"
@@ -226,17 +232,24 @@ class StreamEncoder:
         """Stream time at which the video encoded so far ends."""
         return self.slot_time(self._slot)
 
-    def add_video(self, frame: av.VideoFrame, time: float, captured: float) -> list[Fragment]:
-        """Feed one video frame shown from stream time `time`; returns completed fragments."""
+    def add_video(
+        self, frame: av.VideoFrame, time: float, captured: float, discontinuity: bool = False
+    ) -> list[Fragment]:
+        """Feed one video frame shown from stream time `time`; returns completed fragments.
+
+        `discontinuity` (the input restarted) starts a new GOP, and so a new fragment, at the
+        first slot that shows this frame.
+        """
         if self._held is not None:
             half = self.slot_duration / 2
             while self.slot_time(self._slot) + half <= time:
                 self._encode_slot(*self._held)
+                self._held = (self._held[0], self._held[1], False)
         elif time > self.slot_time(0) + self.slot_duration / 2:
             # The first frame defines slot 0, whatever its timestamp says.
             self.start = time
             self._audio_next = max(self._audio_next, round(time * AUDIO_RATE))
-        self._held = (frame, captured)
+        self._held = (frame, captured, discontinuity)
         return self._take_fragments()
 
     def add_audio(self, frame: av.AudioFrame, time: float) -> list[Fragment]:
@@ -286,13 +299,19 @@ class StreamEncoder:
 
     # -- video --------------------------------------------------------------------------------
 
-    def _encode_slot(self, frame: av.VideoFrame, captured: float) -> None:
+    def _encode_slot(
+        self, frame: av.VideoFrame, captured: float, discontinuity: bool = False
+    ) -> None:
         s = self.settings
         time = self.slot_time(self._slot)
         grid = s.segment
-        is_key = self._last_key_time is None or (
-            math.floor(time / grid + 1e-9) > math.floor(self._last_key_time / grid + 1e-9)
-            and time - self._last_key_time >= grid / 2 - 1e-9
+        is_key = (
+            self._last_key_time is None
+            or (discontinuity and self._slot > 0)
+            or (
+                math.floor(time / grid + 1e-9) > math.floor(self._last_key_time / grid + 1e-9)
+                and time - self._last_key_time >= grid / 2 - 1e-9
+            )
         )
         try:
             out = frame.reformat(width=s.width, height=s.height, format="yuv420p")
@@ -303,7 +322,7 @@ class StreamEncoder:
         out.pict_type = PictureType.I if is_key else PictureType.NONE
         if is_key:
             self._last_key_time = time
-            self._gops.append((time, self._slot))
+            self._gops.append((time, self._slot, discontinuity))
         self._captures.append(captured)
         self._slot += 1
         try:
@@ -380,8 +399,9 @@ class StreamEncoder:
             while self._gops and self._gops[0][1] < slot:
                 self._gops.popleft()
             keyed = bool(self._gops) and self._gops[0][1] == slot
+            discontinuity = False
             if keyed:
-                self._gops.popleft()
+                discontinuity = self._gops.popleft()[2]
             if keyed != part.independent or (self._gops and self._gops[0][1] < end_slot):
                 raise MediaError("the muxer cut a fragment that does not end at a forced keyframe")
             self._cut_slot = end_slot
@@ -396,6 +416,7 @@ class StreamEncoder:
                     captured,
                     part.independent,
                     part.back,
+                    discontinuity,
                 )
             )
         if final and (tail := self._parts.flush()) and out:

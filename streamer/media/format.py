@@ -27,7 +27,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from streamer.core.errors import SwarmcastError
+from streamer.core.errors import StreamFormatError
 
 FORMAT_NAME = "swarmcast"
 FORMAT_VERSION = 2  # what a new stream is written in
@@ -44,9 +44,6 @@ FLAG_INDEPENDENT = 4  # v2: the part starts with a keyframe (implied for every v
 _HEADER_PREFIX = struct.Struct("<4sBI")
 _SEGMENT_PREFIX = struct.Struct("<4sBBHddd")
 
-
-class StreamFormatError(SwarmcastError):
-    """A block is not a valid swarmcast stream header or segment."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,13 @@ from typing import Any
 import aiohttp
 
 from streamer.core import names
-from streamer.core.errors import NetworkError, ProofError
+from streamer.core.errors import (
+    NameNotFoundError,
+    NameTakenError,
+    NetworkError,
+    ProofError,
+    SubscriptionRefused,
+)
 
 log = logging.getLogger("streamer.hubclient")
 
@@ -43,12 +49,6 @@ _READ_BUFSIZE = 1 << 18
 _FATAL_STATUSES = (400, 404, 405, 413)
 
 
-class NameNotFoundError(NetworkError):
-    """No hub knows the requested stream name."""
-
-
-class NameTakenError(NetworkError):
-    """The name belongs to another key, or the hub holds a newer record for it."""
 
 
 class _Closed:
@@ -326,7 +326,7 @@ class Subscription:
             try:
                 await self._stream(url, opened)
                 reason = "the hub closed the stream"
-            except _Refused as exc:
+            except SubscriptionRefused as exc:
                 await self._queue.put(NetworkError(str(exc)))
                 return
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
@@ -351,7 +351,7 @@ class Subscription:
             url, timeout=timeout, headers={"Accept": "text/event-stream"}
         ) as resp:
             if resp.status in _FATAL_STATUSES:
-                raise _Refused(f"hub refused subscription {url}: {await _error_text(resp)}")
+                raise SubscriptionRefused(f"hub refused subscription {url}: {await _error_text(resp)}")
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status, message=resp.reason or ""
@@ -374,9 +374,6 @@ class Subscription:
                 if not self._open_streams:
                     self._connected.clear()
 
-
-class _Refused(Exception):
-    """A hub rejected the subscription request itself."""
 
 
 async def parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[str]:

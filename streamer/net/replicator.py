@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.core.errors import FeedError, LocalStorageError, SwarmcastError
+from streamer.core.errors import ChannelClosed, FeedError, LocalStorageError, SwarmcastError
 from streamer.core.feed import Feed, FeedEvent
 from streamer.core.replication import Event, LocalError, PeerMisbehaved, Session
 from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
+from streamer.core.stats import ReplicationStats
 from streamer.core.storage import storage_error
 from streamer.net.aio import call_on_loop, wait_event, within
-from streamer.net.channel import ChannelClosed, MessageChannel
+from streamer.net.channel import MessageChannel
 from streamer.net.swarm import Swarm
 
 __all__ = ["NetworkReplicator", "PRIORITY_HIGH"]
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 # answers still waiting in the session can be cancelled or sent elsewhere, large enough to keep
 # the data channel busy (it buffers up to ~1 MiB itself before send() waits).
 SEND_BUDGET = 256 * 1024
-RATE_WINDOW_S = 3.0  # up/down rates are averaged over this much recent time
 MIN_TIMER_STEP = 0.001  # a timer never fires sooner than this after being armed (no spinning)
 # Verified blocks become durable within about this long: one flush (a few fsyncs) per interval
 # while blocks arrive, instead of one per block.
@@ -85,7 +83,6 @@ class NetworkReplicator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._samples: deque[tuple[float, int, int]] = deque()
         self._started = False
         self._stopping = False
         # The flusher: one task that runs Feed.flush in a worker thread, one flush at a time.
@@ -184,42 +181,23 @@ class NetworkReplicator:
     @property
     def peers(self) -> int:
         """Neighbours with an open session."""
-        return sum(1 for s in self._peers if s.is_open)
+        return self.replicator.peers
 
     @property
     def writer_connected(self) -> bool:
-        return any(s.is_open and s.remote_is_writer for s in self._peers)
+        return self.replicator.writer_connected
 
     def remote_length(self) -> int:
         """The longest signed length any neighbour announced."""
         return max((s.remote_length for s in self._peers if s.is_open), default=0)
 
-    def stats(self) -> dict[str, Any]:
-        """Totals (Replicator.stats) plus peers, share_from_peers and up/down rates in bytes/s."""
-        totals = self.replicator.stats()
-        totals["peers"] = self.peers
-        from_writer = totals["block_bytes_from_writer"]
-        from_peers = totals["block_bytes_from_peers"]
-        down = from_writer + from_peers
-        totals["share_from_peers"] = round(from_peers / down, 4) if down else 0.0
-        totals["up_rate"], totals["down_rate"] = self._rates(
-            totals["bytes_up"], totals["bytes_down"]
-        )
-        return totals
+    def stats(self) -> ReplicationStats:
+        """What this node replicated so far (Replicator.stats, rates sampled once a second)."""
+        return self.replicator.stats(self._now())
 
     def stats_fields(self) -> dict[str, Any]:
-        """The swarm fields of a stats snapshot (a Broadcaster stats provider)."""
-        s = self.stats()
-        return {
-            "peers": s["peers"],
-            "bytes_up": s["bytes_up"],
-            "bytes_down": s["bytes_down"],
-            "up_rate": s["up_rate"],
-            "down_rate": s["down_rate"],
-            "blocks_up": s["blocks_up"],
-            "block_bytes_up": s["block_bytes_up"],
-            "uploads_refused": s["uploads_refused"],
-        }
+        """The swarm fields of a stats snapshot, as JSON (a Broadcaster stats provider)."""
+        return self.stats().as_json()
 
     async def wait_durable(self, timeout: float) -> bool:
         """Wait until everything the feed verified so far is on disk (a flush that began after
@@ -268,7 +246,7 @@ class NetworkReplicator:
         assert loop is not None
         try:
             async for data in peer.conn:
-                session.receive(data, loop.time())
+                self.replicator.receive(session, data, loop.time())
                 self._pump()
                 if session.closed:
                     break
@@ -285,6 +263,8 @@ class NetworkReplicator:
                 while session.wants_to_send():
                     for chunk in session.datagrams_to_send(loop.time(), SEND_BUDGET):
                         await conn.send(chunk)
+                    if session.has_events:  # answering found our own feed failing
+                        self._pump()
         except ChannelClosed:
             pass
         finally:
@@ -318,17 +298,20 @@ class NetworkReplicator:
     def _pump(self) -> None:
         """After any input: hand out events, wake the senders that have something, re-arm the
         timer. Any call into one session may have queued messages on the others."""
-        for session, peer in list(self._peers.items()):
-            while (event := session.next_event()) is not None:
+        while (item := self.replicator.next_event()) is not None:
+            session, event = item
+            peer = self._peers.get(session)
+            if peer is not None or isinstance(event, LocalError):
                 self._on_event(peer, event)
+        for session, peer in list(self._peers.items()):
             if session.wants_to_send():
                 peer.wake.set()
         self._arm_timer()
 
-    def _on_event(self, peer: _Peer, event: Event) -> None:
+    def _on_event(self, peer: _Peer | None, event: Event) -> None:
         if isinstance(event, LocalError):
             self._fail(event.error)
-        elif isinstance(event, PeerMisbehaved):
+        elif isinstance(event, PeerMisbehaved) and peer is not None:
             log.warning(
                 "peer %s misbehaved (%s); dropping and banning it",
                 peer.conn.peer_id[:8],
@@ -357,7 +340,7 @@ class NetworkReplicator:
         # Reported once, by the command; a log line here would say it twice.
         log.debug("replication stopped by a local error: %s", self.failure)
         # A flush failure reaches the Replicator only from here.
-        self.replicator._fail(error)
+        self.replicator.fail(error)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -430,17 +413,3 @@ class NetworkReplicator:
             self._flushes_done += 1
             async with self._flush_done:
                 self._flush_done.notify_all()
-
-    # ------------------------------------------------------------ rates
-
-    def _rates(self, up: int, down: int) -> tuple[float, float]:
-        now = time.monotonic()
-        samples = self._samples
-        samples.append((now, up, down))
-        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
-            samples.popleft()
-        t0, up0, down0 = samples[0]
-        span = now - t0
-        if span <= 0:
-            return 0.0, 0.0
-        return round((up - up0) / span, 1), round((down - down0) / span, 1)

@@ -1,0 +1,127 @@
+"""Upload admission, sans-IO: whether a node answers a peer's block request now or says busy.
+
+One policy object per feed, shared by all its sessions (a Session asks it before queueing an
+answer and tells it when the answer starts or is dropped). A viewer keeps short queues for its
+uplink, shorter for old blocks than for new ones; a writer serves each block `writer_copies` times
+freely, avoids handing consecutive new blocks first to the same peers, and serves extra copies
+only from a budget worth `writer_extra_ratio` of the stream's bytes, so its upload stays near one
+copy of the stream however many viewers ask.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from typing import Protocol
+
+from streamer.core.replication import FeedLike
+
+__all__ = ["AdmissionLimits", "UploadAdmission"]
+
+REVEALED_MEMORY = 64  # newest blocks whose first-holder wait is remembered
+COPY_MEMORY = 4096  # blocks behind the live edge for which a writer remembers copies served
+
+
+class AdmissionLimits(Protocol):
+    """The numbers the policy reads (core.scheduler.ReplicatorConfig has them all)."""
+
+    max_queued_uploads: int
+    max_queued_relays: int
+    max_queued_history: int
+    hot_window: int
+    writer_copies: int
+    root_grace: float
+    writer_extra_ratio: float
+    writer_extra_burst: int
+
+
+class UploadAdmission:
+    """Decides, for every session of one feed, which block requests are answered now."""
+
+    def __init__(self, feed: FeedLike, limits: AdmissionLimits) -> None:
+        self.feed = feed
+        self.limits = limits
+        self.refused = 0  # block requests declined as busy (or over the writer's budget)
+        self.waiting = 0  # admitted answers not yet being sent
+        self._peers = 0
+        self._copies: dict[int, int] = {}  # writer: block -> copies admitted
+        self._tokens = 0.0  # writer: bytes of extra copies it may still serve
+        self._roots: deque[Hashable] = deque()  # writer: who got the newest blocks' first copies
+        self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
+        self._seen_bytes = feed.byte_length
+
+    # ------------------------------------------------------------ told by the replicator
+
+    def peer_added(self) -> None:
+        self._peers += 1
+
+    def peer_closed(self, peer: Hashable) -> None:
+        self._peers -= 1
+        if peer in self._roots:
+            self._roots.remove(peer)
+
+    def feed_grew(self) -> None:
+        """Our own appends earn a writer its budget of extra copies."""
+        feed = self.feed
+        added = feed.byte_length - self._seen_bytes
+        self._seen_bytes = feed.byte_length
+        if feed.writable:
+            limits = self.limits
+            average = feed.byte_length / max(feed.length, 1)
+            self._tokens = min(
+                self._tokens + limits.writer_extra_ratio * added,
+                limits.writer_extra_burst * average,
+            )
+
+    # ------------------------------------------------------------ asked by the sessions
+
+    def admit(self, peer: Hashable, block: int, now: float) -> bool:
+        """May `peer`'s request for `block` be answered now? False: the session answers busy."""
+        limits, feed = self.limits, self.feed
+        if feed.writable:
+            copies = self._copies.get(block, 0)
+            if copies == 0 and peer in self._roots and self._peers > len(self._roots):
+                # A peer that got one of the last new blocks first is busy passing it on: let
+                # another neighbour be this block's first holder, unless none asks for a while.
+                asked = self._root_asked.setdefault(block, now)
+                if now - asked < limits.root_grace:
+                    self.refused += 1
+                    return False
+            if copies >= limits.writer_copies:
+                average = feed.byte_length / max(feed.length, 1)
+                if self._tokens < average or self.waiting >= limits.max_queued_uploads:
+                    self.refused += 1
+                    return False
+                self._tokens -= average
+            if copies == 0:
+                self._roots.append(peer)
+                while len(self._roots) > max(1, self._peers // 2):
+                    self._roots.popleft()
+                self._root_asked.pop(block, None)
+                if len(self._root_asked) > REVEALED_MEMORY:
+                    self._root_asked.pop(next(iter(self._root_asked)))
+            self._copies[block] = copies + 1
+            if len(self._copies) > COPY_MEMORY:
+                floor = feed.length - COPY_MEMORY
+                self._copies = {b: n for b, n in self._copies.items() if b >= floor}
+        elif block >= feed.length - limits.hot_window:
+            # Everyone near wants a new block at once: keep only a short queue for it, so a peer
+            # we cannot serve soon asks one that just got it (that is how a block spreads fast).
+            if self.waiting >= limits.max_queued_relays:
+                self.refused += 1
+                return False
+        elif self.waiting >= limits.max_queued_history:
+            self.refused += 1
+            return False
+        self.waiting += 1
+        return True
+
+    def started(self) -> None:
+        """An admitted answer is being sent now."""
+        self.waiting -= 1
+
+    def dropped(self, block: int) -> None:
+        """An admitted answer was cancelled or its session closed before it went out."""
+        self.waiting -= 1
+        if self.feed.writable and self._copies.get(block, 0) > 0:
+            self._copies[block] -= 1
