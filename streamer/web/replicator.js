@@ -502,6 +502,14 @@ export class Replicator {
       peers_dropped: t.peers_dropped,
       inflight: [...this._inflight.values()].reduce((n, e) => n + e.length, 0),
       unavailable: this._unavailable,
+      // core/stats.py's "how safe is the stream" keys (core/backfill.py). A tab keeps only a
+      // bounded window and never backfills history for the swarm, so it opts out (keep 0).
+      keep: 0,
+      replicated_share: 0,
+      rarest_copies: 0,
+      unreplicated_blocks: 0,
+      backfill_requests: 0,
+      evicted: 0,
       share_from_peers: shareFromPeers(t.block_bytes_from_writer, t.block_bytes_from_peers),
       neighbours: [],
     }
