@@ -1,11 +1,14 @@
 """The broadcaster: source -> encoder or passthrough (worker threads) -> feed.append; the swarm
 follows the feed.
 
-Block 0 is the stream header; each later block one keyframe-aligned segment; a clean stop appends
-an empty FLAG_END block. Reopening a feed resumes its stream (same settings, timeline continued,
-FLAG_DISCONTINUITY on the first new segment, as on a segment where the input restarted). It never encodes on the event loop, never appends a
-block the stream's init segment cannot decode, and never parses argv: commands/broadcast.py
-turns the command line into a typed BroadcastOptions.
+Block 0 is the stream header; each later block one part (format v2: a CMAF chunk of about
+--part seconds, independent when it starts a keyframe-aligned segment; a v1 stream being resumed
+keeps one block per GOP), whether encoded here or cut from the input's own packets (passthrough);
+a clean stop appends an empty FLAG_END block. Reopening a feed resumes its stream (same settings,
+timeline continued, FLAG_DISCONTINUITY on the first new part, as on a part where the input
+restarted). It never encodes on the event loop, never appends a block the stream's init segment
+cannot decode, and never parses argv: commands/broadcast.py turns the command line into a typed
+BroadcastOptions.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ from streamer.media.encoder import EncoderSettings, Fragment
 from streamer.media.format import (
     FLAG_DISCONTINUITY,
     FLAG_END,
+    FORMAT_V1,
+    FORMAT_VERSION,
     Segment,
     StreamHeader,
 )
+from streamer.media.parts import DEFAULT_PART, part_plan
 from streamer.media.passthrough import COPY_PRESET, PassthroughPipeline, copy_check
 from streamer.media.pipeline import Pipeline
 from streamer.media.sources import Source
@@ -89,6 +95,7 @@ class BroadcastOptions:
     fast: bool = False  # encode as fast as possible instead of pacing a file at real time
     stats_path: Path | None = None  # rewrite a JSON stats snapshot here every second
     copy: bool | None = None  # passthrough: True --copy, False --reencode, None when safe
+    part: float | None = None  # seconds per part (None: DEFAULT_PART, or the resumed stream's)
 
 
 @dataclass(frozen=True)
@@ -138,15 +145,16 @@ def plan_settings(
 ) -> EncoderSettings:
     """Encoder settings from explicit options, the resumed stream and the source, in that order.
 
-    A resumed stream keeps its size, frame rate, segment, bit rate and preset (they shape the init
-    segment every block must decode with); asking for different ones is a UsageError.
+    A resumed stream keeps its size, frame rate, segment, bit rate, preset and part duration (they
+    shape the init segment and the blocks); asking for different ones is a UsageError. A new
+    stream is cut into parts of options.part (DEFAULT_PART) seconds, encoded or copied alike.
 
     Passthrough (preset COPY_PRESET: blocks cut from the input's own H.264/AAC) is chosen when
     options.copy allows it, no option asks for encoding, and copy_check finds the input fit; a
     passthrough stream resumes only as one. Otherwise the reason is logged in one line.
     """
     o = options or BroadcastOptions()
-    size, fps, bitrate, segment, preset = o.size, o.fps, o.bitrate, o.segment, o.preset
+    size, fps, bitrate, segment, preset, part = o.size, o.fps, o.bitrate, o.segment, o.preset, o.part
     asked = (("--size", size), ("--fps", fps), ("--bitrate", bitrate), ("--preset", preset))
     shaping = [name for name, value in asked if value is not None]  # options only encoding obeys
     if o.copy and shaping:
@@ -172,6 +180,7 @@ def plan_settings(
                 _source_bitrate(source),
                 plan.segment,
                 COPY_PRESET,
+                part=_new_part(part, plan.segment),
             )
         if o.copy or hasattr(source, "packets"):
             log.info(
@@ -203,6 +212,7 @@ def plan_settings(
             int(h.extra["bitrate"]),
             h.segment_duration,
             str(h.extra["preset"]),
+            part=_resumed_part(h, part),
         )
     if size is None:
         if not source.width or not source.height:
@@ -221,7 +231,38 @@ def plan_settings(
         DEFAULT_BITRATE if bitrate is None else bitrate,
         segment,
         preset or DEFAULT_PRESET,
+        part=_new_part(part, segment),
     )
+
+
+def _new_part(asked: float | None, segment: float) -> float | None:
+    """The part duration of a new stream on `segment`; None when a part is a whole segment."""
+    part = DEFAULT_PART if asked is None else asked
+    if part > segment + 1e-9:
+        raise UsageError(
+            f"--part {part:g} is longer than --segment {segment:g}; use at most the segment"
+        )
+    return part if part < segment else None
+
+
+def _resumed_part(h: StreamHeader, asked: float | None) -> float | None:
+    """The part duration a resumed stream keeps: a v1 stream has none (one block per GOP)."""
+    if h.version == FORMAT_V1:
+        if asked is not None:
+            raise UsageError(
+                "this feed's stream is in format v1 (one block per segment) and cannot be cut "
+                "into parts; leave out --part, or start a new stream with another --feed"
+            )
+        return None
+    stored = h.part_duration if h.part_duration and h.part_duration < h.segment_duration else None
+    if asked is not None:
+        planned = part_plan(h.fps, h.segment_duration, asked)[0]
+        if abs(planned - h.block_duration) > 1e-6:
+            raise UsageError(
+                f"this feed's stream uses --part {h.block_duration:g}; resume it with the same "
+                "value (or leave it out), or start a new stream with another --feed"
+            )
+    return stored
 
 
 def _source_bitrate(source: Source) -> int:
@@ -255,6 +296,7 @@ def _resume_copy(source: Source, o: BroadcastOptions, resume: ResumePoint) -> En
         int(h.extra.get("bitrate") or 0),
         h.segment_duration,
         COPY_PRESET,
+        part=_resumed_part(h, o.part),
     )
 
 
@@ -303,6 +345,7 @@ class Broadcaster:
         self.latencies: deque[float] = deque(maxlen=100_000)
         self._header_present = self.resume is not None
         self._next_flags = FLAG_DISCONTINUITY if self.resume and self.resume.length > 1 else 0
+        self.format_version = self.resume.header.version if self.resume else FORMAT_VERSION
 
     @property
     def key(self) -> bytes:
@@ -345,7 +388,10 @@ class Broadcaster:
                     await self._append_fragment(value)
             worker.result()
             if self._header_present:
-                end = Segment(self.pipeline.end_time, 0.0, time.time(), b"", FLAG_END)
+                end = Segment(
+                    self.pipeline.end_time, 0.0, time.time(), b"", FLAG_END,
+                    version=self.format_version,
+                )
                 await self._append(end.encode())
             self.state = BroadcastState.ENDED
         except BaseException:
@@ -377,6 +423,7 @@ class Broadcaster:
                 )
         else:
             s = self.settings
+            part_duration, parts = part_plan(s.fps, s.segment, s.part)
             header = StreamHeader(
                 title=self.title,
                 start_time=time.time(),
@@ -385,6 +432,8 @@ class Broadcaster:
                 height=s.height,
                 fps=float(s.fps),
                 segment_duration=s.segment,
+                part_duration=part_duration,
+                parts_per_segment=parts,
                 init=init,
                 **self.pipeline.stream_fields(),
             )
@@ -395,7 +444,16 @@ class Broadcaster:
 
     async def _append_fragment(self, fragment: Fragment) -> None:
         flags = self._next_flags | (FLAG_DISCONTINUITY if fragment.discontinuity else 0)
-        segment = Segment(fragment.pts, fragment.duration, time.time(), fragment.data, flags)
+        segment = Segment(
+            fragment.pts,
+            fragment.duration,
+            time.time(),
+            fragment.data,
+            flags,
+            fragment.independent,
+            fragment.back,
+            self.format_version,
+        )
         self._next_flags = 0
         await self._append(segment.encode())
         appended = time.monotonic()

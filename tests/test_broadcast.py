@@ -21,7 +21,13 @@ from streamer.broadcast import (
 from streamer.core.errors import MediaError, UsageError
 from streamer.core.feed import Feed, FeedEvent
 from streamer.media.encoder import EncoderSettings
-from streamer.media.format import FLAG_DISCONTINUITY, FLAG_END, Segment, StreamHeader
+from streamer.media.format import (
+    FLAG_DISCONTINUITY,
+    FLAG_END,
+    FLAG_INDEPENDENT,
+    Segment,
+    StreamHeader,
+)
 from streamer.media.sources import FileSource, TestPatternSource
 from tests.fixtures_media import av_offsets, decode
 
@@ -67,7 +73,8 @@ async def test_a_file_becomes_header_segments_and_an_end_marker(tmp_path: Path) 
         *media, end = segments
         assert end.end and end.data == b"" and end.pts == pytest.approx(10.0)
         assert len(media) == 10
-        assert all(s.flags == 0 for s in media)
+        assert all(s.flags == FLAG_INDEPENDENT for s in media)  # parts as long as segments
+        assert header.version == 2 and header.parts_per_segment == 1
         assert [s.pts for s in media] == pytest.approx([float(i) for i in range(10)])
         assert sum(s.duration for s in media) == pytest.approx(10.0)
         decoded = decode(header.init + b"".join(s.data for s in media))
@@ -96,6 +103,27 @@ async def test_a_file_becomes_header_segments_and_an_end_marker(tmp_path: Path) 
         assert broadcaster.state is BroadcastState.ENDED
 
 
+async def test_parts_are_blocks_and_independent_parts_start_each_segment(tmp_path: Path) -> None:
+    settings = EncoderSettings(160, 96, Fraction(30), 300_000, 1.0, "ultrafast", part=0.2)
+    with Feed.create(tmp_path / "feed") as feed:
+        await _broadcast(feed, TestPatternSource(160, 96, 30, live=False), settings, duration=2.0)
+        feed.verify_all()
+        header, segments = _blocks(feed)
+    assert (header.version, header.part_duration, header.parts_per_segment) == (2, 0.2, 5)
+    *media, end = segments
+    assert end.end and len(media) == 10
+    assert [s.independent for s in media] == [True, False, False, False, False] * 2
+    assert [s.back for s in media] == [0, 1, 2, 3, 4] * 2
+    assert [s.pts for s in media] == pytest.approx([i * 0.2 for i in range(10)])
+    assert all(s.duration == pytest.approx(0.2) for s in media)
+    # Every part is one moof + mdat; a run from an independent part decodes on its own.
+    assert all(s.data.count(b"moof") == 1 for s in media)
+    decoded = decode(header.init + b"".join(s.data for s in media[5:]))
+    assert len(decoded.video_times) == 30 and decoded.keyframes[0]
+    assert decode(header.init + media[5].data).keyframes[0]
+    assert not decode(header.init + media[6].data).keyframes  # no keyframe: nothing shows
+
+
 async def test_a_second_run_resumes_the_stream_with_a_discontinuity(tmp_path: Path) -> None:
     with Feed.create(tmp_path / "feed") as feed:
         await _broadcast(feed, TestPatternSource(160, 96, 30, live=False), duration=2.5)
@@ -111,7 +139,7 @@ async def test_a_second_run_resumes_the_stream_with_a_discontinuity(tmp_path: Pa
     ends = [i for i, s in enumerate(segments) if s.end]
     assert ends == [first_length - 2, len(segments) - 1]
     resumed = segments[first_length - 1]
-    assert resumed.flags == FLAG_DISCONTINUITY
+    assert resumed.flags == FLAG_DISCONTINUITY | FLAG_INDEPENDENT
     assert resumed.pts == pytest.approx(2.5 + 1 / 60, abs=1 / 60)  # on the frame grid after 2.5
     assert all(b.pts > a.pts for a, b in zip(media, media[1:], strict=False))
     assert [s.pts for s in media if s.pts > 3] == pytest.approx([4.0])

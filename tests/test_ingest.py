@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from streamer.core.feed import Feed
-from streamer.media.format import FLAG_DISCONTINUITY, FLAG_END, Segment, StreamHeader
+from streamer.media.format import (
+    FLAG_DISCONTINUITY,
+    FLAG_END,
+    FLAG_INDEPENDENT,
+    Segment,
+    StreamHeader,
+)
 from tests.fixtures_media import decode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,9 +174,10 @@ def test_a_publisher_goes_live_reconnects_and_the_stream_continues(
     bframes = 2 if mode == "--copy" else 0  # OBS's x264 default; a copy keeps them
     publish(url, 3, bframes=bframes)
     run.wait_for("the publisher disconnected")
-    # What the publisher sent is appended now, not when it comes back: header + 3 segments.
+    # What the publisher sent is appended now, not when it comes back: header + 3 segments of
+    # five 0.2 s parts each.
     wait_until(lambda: _stats(stats).get("stream_time_s", 0) >= 3.0 - 0.05, "the last GOP")
-    assert _stats(stats)["length"] == 4
+    assert _stats(stats)["length"] == 16
     publish(url, 2, bframes=bframes)
     run.wait_for("the publisher disconnected", timeout=30, nth=2)
     run.proc.send_signal(signal.SIGINT)
@@ -181,9 +188,10 @@ def test_a_publisher_goes_live_reconnects_and_the_stream_continues(
     assert (header.width, header.height) == ((320, 180) if mode == "--copy" else (160, 90))
     *media, end = segments
     assert end.flags == FLAG_END
-    assert [s.flags for s in media].count(FLAG_DISCONTINUITY) == 1
-    cut = next(i for i, s in enumerate(media) if s.flags == FLAG_DISCONTINUITY)
-    assert cut >= 2 and media[cut].pts == pytest.approx(3.0, abs=0.1)
+    assert [s.discontinuity for s in media].count(True) == 1
+    cut = next(i for i, s in enumerate(media) if s.discontinuity)
+    assert cut >= 10 and media[cut].pts == pytest.approx(3.0, abs=0.1)
+    assert media[cut].flags == FLAG_DISCONTINUITY | FLAG_INDEPENDENT
     assert all(
         b.pts == pytest.approx(a.pts + a.duration) for a, b in zip(media, media[1:], strict=False)
     )
@@ -305,7 +313,7 @@ def test_a_passthrough_stream_refuses_a_publisher_with_other_settings(tmp_path: 
     header, segments = _stream(tmp_path / "feed")
     assert (header.width, header.height) == (320, 180)
     media = [s for s in segments if not s.end]
-    assert [s.discontinuity for s in media] == [False, False, False, True, False]
+    assert [s.discontinuity for s in media if s.independent] == [False, False, False, True, False]
     decoded = decode(header.init + b"".join(s.data for s in media))
     assert len(decoded.video_times) == 150
 

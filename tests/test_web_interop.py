@@ -32,7 +32,7 @@ from streamer.core.replication import (
     Session,
 )
 from streamer.core.scheduler import Replicator, ReplicatorConfig
-from streamer.media.format import Segment, StreamHeader
+from streamer.media.format import Segment, SegmentHeader, StreamHeader
 from streamer.net.rtc import RtcPeer
 from tests.fixtures_node import node_command
 
@@ -382,10 +382,13 @@ def test_stream_format_written_by_python_parses_in_js(js: JsPeer) -> None:
         channels=2,
         init=b"ftypmoov" * 10,
         extra={"media_delay": 1024 / 48000},
+        part_duration=0.2,
+        parts_per_segment=5,
     )
     segments = [
-        Segment(12.5, 1.0, 1700000012.25, b"moofmdat" * 3, 0),
-        Segment(13.5, 1.0, 1700000013.25, b"x", 1),
+        Segment(12.5, 0.2, 1700000012.25, b"moofmdat" * 3, 0),
+        Segment(12.7, 0.2, 1700000012.45, b"y", 0, independent=False, back=1),
+        Segment(13.5, 0.2, 1700000013.25, b"x", 1),
         Segment(14.5, 0.0, 1700000014.0, b"", 2),
     ]
     got = js(
@@ -404,17 +407,22 @@ def test_stream_format_written_by_python_parses_in_js(js: JsPeer) -> None:
         "fps",
         "segment_duration",
         "extra",
+        "part_duration",
+        "parts_per_segment",
+        "version",
     ):
         assert h[field] == getattr(header, field), field
     for seg, js_seg in zip(segments, got["segments"], strict=False):
+        fixed = SegmentHeader.decode(seg.encode())
         assert (js_seg["pts"], js_seg["duration"], js_seg["wallClock"], js_seg["flags"]) == (
             seg.pts,
             seg.duration,
             seg.wall_clock,
-            seg.flags,
+            fixed.flags,
         )
         assert js_seg["data"] == {"$": seg.data.hex()}
         assert (js_seg["discontinuity"], js_seg["end"]) == (seg.discontinuity, seg.end)
+        assert (js_seg["independent"], js_seg["back"]) == (fixed.independent, fixed.back)
     assert got["segments"][-1] == {"error": "StreamFormatError"}
 
 

@@ -89,7 +89,17 @@ def _plan(
             f"no held block covers --from {start_s or 0:g} --to {end_s if end_s is not None else 'end'}; "
             "the stream is shorter than that"
         )
-    first = wanted[0]
+    # Decoding starts at an independent part (a keyframe): the one the first wanted part needs,
+    # or, when that one is not held, the next held one.
+    first = timeline.join_point(wanted[0])
+    if first not in timing:
+        starts = [i for i in wanted if timing[i].independent]
+        if not starts:
+            raise ExportError(
+                "the archive holds no keyframe part in that range; run `viewer archive` to fetch "
+                "the rest"
+            )
+        first = starts[0]
     last = timeline.run_from(first, want_to)
     asked_last = max(wanted) if end_s is not None else max(timing)
     note = ""

@@ -28,6 +28,7 @@ from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
 from streamer.core.stats import ReplicationStats
 from streamer.media.format import StreamHeader, Timeline
+from streamer.media.parts import fit_replicator_to_parts
 from streamer.net.aio import Deadline, FeedWakeup, run_until
 from streamer.net.hubclient import HubClient
 from streamer.net.replicator import NetworkReplicator
@@ -209,12 +210,13 @@ class NetworkSource(LocalFeedSource):
         """The stream header (block 0), fetched if needed."""
         if self._header is None:
             self._header = StreamHeader.decode(await self.get(0, timeout))
+            fit_replicator_to_parts(self.net.replicator.config, self._header.block_duration)
         return self._header
 
     async def start_block(self, timeout: float, at: float | None = None) -> int:
-        """The block to start playing: the newest media block (any block is a keyframe), or the
-        one covering `at` seconds of stream time. Fetches it (and its neighbours' headers as
-        needed) before returning."""
+        """The block to start playing from: the independent part (a keyframe) that the newest
+        media block, or the one covering `at` seconds of stream time, decodes from. Fetches it
+        (and the few headers the search reads) before returning."""
         deadline = Deadline(timeout)
         header = await self.header(timeout)
         while self._feed.length < 2:
@@ -228,17 +230,20 @@ class NetworkSource(LocalFeedSource):
             timeline.add_block(length - 1, await self.get(length - 1, timeout))
             index = timeline.newest_media(length)
             if index != length - 1:
-                await self.get(index, timeout)
-            return index
-        # The segment grid gives a first guess; the fixed headers settle the rest.
-        index = Timeline.grid_index(at, length, header.segment_duration)
-        for _ in range(8):
-            timeline.add_block(index, await self.get(index, timeout))
-            step = timeline.seek_step(index, at, length)
-            if step == index:
-                break
-            index = step
-        return index
+                timeline.add_block(index, await self.get(index, timeout))
+        else:
+            # The grid gives a first guess; the fixed headers settle the rest in a few jumps.
+            index = Timeline.grid_index(at, length, header.grid)
+            for _ in range(12):
+                timeline.add_block(index, await self.get(index, timeout))
+                step = timeline.seek_step(index, at, length)
+                if step == index:
+                    break
+                index = step
+        join = timeline.join_point(index)
+        if join != index:
+            timeline.add_block(join, await self.get(join, timeout))
+        return join
 
     def _swarm_stats(self) -> ReplicationStats:
         return self.net.stats()

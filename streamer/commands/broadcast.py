@@ -35,7 +35,9 @@ from streamer.core.backfill import describe_runs
 from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import SECRET_KEY_FILE, Feed
 from streamer.core.names import validate_name
+from streamer.core.scheduler import ReplicatorConfig
 from streamer.hub import HubServer, start_hub
+from streamer.media.parts import fit_replicator_to_parts
 from streamer.media.passthrough import COPY_PRESET
 from streamer.media.sources import TEST_FPS, TEST_SIZE, open_source, parse_source
 from streamer.net.aio import run_until
@@ -144,6 +146,9 @@ def parse_options(args: argparse.Namespace) -> BroadcastOptions:
         fast=args.fast,
         stats_path=stats_path,
         copy=True if args.copy else False if args.reencode else None,
+        part=parse_seconds("--part", args.part, 0.01, SEGMENT_RANGE[1])
+        if args.part is not None
+        else None,
     )
 
 LINGER_DEFAULT_S = 30.0  # --linger: how long to wait for blocks held by no viewer yet
@@ -154,8 +159,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "broadcast",
         help="broadcast a file, OBS over RTMP, a webcam, the screen or a test pattern",
         description=(
-            "Cut SOURCE into keyframe-aligned H.264/AAC fMP4 segments (copied when the input "
-            "allows, else encoded) and append them to a signed feed. SOURCE: a media file or "
+            "Cut SOURCE into keyframe-aligned H.264/AAC fMP4 segments of short parts (copied "
+            "when the input allows, else encoded) and append them to a signed feed. SOURCE: a "
+            "media file or "
             "URL | rtmp://HOST:PORT/APP/KEY --listen (OBS, ffmpeg) | webcam[:DEVICE] | "
             "screen[:DISPLAY] | test. Running again on the same --feed resumes the same stream."
         ),
@@ -199,6 +205,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--title", help="stream title (default: the source's name)")
     parser.add_argument(
         "--segment", metavar="S", help="seconds per segment / keyframe interval (default 1.0)"
+    )
+    parser.add_argument(
+        "--part",
+        metavar="S",
+        help="seconds per part, the block a viewer can fetch as soon as it is encoded "
+        "(default 0.2, a whole number of frames; equal to --segment for one block per segment)",
     )
     parser.add_argument(
         "--size",
@@ -341,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
         )
         copying = settings.preset == COPY_PRESET
         log.info(
-            "%s: %s -> %s (%dx%d %.4g fps, %s, %.3g s segments)",
+            "%s: %s -> %s (%dx%d %.4g fps, %s, %.3g s segments, %.3g s parts)",
             what,
             source.description,
             feed_dir,
@@ -350,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
             float(settings.fps),
             "copying the input's H.264/AAC" if copying else f"{settings.bitrate // 1000} kbit/s",
             settings.segment,
+            settings.part or settings.segment,
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)
         swarm_plan = None if args.no_swarm else SwarmPlan(
@@ -428,7 +441,9 @@ async def _go_live(
         async with HubClient([hub], ca_file=plan.hub_ca) as client:
             await client.register_name(name, secret_key)
         log.info("registered the name %r on %s", name, hub)
-    replicator = NetworkReplicator(feed, swarm)
+    settings = broadcaster.settings
+    config = fit_replicator_to_parts(ReplicatorConfig(), settings.part or settings.segment)
+    replicator = NetworkReplicator(feed, swarm, config=config)
     broadcaster.stats_providers.append(replicator.stats_fields)
     await replicator.start()
     target = name or feed.key.hex()

@@ -1,5 +1,6 @@
 """Encode timed video and audio frames into H.264 + AAC fragmented MP4, cut into the init segment
-and one keyframe-aligned moof+mdat fragment per segment-grid GOP.
+and one moof+mdat fragment per part (streamer.media.parts; keyframes on the segment grid, one
+fragment per GOP when parts are whole segments).
 
 Runs synchronously in whichever thread calls it (the broadcaster uses a worker thread); it never
 touches a feed, the network or the event loop, and never paces: times are given by the caller.
@@ -17,6 +18,7 @@ import numpy as np
 from av.video.frame import PictureType
 
 from streamer.core.errors import MediaError
+from streamer.media.parts import PartCutter, part_muxer_options
 
 VIDEO_TIME_BASE = Fraction(1, 90000)
 AUDIO_RATE = 48000
@@ -50,20 +52,23 @@ class EncoderSettings:
     height: int
     fps: Fraction
     bitrate: int  # video bits per second
-    segment: float  # target seconds per fragment (keyframe grid)
+    segment: float  # seconds per segment (keyframe grid)
     preset: str = "veryfast"
     audio_bitrate: int = 128_000
+    part: float | None = None  # seconds per part (fragment); None: one fragment per segment
 
 
 @dataclass
 class Fragment:
-    """One GOP as moof+mdat bytes and its place on the stream timeline."""
+    """One part (or whole GOP) as moof+mdat bytes and its place on the stream timeline."""
 
     pts: float
     duration: float
     data: bytes
     frames: int
     captured: list[float] = field(default_factory=list)  # monotonic capture time of each frame
+    independent: bool = True  # starts with a keyframe
+    back: int = 0  # fragments back to the independent one it decodes from
     discontinuity: bool = False  # starts where the input restarted (a publisher reconnected)
 
 
@@ -154,6 +159,8 @@ class StreamEncoder:
         # (start time, slot, discontinuity) of GOPs not yet cut
         self._gops: deque[tuple[float, int, bool]] = deque()
         self._captures: deque[float] = deque()
+        self._parts = PartCutter()
+        self._cut_slot = 0  # first slot of the next fragment
         self._audio_next = round(
             self.start * AUDIO_RATE
         )  # next sample index on the stream timeline
@@ -162,7 +169,8 @@ class StreamEncoder:
         self._closed = False
         self.video_codec_string: str | None = None
         try:
-            self._container = av.open(self.cutter, "w", format="mp4", options=MUXER_OPTIONS)
+            options = part_muxer_options(MUXER_OPTIONS, settings.fps, settings.part, settings.segment)
+            self._container = av.open(self.cutter, "w", format="mp4", options=options)
             self._video = self._container.add_stream(
                 "libx264",
                 rate=settings.fps,
@@ -381,19 +389,37 @@ class StreamEncoder:
         out: list[Fragment] = []
         fragments = self.cutter.fragments
         while fragments:
-            data = fragments.popleft()
-            start, slot, discontinuity = self._gops.popleft()
-            if self._gops:
-                end_slot = self._gops[0][1]
-            elif final:
-                end_slot = self._slot
-            else:
+            try:
+                part = self._parts.cut(fragments.popleft())
+            except ValueError as exc:
+                raise MediaError(f"the MP4 muxer wrote a fragment that does not parse: {exc}") from None
+            if part is None:
+                continue
+            slot, end_slot = self._cut_slot, self._cut_slot + part.frames
+            while self._gops and self._gops[0][1] < slot:
+                self._gops.popleft()
+            keyed = bool(self._gops) and self._gops[0][1] == slot
+            discontinuity = False
+            if keyed:
+                discontinuity = self._gops.popleft()[2]
+            if keyed != part.independent or (self._gops and self._gops[0][1] < end_slot):
                 raise MediaError("the muxer cut a fragment that does not end at a forced keyframe")
-            frames = end_slot - slot
-            captured = [self._captures.popleft() for _ in range(frames)]
+            self._cut_slot = end_slot
+            captured = [self._captures.popleft() for _ in range(part.frames)]
+            start = self.slot_time(slot)
             out.append(
                 Fragment(
-                    start, self.slot_time(end_slot) - start, data, frames, captured, discontinuity
+                    start,
+                    self.slot_time(end_slot) - start,
+                    part.data,
+                    part.frames,
+                    captured,
+                    part.independent,
+                    part.back,
+                    discontinuity,
                 )
             )
+        if final and (tail := self._parts.flush()) and out:
+            last = out[-1]
+            last.data += tail
         return out

@@ -1,5 +1,6 @@
-"""Passthrough: cut an H.264 + AAC input into keyframe-aligned fMP4 fragments without decoding or
-encoding, when its keyframes already fall on the segment grid.
+"""Passthrough: cut an H.264 + AAC input into fMP4 parts without decoding or encoding, when its
+keyframes already fall on the segment grid (a part starting at a keyframe is independent; the
+muxer cuts the parts between keyframes as for encoding: streamer.media.parts).
 
 copy_check() decides whether a source can be copied (and on which segment grid), giving the
 reason in one line when not; PassthroughPipeline has the Pipeline interface (init + fragments
@@ -30,6 +31,7 @@ from streamer.media.encoder import (
     avc_codec_string,
 )
 from streamer.media.frames import SourcePacket
+from streamer.media.parts import PartCutter, part_muxer_options
 
 # Media time = stream time + this delay, so the first B-frame's decode time is never negative
 # (B-frames decode up to a few frames before they show); kept in the stream header.
@@ -173,17 +175,19 @@ class PassthroughPipeline:
         audio_tb = Fraction(1, self.sample_rate)
         step = 1.0 / float(self.settings.fps)
         delay = float(self.media_delay)
-        gops: deque[tuple[float, bool]] = deque()  # (start, discontinuity) of uncut GOPs
-        captures: deque[list[float]] = deque()
+        # (stream time, capture time, discontinuity) of each muxed video packet not yet in a part,
+        # in decode order, the order the muxer's runs list their samples in
+        pending: deque[tuple[float, float, bool]] = deque()
         last_dts = {"video": -1, "audio": -1}
         init: bytes | None = None
         muxer: _Muxer | None = None
         video_end = self.start
+        cursor = self.start  # where the next dependent part starts
         stop = self.stop_event
         cpu0, wall0 = time.process_time(), time.monotonic()
 
         def take(final: bool) -> None:
-            nonlocal init
+            nonlocal init, cursor
             assert muxer is not None
             cutter = muxer.cutter
             if init is None and cutter.init is not None:
@@ -194,19 +198,41 @@ class PassthroughPipeline:
                     "the publisher's stream changed in a way this passthrough stream cannot "
                     "follow; start a new stream with another --feed"
                 )
+            out: list[Fragment] = []
             while cutter.fragments:
-                data = cutter.fragments.popleft()
-                start, discontinuity = gops.popleft()
-                if gops:
-                    end = gops[0][0]
-                elif final:
-                    end = video_end
-                else:
-                    raise MediaError("the muxer cut a fragment that does not end at a keyframe")
-                captured = captures.popleft()
-                on_fragment(
-                    Fragment(start, end - start, data, len(captured), captured, discontinuity)
+                try:
+                    part = muxer.parts.cut(cutter.fragments.popleft())
+                except ValueError as exc:
+                    raise MediaError(
+                        f"the passthrough muxer wrote a fragment that does not parse: {exc}"
+                    ) from None
+                if part is None:
+                    continue
+                if part.frames > len(pending):
+                    raise MediaError("the passthrough muxer cut more frames than it was given")
+                frames = [pending.popleft() for _ in range(part.frames)]
+                # A part starting at a keyframe starts at its time; the parts after it follow on
+                # by their frame counts; the last part of a run ends with its last frame.
+                start = frames[0][0] if part.independent else cursor
+                discontinuity = part.independent and frames[0][2]
+                end = video_end if final and not pending else start + part.frames * step
+                cursor = end
+                out.append(
+                    Fragment(
+                        start,
+                        end - start,
+                        part.data,
+                        part.frames,
+                        [f[1] for f in frames],
+                        part.independent,
+                        part.back,
+                        discontinuity,
+                    )
                 )
+            if final and (tail := muxer.parts.flush()) and out:
+                out[-1].data += tail
+            for fragment in out:
+                on_fragment(fragment)
             self.end_time = video_end
             self.stream_seconds = video_end - self.start
             self.cpu_seconds = time.process_time() - cpu0
@@ -219,7 +245,7 @@ class PassthroughPipeline:
                 if item is None:
                     # The input paused (a publisher left): cut the GOP held in the muxer now,
                     # rather than when a publisher comes back; a new muxer takes the next one.
-                    if muxer is not None and gops:
+                    if muxer is not None and pending:
                         muxer.close()
                         take(True)
                         muxer = None
@@ -244,18 +270,15 @@ class PassthroughPipeline:
                 dts = round((self.start + item.dts + delay) / tb)
                 if dts <= last_dts[item.kind] or dts < 0:
                     continue  # overlaps what was sent (a reconnect's first audio): drop it
-                if is_video and not key and not gops:
-                    continue  # a GOP's tail without its keyframe
                 if muxer is None:
                     if not key:
                         continue  # a new muxer starts at a keyframe
-                    muxer = _Muxer(*self.source.templates)
+                    video_in, audio_in = self.source.templates
+                    muxer = _Muxer(video_in, audio_in, self.settings)
                 last_dts[item.kind] = dts
                 if is_video:
-                    if key:
-                        gops.append((self.start + item.pts, item.discontinuity and self.frames > 0))
-                        captures.append([])
-                    captures[-1].append(item.captured)
+                    restarted = key and item.discontinuity and self.frames > 0
+                    pending.append((self.start + item.pts, item.captured, restarted))
                     video_end = max(video_end, self.start + item.pts + step)
                     self.frames += 1
                 muxer.mux(packet, is_video, tb, max(pts, dts), dts)
@@ -272,14 +295,22 @@ class PassthroughPipeline:
 
 
 class _Muxer:
-    """An fMP4 muxer copying one input's video and audio streams into BoxCutter fragments."""
+    """An fMP4 muxer copying one input's video and audio streams into BoxCutter fragments, one per
+    part (PartCutter tells what each is)."""
 
-    def __init__(self, video_in: av.VideoStream, audio_in: av.AudioStream | None) -> None:
+    def __init__(
+        self,
+        video_in: av.VideoStream,
+        audio_in: av.AudioStream | None,
+        settings: EncoderSettings,
+    ) -> None:
         if audio_in is None:
             raise MediaError("passthrough needs an audio track; this input has none")
         self.cutter = BoxCutter()
+        self.parts = PartCutter()  # the video stream is added first: track 1
+        options = part_muxer_options(MUXER_OPTIONS, settings.fps, settings.part, settings.segment)
         try:
-            self.out = av.open(self.cutter, "w", format="mp4", options=MUXER_OPTIONS)
+            self.out = av.open(self.cutter, "w", format="mp4", options=options)
             self.video = self.out.add_stream_from_template(video_in)
             self.audio = self.out.add_stream_from_template(audio_in)
         except (av.FFmpegError, ValueError) as exc:

@@ -1,20 +1,20 @@
 // The stream format inside a feed, as streamer/media/format.py writes it.
 //
-// One job: parse blocks. Block 0 is the stream header, every later block one segment:
+// One job: parse blocks. Block 0 is the stream header, every later block one segment (v1) or
+// part (v2):
 //   block 0:  "SWCH" | u8 version | u32le json_len | JSON (utf-8) | fMP4 init (ftyp + moov)
 //   block i:  "SWCS" | u8 version | u8 flags | u16le back | f64le pts | f64le duration
 //             | f64le wall_clock | fMP4 fragment (moof + mdat)
-// Version 1: one block per GOP (every media block is a join point, `back` is reserved).
-// Version 2 (parts): one block per part of about header.part_duration seconds; FLAG_INDEPENDENT
-// marks a part that starts with a keyframe, and a dependent part's `back` counts the blocks back
-// to the independent part it decodes from. Both read; segments report `independent` and `back`
-// either way. A block that does not fully parse throws StreamFormatError.
+// Version 2: a block is a part of about part_duration seconds; FLAG_INDEPENDENT marks one that
+// starts with a keyframe (a join and seek point) and `back` counts the blocks back to the
+// independent part a dependent one decodes from. Version 1 (one block per GOP, `back` reserved)
+// still parses: every v1 media block is independent and is reported with FLAG_INDEPENDENT set.
+// A block that does not fully parse throws StreamFormatError; nothing half-parsed is returned.
 
 export const FORMAT_NAME = 'swarmcast'
-export const FORMAT_V1 = 1
-export const FORMAT_V2 = 2
-export const FORMAT_VERSION = FORMAT_V1 // kept for callers of the first version of this module
-export const READ_VERSIONS = [FORMAT_V1, FORMAT_V2]
+export const FORMAT_VERSION = 2 // what a new stream is written in
+export const FORMAT_V1 = 1 // one block per GOP: still read
+export const READ_VERSIONS = [FORMAT_V1, FORMAT_VERSION]
 export const FLAG_DISCONTINUITY = 1 // first segment after a broadcaster restart
 export const FLAG_END = 2 // the stream ended cleanly here; this block carries no media
 export const FLAG_INDEPENDENT = 4 // v2: the part starts with a keyframe (implied in v1)
@@ -40,8 +40,9 @@ function view (block) {
 
 /**
  * Block 0: the stream's metadata (the JSON keys as written: title, start_time, mime, width,
- * height, fps, segment_duration, video_codec, audio_codec, sample_rate, channels, extra, ...)
- * plus `init`, the fMP4 init segment (a view into the block).
+ * height, fps, segment_duration, video_codec, audio_codec, sample_rate, channels, extra, and in
+ * v2 part_duration and parts_per_segment, null in v1) plus `version` and `init`, the fMP4 init
+ * segment (a view into the block).
  */
 export function decodeHeader (block) {
   if (block.length < HEADER_PREFIX_SIZE) {
@@ -71,24 +72,22 @@ export function decodeHeader (block) {
   }
   const init = block.subarray(HEADER_PREFIX_SIZE + size)
   if (!init.length) throw new StreamFormatError('stream header carries no init segment')
-  const header = { extra: {}, ...meta, init, version, part_duration: null, parts_per_segment: null }
-  if (version === FORMAT_V2) {
-    const part = meta.part_duration
-    if (part !== undefined && part !== null) {
-      if (typeof part !== 'number' || !(part > 0 && part <= meta.segment_duration)) {
-        throw new StreamFormatError("stream header's part_duration is not within its segment")
-      }
-      header.part_duration = part
-      header.parts_per_segment = meta.parts_per_segment || Math.max(1, Math.round(meta.segment_duration / part + 0.4999))
+  let part = null
+  let parts = null
+  if (version !== FORMAT_V1) {
+    part = meta.part_duration ?? null
+    parts = meta.parts_per_segment ?? null
+    if (part !== null && !(typeof part === 'number' && part > 0 && part <= meta.segment_duration)) {
+      throw new StreamFormatError("stream header's part_duration is not within its segment")
     }
   }
-  // Nominal seconds of media per block: a part (v2) or a whole segment (v1).
-  header.block_duration = header.part_duration || meta.segment_duration
-  return header
+  return { extra: {}, ...meta, part_duration: part, parts_per_segment: parts, version, init }
 }
 
-/** Block i >= 1: {pts, duration, wallClock, flags, discontinuity, end, independent, back,
- *  version, data (moof + mdat)}. */
+/**
+ * Block i >= 1: {pts, duration, wallClock, flags, discontinuity, end, independent, back, version,
+ * data (moof + mdat)}.
+ */
 export function decodeSegment (block) {
   const seg = decodeSegmentHeader(block)
   seg.data = block.subarray(SEGMENT_HEADER_SIZE)
@@ -105,25 +104,24 @@ export function decodeSegmentHeader (block) {
     throw new StreamFormatError('block is not a swarmcast segment')
   }
   const v = view(block)
-  const flags = block[5] // as written (v1 media blocks are independent without the flag)
+  let flags = block[5]
   let back = v.getUint16(6, true)
-  let independent = Boolean(flags & FLAG_INDEPENDENT)
   if (version === FORMAT_V1) {
     back = 0 // reserved in v1; every v1 media block is a whole GOP
-    independent = !(flags & FLAG_END)
+    if (!(flags & FLAG_END)) flags |= FLAG_INDEPENDENT
   } else if (back && (flags & (FLAG_INDEPENDENT | FLAG_END))) {
     throw new StreamFormatError('an independent or end block cannot depend on an earlier one')
   }
   return {
-    version,
-    back,
-    independent,
     pts: v.getFloat64(8, true),
     duration: v.getFloat64(16, true),
     wallClock: v.getFloat64(24, true),
     flags,
     discontinuity: Boolean(flags & FLAG_DISCONTINUITY),
     end: Boolean(flags & FLAG_END),
+    independent: Boolean(flags & FLAG_INDEPENDENT),
+    back,
+    version,
     data: new Uint8Array(0),
   }
 }

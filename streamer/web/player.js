@@ -89,7 +89,7 @@ export class TabPlayer {
 
   /** Nominal seconds per block: a segment (format v1) or a part (v2). */
   get blockDuration () {
-    return (this.header && this.header.block_duration) || this.segment
+    return (this.header && this.header.part_duration) || this.segment
   }
 
   _kick () {

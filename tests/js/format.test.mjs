@@ -61,8 +61,10 @@ test('stream header: every malformation is a StreamFormatError', () => {
 
 test('segments: timing, flags and fragment', () => {
   const s = format.decodeSegment(segment(12.5, 1.0, 1700000000.25, 1, new Uint8Array([9, 9])))
+  // v1: every media block is a whole GOP, reported independent
   assert.deepEqual([s.pts, s.duration, s.wallClock, s.flags, s.discontinuity, s.end],
-    [12.5, 1.0, 1700000000.25, 1, true, false])
+    [12.5, 1.0, 1700000000.25, 1 | format.FLAG_INDEPENDENT, true, false])
+  assert.deepEqual([s.independent, s.back, s.version], [true, 0, 1])
   assert.deepEqual([...s.data], [9, 9])
   const end = format.decodeSegmentHeader(segment(13.5, 0, 1700000001, 2, new Uint8Array(0)))
   assert.equal(end.end, true)
@@ -70,19 +72,34 @@ test('segments: timing, flags and fragment', () => {
   assert.throws(() => format.decodeSegment(header(META)), format.StreamFormatError)
 })
 
-test('version 2 (parts): part duration in the header; independent parts and back references', () => {
-  const h = format.decodeHeader(header({ ...META, version: 2, part_duration: 0.2, parts_per_segment: 5 }, undefined, 2))
-  assert.deepEqual([h.version, h.part_duration, h.parts_per_segment, h.block_duration], [2, 0.2, 5, 0.2])
-  const v1 = format.decodeHeader(header(META))
-  assert.deepEqual([v1.version, v1.part_duration, v1.block_duration], [1, null, 1])
-  assert.throws(() => format.decodeHeader(header({ ...META, part_duration: 2 }, undefined, 2)), format.StreamFormatError)
-  const key = format.decodeSegmentHeader(segment(4, 0.2, 1, format.FLAG_INDEPENDENT, new Uint8Array(0), 2))
-  assert.deepEqual([key.independent, key.back], [true, 0])
-  const dep = format.decodeSegmentHeader(segment(4.2, 0.2, 1, 0, new Uint8Array(0), 2, 1))
-  assert.deepEqual([dep.independent, dep.back], [false, 1])
-  assert.throws(() => format.decodeSegmentHeader(segment(4, 0.2, 1, format.FLAG_INDEPENDENT, new Uint8Array(0), 2, 1)), format.StreamFormatError)
-  // v1: every media block is independent, `back` is reserved and ignored; end blocks are not.
-  const old = format.decodeSegmentHeader(segment(4, 1, 1, 0, new Uint8Array(0), 1, 7))
-  assert.deepEqual([old.independent, old.back], [true, 0])
-  assert.equal(format.decodeSegmentHeader(segment(5, 0, 1, format.FLAG_END, new Uint8Array(0))).independent, false)
+test('v1 stream header: no parts', () => {
+  const h = format.decodeHeader(header({ ...META, part_duration: 0.2, parts_per_segment: 5 }))
+  assert.deepEqual([h.version, h.part_duration, h.parts_per_segment], [1, null, null])
+})
+
+test('v2 stream header: part duration and parts per segment', () => {
+  const meta = { ...META, version: 2, part_duration: 0.2, parts_per_segment: 5 }
+  const h = format.decodeHeader(header(meta, undefined, 2))
+  assert.deepEqual([h.version, h.part_duration, h.parts_per_segment], [2, 0.2, 5])
+  assert.deepEqual([...h.init], [1, 2, 3])
+  const tooLong = header({ ...meta, part_duration: 1.5 }, undefined, 2)
+  assert.throws(() => format.decodeHeader(tooLong), format.StreamFormatError)
+})
+
+test('v2 parts: the independent flag and back', () => {
+  const first = format.decodeSegment(
+    segment(3, 0.2, 1700000000, format.FLAG_INDEPENDENT | format.FLAG_DISCONTINUITY, new Uint8Array([7]), 2))
+  assert.deepEqual([first.independent, first.back, first.discontinuity, first.end, first.version],
+    [true, 0, true, false, 2])
+  const third = format.decodeSegmentHeader(segment(3.4, 0.2, 1700000000.4, 0, new Uint8Array([8]), 2, 2))
+  assert.deepEqual([third.independent, third.back, third.flags, third.pts], [false, 2, 0, 3.4])
+  const end = format.decodeSegmentHeader(segment(3.6, 0, 1700000001, format.FLAG_END, new Uint8Array(0), 2))
+  assert.deepEqual([end.end, end.independent, end.back], [true, false, 0])
+  // An independent or end block cannot point back to another one.
+  for (const flags of [format.FLAG_INDEPENDENT, format.FLAG_END]) {
+    const bad = segment(4, 0.2, 1700000002, flags, new Uint8Array(0), 2, 1)
+    assert.throws(() => format.decodeSegmentHeader(bad), format.StreamFormatError)
+  }
+  assert.throws(() => format.decodeSegment(segment(4, 0.2, 0, 0, new Uint8Array(0), 3)),
+    format.StreamFormatError)
 })
