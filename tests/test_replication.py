@@ -419,7 +419,7 @@ def test_a_peer_sending_a_tampered_proof_is_dropped(
 ) -> None:
     net = Net()
     w = net.add(make(writer=True))
-    v = net.add(make(archive=True))
+    v = net.add(make(archive=True, push=False))  # answers to requests (pushes: test_relay.py)
     link = net.link(w, v)
     append(net, w, [block(i) for i in range(5)])
     net.run(2)  # v holds 0..4 honestly; the tree has nodes to check against

@@ -49,6 +49,7 @@ class UploadAdmission:
         self._roots: deque[Hashable] = deque()  # writer: who got the newest blocks' first copies
         self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
         self._seen_bytes = feed.byte_length
+        self.over_budget_at: float | None = None  # writer: last refusal for lack of extra budget
 
     # ------------------------------------------------------------ told by the replicator
 
@@ -91,6 +92,8 @@ class UploadAdmission:
                 average = feed.byte_length / max(feed.length, 1)
                 if self._tokens < average or self.waiting >= limits.max_queued_uploads:
                     self.refused += 1
+                    if self._tokens < average:
+                        self.over_budget_at = now
                     return False
                 self._tokens -= average
             if copies == 0:
@@ -115,6 +118,17 @@ class UploadAdmission:
             return False
         self.waiting += 1
         return True
+
+    def pushed(self, peer: Hashable, block: int) -> None:
+        """A writer pushed `block` to `peer` (live push): that is the block's first copy."""
+        if not self.feed.writable:
+            return
+        copies = self._copies.get(block, 0)
+        if copies == 0:
+            self._roots.append(peer)
+            while len(self._roots) > max(1, self._peers // 2):
+                self._roots.popleft()
+        self._copies[block] = copies + 1
 
     def started(self) -> None:
         """An admitted answer is being sent now."""

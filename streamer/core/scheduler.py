@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from streamer.core.admission import UploadAdmission
 from streamer.core.handshake import Handshaker
+from streamer.core.relay import LiveRelay
 from streamer.core.replication import (
     MAX_EVENTS,
     BlockVerified,
@@ -26,9 +27,13 @@ from streamer.core.replication import (
     LocalError,
     OutRequest,
     PeerMisbehaved,
+    Pushed,
+    RemoteSynced,
     RequestAnswered,
     RequestRefused,
     Session,
+    SubscribeAsked,
+    SubscriptionChanged,
     Upgraded,
 )
 from streamer.core.stats import NeighbourStats, PeerStats, RateMeter, ReplicationStats
@@ -75,6 +80,17 @@ class ReplicatorConfig:
     writer_extra_burst: int = 4  # ...saving up at most this many average blocks of extra copies
     scan_limit: int = 256  # wanted blocks examined per scheduling pass
     chunk_size: int = MAX_CHUNK  # bytes per data-channel message (smaller: less head-of-line wait)
+    # Live push (core.relay, docs/replication.md#live-push): a viewer subscribes to one neighbour,
+    # which pushes it each new block as soon as it verifies; pulls are the fallback.
+    push: bool = True
+    max_push_children: int = 3  # subscribers a viewer pushes to (fewer once its uplink falls behind)
+    writer_push_children: int = 1  # subscribers a writer pushes to: each block about once
+    push_grace_min: float = 0.2  # hold a pull of a new length at least this long for the push...
+    push_grace_max: float = 1.5  # ...and at most this long (2x the usual push delay in between)
+    switch_margin: float = 0.15  # move to a neighbour that gets blocks this much earlier (s)...
+    switch_every: int = 8  # ...judged at most once per this many new blocks
+    refused_backoff: float = 5.0  # do not ask a neighbour that refused or that we left for this long
+    shed_cooldown: float = 10.0  # after shedding a subscriber, take no new one for this long
     seed: int | None = None  # for the random tie-breaks (tests and the simulator fix it)
 
 
@@ -124,6 +140,7 @@ class Replicator:
         self.totals = ReplicatorTotals()
         self._closed = PeerStats()  # the traffic of sessions that closed
         self.uploads = UploadAdmission(feed, self.config)
+        self._pushed_block = False  # the BlockVerified being handled came by push
         self._events: deque[tuple[Session, Event]] = deque(maxlen=MAX_EVENTS)
         self._rates = RateMeter()
         self._rng = random.Random(self.config.seed)
@@ -140,6 +157,8 @@ class Replicator:
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
         self._unavailable = 0  # wanted blocks no neighbour has, at the last full scheduling pass
         self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
+        self.relay = LiveRelay(feed, self.config, self._rng)
+        self._appended: deque[tuple[float, int]] = deque()  # writer: (time, byte_length) samples
         # Our own feed failed (a full disk, say): replication is over, whoever sent the data.
         self.failure: Exception | None = None
 
@@ -220,6 +239,9 @@ class Replicator:
             self._session_closed(s)
 
     def _on_event(self, s: Session, event: Event) -> None:
+        if isinstance(event, (Pushed, SubscribeAsked, SubscriptionChanged)):
+            self._on_relay_event(s, event)
+            return
         if isinstance(event, RequestAnswered):
             self._answered(s, event)
             return
@@ -236,6 +258,7 @@ class Replicator:
                 self._revealed.pop(next(iter(self._revealed)))
             for t in self.sessions:
                 t.announce_length()
+            self.relay.upgraded(self._now, self._longest())
         elif isinstance(event, BlockVerified):
             block = event.index
             for t, other in self._inflight.pop(block, []):
@@ -245,11 +268,49 @@ class Replicator:
             for t in self.sessions:
                 if t is not s and block not in t.remote_has:
                     t.announce(block, block + 1)
+            self._relay_block(s, block)
+        elif isinstance(event, RemoteSynced):
+            self.relay.remote_synced(event.length, self._now)
         elif isinstance(event, PeerMisbehaved):
             self.totals.peers_dropped += 1
         elif isinstance(event, LocalError):
             self._stop(event.error)
         self._events.append((s, event))
+
+    # ------------------------------------------------------------ live push (core.relay)
+
+    def _on_relay_event(
+        self, s: Session, event: Pushed | SubscribeAsked | SubscriptionChanged
+    ) -> None:
+        relay, now = self.relay, self._now
+        if isinstance(event, SubscribeAsked):
+            relay.subscribe_asked(s, event.start, now)
+        elif isinstance(event, SubscriptionChanged):
+            relay.subscription_changed(s, event.on, now)
+        else:
+            relay.pushed(s, event)
+            self._pushed_block = not (event.duplicate or event.unusable)
+            if event.duplicate:
+                self.totals.duplicates += 1
+                self.totals.duplicate_bytes += event.size
+            elif event.unusable:
+                pass
+            elif s.remote_is_writer:
+                self.totals.blocks_from_writer += 1
+                self.totals.block_bytes_from_writer += event.size
+            else:
+                self.totals.blocks_from_peers += 1
+                self.totals.block_bytes_from_peers += event.size
+
+    def _relay_block(self, s: Session, block: int) -> None:
+        """A block verified from `s`: learn who is early, push it on to our subscribers."""
+        pushed, self._pushed_block = self._pushed_block, False
+        relay = self.relay
+        relay.block_verified(block, s, self.sessions, self._now, pushed)
+        relay.have(block, s, self._now)
+
+    def _longest(self) -> int:
+        return max((t.remote_length for t in self.sessions if t.is_open), default=0)
 
     # ------------------------------------------------------------ what to fetch
 
@@ -323,9 +384,15 @@ class Replicator:
         start = self._seen_length
         self.uploads.feed_grew()
         self._seen_length = feed.length
+        self._appended.append((now, feed.byte_length))
+        while len(self._appended) > 2 and now - self._appended[1][0] >= 10.0:
+            self._appended.popleft()
         for s in self.sessions:
             s.announce_length()
             s.announce(start, feed.length)
+        for block in range(start, feed.length):
+            for t in self.relay.have(block, None, now):
+                self.uploads.pushed(t, block)
         self._consume_all()
 
     # ------------------------------------------------------------ scheduling
@@ -334,6 +401,7 @@ class Replicator:
         """Send the requests that should be in flight now (run after every input)."""
         self._now = now
         if not self.feed.writable and self.failure is None:
+            self.relay.tick(self.sessions, now)
             self._request_upgrade(now)
             self._request_blocks(now)
             self._consume_all()  # what this and the input before it did to the other sessions
@@ -350,6 +418,9 @@ class Replicator:
         is answered at once even by a peer whose uplink is busy, and block requests need it first."""
         if self._upgrade is not None:
             return
+        held = self.relay.upgrade_held_until()
+        if held is not None and now < held:
+            return  # our push parent brings the new length with the block
         feed = self.feed
         best: Session | None = None
         best_key: tuple[int, bool, int, float] | None = None
@@ -392,6 +463,7 @@ class Replicator:
                     unavailable += 1
                 continue
             out = s.request(now, block=block)
+            self.relay.note("req", now)
             self._inflight[block] = [(s, out)]
             self._mark_checks(out)
             if len(s.inflight) >= limit:
@@ -468,6 +540,14 @@ class Replicator:
         for (_, key), until in self._refusals.items():
             if (key < 0 or not self.feed.has(key)) and (best is None or until < best):
                 best = until
+        held = self.relay.upgrade_held_until()
+        if (
+            held is not None
+            and held > self._now
+            and self._upgrade is None
+            and (best is None or held < best)
+        ):
+            best = held
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -545,6 +625,8 @@ class Replicator:
     def _refused(self, s: Session, out: OutRequest, busy: bool) -> None:
         cfg, now = self.config, self._now
         backoff = cfg.busy_backoff if busy else cfg.missing_backoff
+        if busy and out.block is not None:
+            self.relay.note("busy", now)
         if self._upgrade is not None and self._upgrade[1] is out:
             self._upgrade = None
             self._refuse(s, -1, now + backoff)
@@ -569,6 +651,7 @@ class Replicator:
         if s in self.sessions:
             self.sessions.remove(s)
             self.uploads.peer_closed(s)
+            self.relay.session_closed(s)
         closed, traffic = self._closed, s.stats
         closed.bytes_up += traffic.bytes_up
         closed.bytes_down += traffic.bytes_down
@@ -590,7 +673,24 @@ class Replicator:
         self._sample(now)
         snapshot = self._snapshot()
         snapshot.up_rate, snapshot.down_rate = self._rates.rates
+        self._relay_stats(snapshot, now)
         return snapshot
+
+    def _relay_stats(self, out: ReplicationStats, now: float) -> None:
+        relay = self.relay
+        out.pushes_sent = relay.stats.pushes_sent
+        out.pushes_received = relay.stats.pushes_received
+        out.push_children = relay.children
+        out.push_parent = relay.parent is not None and relay.parent.sub_state == "on"
+        out.parent_switches = relay.stats.parent_switches
+        out.swarm_short = relay.swarm_short(now, self.uploads.over_budget_at)
+        if self.feed.writable:
+            samples = self._appended
+            if len(samples) >= 2 and samples[-1][1] > samples[0][1]:
+                rate = (samples[-1][1] - samples[0][1]) / max(samples[-1][0] - samples[0][0], 1e-9)
+                out.upload_capacity_ratio = round(out.up_rate / rate, 3)
+        elif out.down_rate > 0:
+            out.upload_capacity_ratio = round(out.up_rate / out.down_rate, 3)
 
     def _sample(self, now: float) -> None:
         if self._rates.due(now):

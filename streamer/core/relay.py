@@ -1,0 +1,303 @@
+"""Relay at the live edge, sans-IO: who pushes new blocks to whom, so a new block costs each hop
+about half a round trip plus its transmission time instead of an announce, a request and a reply.
+
+One LiveRelay per Replicator. As a *subscriber* a node asks one neighbour (its push parent) to push
+it every new block the moment that block verifies there; it picks the neighbour that usually holds
+new blocks earliest (measured from the neighbours' `range` announcements), moves when another is
+clearly earlier or its parent keeps missing, and holds back its own pull of new blocks for a short,
+measured grace while a push is on its way (the pull is the fallback for whatever a push missed). As
+a *pusher* a node accepts a few subscribers (a writer: `writer_push_children`, so it still sends each
+block about once), pushes each block it verifies or appends to those that lack it, and sheds a
+subscriber when pushes of older blocks still wait as a new block arrives (its uplink cannot carry
+them all). It also keeps the figures that tell whether viewers' uploads carry the stream.
+The sessions check and verify everything; this module only decides and calls their public methods.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from streamer.core.replication import (
+    FeedLike,
+    Pushed,
+    Session,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["LiveRelay", "RelayLimits", "RelayStats"]
+
+LEAD_WEIGHT = 0.2  # moving-average weight of each new block in a neighbour's lead
+SHORT_WINDOW_S = 10.0  # the recent past over which `swarm_short` and the capacity ratio are judged
+
+
+class RelayLimits(Protocol):
+    """The numbers the relay reads (core.scheduler.ReplicatorConfig has them all)."""
+
+    push: bool
+    live: bool
+    max_push_children: int
+    writer_push_children: int
+    push_grace_min: float
+    push_grace_max: float
+    switch_margin: float
+    switch_every: int
+    refused_backoff: float
+    shed_cooldown: float
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """What the relay counts over its life."""
+
+    pushes_sent: int = 0  # blocks queued to subscribers
+    pushes_received: int = 0  # pushed blocks that verified here
+    push_duplicates: int = 0  # pushed blocks we held already
+    push_unusable: int = 0  # pushes built for a length we no longer had
+    parent_switches: int = 0  # times we moved our subscription to another neighbour
+    shed: int = 0  # subscribers we stopped pushing to because our uplink fell behind
+    subscriptions_refused: int = 0  # our subscriptions a neighbour declined or ended
+
+
+class LiveRelay:
+    """The live-push rules for one feed's sessions."""
+
+    def __init__(self, feed: FeedLike, limits: RelayLimits, rng: random.Random) -> None:
+        self.feed = feed
+        self.limits = limits
+        self.rng = rng
+        self.stats = RelayStats()
+        self.parent: Session | None = None
+        self._lead: dict[Session, float] = {}  # how much earlier than us a neighbour gets blocks
+        self._refused_until: dict[Session, float] = {}
+        self._since_switch = 0
+        self._misses = 0  # consecutive new blocks that did not come from our parent's push
+        self._longer_since: float | None = None  # a neighbour announced a length we lack since
+        self._push_lag = 0.3  # usual time from "a longer length is known" to our parent's push
+        self._children_order: deque[Session] = deque()  # subscribers, oldest first
+        self._cap = limits.writer_push_children if feed.writable else limits.max_push_children
+        self._cap_until = 0.0  # after shedding, no new subscriber until then
+        self._overloaded = 0
+        # (time, kind) samples for the short-swarm figures: kinds "req" and "busy".
+        self._recent: deque[tuple[float, str]] = deque()
+
+    # ------------------------------------------------------------ config
+
+    @property
+    def enabled(self) -> bool:
+        return self.limits.push and self.limits.live
+
+    # ------------------------------------------------------------ pusher side
+
+    def subscribe_asked(self, s: Session, start: int | None, now: float) -> None:
+        if start is None:
+            self._drop_child(s)
+            return
+        if not self.enabled or s is self.parent or not s.is_open:
+            s.refuse_push()
+            return
+        children = len(self._children_order)
+        if s in self._children_order:
+            s.accept_push(start)
+            return
+        if children >= self._cap or (now < self._cap_until and children >= max(self._cap, 1)):
+            s.refuse_push()
+            return
+        s.accept_push(start)
+        self._children_order.append(s)
+
+    def _drop_child(self, s: Session) -> None:
+        if s in self._children_order:
+            self._children_order.remove(s)
+
+    def have(self, block: int, source: Session | None, now: float) -> list[Session]:
+        """A block verified here (source: the session it came from; None: our own append): push it
+        to the subscribers that lack it. Returns the sessions it was pushed to."""
+        children = self._children_order
+        if not children:
+            return []
+        waiting = 0
+        for c in children:
+            waiting += c.pushes_waiting
+        if waiting and not self.feed.writable:
+            # Older pushes still wait as a new block arrives: our uplink cannot carry them all.
+            self._overloaded += 1
+            if self._overloaded >= 2:
+                self._overloaded = 0
+                victim = children.pop()
+                victim.refuse_push()
+                self.stats.shed += 1
+                self._cap = max(0, len(children))
+                self._cap_until = now + self.limits.shed_cooldown
+        else:
+            self._overloaded = 0
+            if now >= self._cap_until and not self.feed.writable:
+                self._cap = min(self.limits.max_push_children, max(self._cap, len(children) + 1))
+        pushed = []
+        for c in list(children):
+            if c is source or not c.is_open:
+                continue
+            if c.push(block):
+                pushed.append(c)
+                self.stats.pushes_sent += 1
+        return pushed
+
+    @property
+    def children(self) -> int:
+        return len(self._children_order)
+
+    # ------------------------------------------------------------ subscriber side
+
+    def subscription_changed(self, s: Session, on: bool, now: float) -> None:
+        if on:
+            return
+        if s is self.parent:
+            self.parent = None
+            self.stats.subscriptions_refused += 1
+            self._refused_until[s] = now + self.limits.refused_backoff
+
+    def pushed(self, s: Session, ev: Pushed) -> None:
+        if ev.duplicate:
+            self.stats.push_duplicates += 1
+            if s is self.parent:
+                self._misses += 1
+        elif ev.unusable:
+            self.stats.push_unusable += 1
+            if s is self.parent:
+                self._misses += 1
+        else:
+            self.stats.pushes_received += 1
+
+    def remote_synced(self, length: int, now: float) -> None:
+        if length > self.feed.length and self._longer_since is None:
+            self._longer_since = now
+
+    def upgraded(self, now: float, longest: int) -> None:
+        """Our length grew; if a neighbour still announces more, a new grace starts now."""
+        self._longer_since = now if longest > self.feed.length else None
+
+    def block_verified(
+        self, block: int, source: Session, sessions: Iterable[Session], now: float, pushed: bool
+    ) -> None:
+        """Learn from a new block who gets blocks early, and whether our parent delivered it."""
+        if not self.enabled or self.feed.writable:
+            return
+        lead = self._lead
+        for t in sessions:
+            at = t.announced.get(block)
+            value = now - at if at is not None else 0.0
+            old = lead.get(t)
+            lead[t] = value if old is None else old + LEAD_WEIGHT * (value - old)
+        parent = self.parent
+        if parent is None:
+            return
+        if source is parent and pushed:
+            self._misses = 0
+            if self._longer_since is not None:
+                lag = now - self._longer_since
+                self._push_lag += 0.1 * (lag - self._push_lag)
+        elif block >= parent.sub_start:
+            self._misses += 1
+        self._since_switch += 1
+
+    def tick(self, sessions: list[Session], now: float) -> None:
+        """Keep one healthy push parent: subscribe when we have none, move when a neighbour is
+        clearly earlier or ours keeps missing."""
+        if not self.enabled or self.feed.writable or self.feed.length == 0:
+            return
+        parent = self.parent
+        if parent is not None and (parent.closed or parent.sub_state is None):
+            self.parent = parent = None
+        if parent is not None:
+            if self._since_switch < self.limits.switch_every:
+                return
+            best = self._best(sessions, now, exclude=parent)
+            margin = self.limits.switch_margin
+            if self._misses >= 3 or (
+                best is not None and self._lead.get(best, 0.0) > self._lead.get(parent, 0.0) + margin
+            ):
+                if best is None:
+                    return
+                parent.unsubscribe()
+                self.stats.parent_switches += 1
+                self._refused_until[parent] = now + self.limits.refused_backoff
+                self._subscribe(best)
+            return
+        best = self._best(sessions, now, exclude=None)
+        if best is not None:
+            self._subscribe(best)
+
+    def _subscribe(self, s: Session) -> None:
+        s.subscribe(self.feed.length)
+        self.parent = s
+        self._since_switch = 0
+        self._misses = 0
+
+    def _best(self, sessions: list[Session], now: float, exclude: Session | None) -> Session | None:
+        best: Session | None = None
+        best_key: tuple[float, float] | None = None
+        refused = self._refused_until
+        fork = self.feed.fork
+        for s in sessions:
+            if s is exclude or not s.is_open or not s.synced or s.remote_fork != fork:
+                continue
+            if s.push_on or s.sub_state is not None:  # our subscriber, or one we are leaving
+                continue
+            until = refused.get(s)
+            if until is not None and until > now:
+                continue
+            key = (self._lead.get(s, 0.0), self.rng.random())
+            if best_key is None or key > best_key:
+                best, best_key = s, key
+        return best
+
+    # ------------------------------------------------------------ pull fallback
+
+    def grace(self) -> float:
+        lim = self.limits
+        return min(lim.push_grace_max, max(lim.push_grace_min, 2.0 * self._push_lag))
+
+    def upgrade_held_until(self) -> float | None:
+        """While our parent pushes, pull a newly announced length only after this time."""
+        parent = self.parent
+        if (
+            parent is None
+            or parent.sub_state != "on"
+            or self._misses >= 2
+            or self._longer_since is None
+        ):
+            return None
+        return self._longer_since + self.grace()
+
+    # ------------------------------------------------------------ sessions
+
+    def session_closed(self, s: Session) -> None:
+        self._drop_child(s)
+        self._lead.pop(s, None)
+        self._refused_until.pop(s, None)
+        if s is self.parent:
+            self.parent = None
+
+    # ------------------------------------------------------------ is the swarm short?
+
+    def note(self, kind: str, now: float) -> None:
+        """Record one block request ("req") or busy refusal ("busy") of ours."""
+        recent = self._recent
+        recent.append((now, kind))
+        while recent and (now - recent[0][0] > SHORT_WINDOW_S or len(recent) > 4096):
+            recent.popleft()
+
+    def swarm_short(self, now: float, over_budget_at: float | None) -> bool:
+        """Viewers' uploads do not carry the stream: a writer had to refuse copies over its budget
+        lately; a viewer had at least half of its recent block requests answered busy."""
+        if self.feed.writable:
+            return over_budget_at is not None and now - over_budget_at <= SHORT_WINDOW_S
+        counts = {"req": 0, "busy": 0}
+        for t, kind in self._recent:
+            if now - t <= SHORT_WINDOW_S:
+                counts[kind] += 1
+        return counts["req"] >= 4 and counts["busy"] * 2 >= counts["req"]
