@@ -120,11 +120,14 @@ class LiveRelay:
         children = self._children_order
         if not children:
             return []
-        waiting = 0
+        # Pushes two blocks old still waiting as a new block arrives: our uplink cannot carry all
+        # our subscribers (one block's worth of backlog is normal at full use).
+        behind = False
         for c in children:
-            waiting += c.pushes_waiting
-        if waiting and not self.feed.writable:
-            # Older pushes still wait as a new block arrives: our uplink cannot carry them all.
+            if c.oldest_push is not None and c.oldest_push < block - 1:
+                behind = True
+                break
+        if behind and not self.feed.writable:
             self._overloaded += 1
             if self._overloaded >= 2:
                 self._overloaded = 0

@@ -486,6 +486,11 @@ class Session:
         """Blocks queued to be pushed to the peer, not yet serialized."""
         return len(self._pushes)
 
+    @property
+    def oldest_push(self) -> int | None:
+        """The oldest block queued to be pushed to the peer, if any."""
+        return self._pushes[0] if self._pushes else None
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
@@ -777,24 +782,23 @@ class Session:
         old_length = feed.length
         if up is not None and up.start != old_length:
             # Built for a length other than ours: we grew meanwhile, or the pusher counted on an
-            # earlier push (of a block we already held) having upgraded us. Try the block alone
-            # against our tree; if its proof does not reach a node we hold, drop it unread.
+            # earlier push having upgraded us. Use the block alone if its proof fits our tree.
             if had:
                 self.stats.duplicates += 1
                 self._emit(Pushed(block.index, size, duplicate=True))
                 return
             msg.upgrade = None
-            try:
-                feed.verify_and_apply(msg)
-            except ProofError:
-                self._emit(Pushed(block.index, size, unusable=True))
-                return
-        elif had and up is None:
+            up = None
+        if had and up is None:
             self.stats.duplicates += 1
             self._emit(Pushed(block.index, size, duplicate=True))
             return
-        else:
-            feed.verify_and_apply(msg)
+        if up is None and not _reaches_our_tree(feed, block.index, len(block.nodes)):
+            # Its proof stops short of, or climbs past, the nodes we hold: it was built for
+            # another length. Unusable, not hostile; anything that can be checked is checked.
+            self._emit(Pushed(block.index, size, unusable=True))
+            return
+        feed.verify_and_apply(msg)
         if had:
             # A copy we held, but its upgrade verified and applied: the pusher counts on it.
             self.stats.duplicates += 1
@@ -974,6 +978,14 @@ _HANDLERS: dict[type, Callable[[Session, Message, float], None]] = {
     Extension: Session._on_ignored,  # type: ignore[dict-item]
     Subscribe: Session._on_subscribe,  # type: ignore[dict-item]
 }
+
+
+def _reaches_our_tree(feed: FeedLike, block: int, nodes: int) -> bool:
+    """Whether a proof of `nodes` nodes for `block`, without an upgrade, ends at a node we hold
+    and can trust (so that failing to verify means the peer lied)."""
+    if block >= feed.length:
+        return False
+    return feed.missing_nodes(block) <= nodes <= _steps_to_root(block, feed.length)
 
 
 def _steps_to_root(block: int, length: int) -> int:

@@ -88,7 +88,7 @@ class ReplicatorConfig:
     push_grace_min: float = 0.2  # hold a pull of a new length at least this long for the push...
     push_grace_max: float = 1.5  # ...and at most this long (2x the usual push delay in between)
     switch_margin: float = 0.15  # move to a neighbour that gets blocks this much earlier (s)...
-    switch_every: int = 8  # ...judged at most once per this many new blocks
+    switch_every: int = 25  # ...judged at most once per this many new blocks
     refused_backoff: float = 5.0  # do not ask a neighbour that refused or that we left for this long
     shed_cooldown: float = 10.0  # after shedding a subscriber, take no new one for this long
     seed: int | None = None  # for the random tie-breaks (tests and the simulator fix it)
