@@ -87,6 +87,7 @@ class Simulation:
         self.block_bytes: list[int] = []
         self.misbehaved = 0
         self.count = 0
+        self.hop_delays: dict[str, list[float]] = {}
 
     def _config(self) -> ReplicatorConfig:
         part = self.args.part
@@ -122,6 +123,18 @@ class Simulation:
                 source = self.node_hops.get(link[0]) if link is not None else None
                 hops = 1 + (source.get(event.index, 0) if source is not None else 0)
                 self.node_hops[node][event.index] = hops
+                if self.args.verbose and link is not None:
+                    src = self.by_node.get(link[0])
+                    since = (
+                        src.arrived.get(event.index)
+                        if src is not None
+                        else self.appended[event.index]
+                        if event.index < len(self.appended)
+                        else None
+                    )
+                    if since is not None:
+                        kind = "push" if node.rep._pushed_block_seen else "pull"
+                        self.hop_delays.setdefault(kind, []).append(now - since)
                 viewer.arrived.setdefault(event.index, now)
                 rep = node.rep
                 head = rep.playhead
@@ -375,6 +388,33 @@ class Simulation:
                 else ((f, getattr(n.rep.relay.stats, f)) for f in n.rep.relay.stats.__slots__)
             ):
                 totals[k] = totals.get(k, 0) + val
+        by_session: dict[Session, SimNode] = {}
+        for n in self.net.nodes:
+            for sess, (peer, _, _) in n.links.items():
+                by_session[sess] = peer
+        depths: dict[str, int] = {}
+        for n in alive:
+            d, cur, seen = 0, n, set()
+            while True:
+                p = cur.rep.relay.parent
+                if p is None or p.sub_state != "on":
+                    depths["none"] = depths.get("none", 0) + 1
+                    break
+                cur = by_session[p]
+                d += 1
+                if cur is self.writer:
+                    depths[str(d)] = depths.get(str(d), 0) + 1
+                    break
+                if cur in seen:
+                    depths["cycle"] = depths.get("cycle", 0) + 1
+                    break
+                seen.add(cur)
+        print(f"push tree depth (to the broadcaster): {depths}")
+        for kind, ds in sorted(self.hop_delays.items()):
+            print(
+                f"hop delay by {kind}: n {len(ds)}, p50 {percentile(ds, 0.5):.3f} s, "
+                f"p95 {percentile(ds, 0.95):.3f} s, mean {statistics.fmean(ds):.3f} s"
+            )
         print(
             f"relay: {with_parent}/{len(alive)} viewers have a push parent; children "
             f"{dict(sorted(children.items()))}; writer children {self.writer.rep.relay.children}; "

@@ -11,7 +11,7 @@ copy of the stream however many viewers ask.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from streamer.core.replication import FeedLike
@@ -50,6 +50,8 @@ class UploadAdmission:
         self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
         self._seen_bytes = feed.byte_length
         self.over_budget_at: float | None = None  # writer: last refusal for lack of extra budget
+        # Live pushes wait for our uplink (core.relay): new blocks are then refused to pullers.
+        self.pushing: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------ told by the replicator
 
@@ -110,7 +112,7 @@ class UploadAdmission:
         elif block >= feed.length - limits.hot_window:
             # Everyone near wants a new block at once: keep only a short queue for it, so a peer
             # we cannot serve soon asks one that just got it (that is how a block spreads fast).
-            if self.waiting >= limits.max_queued_relays:
+            if self.waiting >= limits.max_queued_relays or self.pushing():
                 self.refused += 1
                 return False
         elif self.waiting >= limits.max_queued_history:

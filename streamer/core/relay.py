@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from streamer.core.replication import (
+    MAX_DEPTH,
     FeedLike,
     Pushed,
     Session,
@@ -82,6 +83,7 @@ class LiveRelay:
         self._cap = limits.writer_push_children if feed.writable else limits.max_push_children
         self._cap_until = 0.0  # after shedding, no new subscriber until then
         self._overloaded = 0
+        self._told: int | None = -1  # the depth we last told our neighbours
         # (time, kind) samples for the short-swarm figures: kinds "req" and "busy".
         self._recent: deque[tuple[float, str]] = deque()
 
@@ -153,6 +155,10 @@ class LiveRelay:
     def children(self) -> int:
         return len(self._children_order)
 
+    def pushing(self) -> bool:
+        """Pushes wait for our uplink: a viewer then refuses to answer pulls of new blocks."""
+        return any(c.pushes_waiting for c in self._children_order)
+
     # ------------------------------------------------------------ subscriber side
 
     def subscription_changed(self, s: Session, on: bool, now: float) -> None:
@@ -207,24 +213,43 @@ class LiveRelay:
             self._misses += 1
         self._since_switch += 1
 
+    @property
+    def depth(self) -> int | None:
+        """Relays between the broadcaster and us on the push tree (0: we are the writer; None: our
+        parent has no path to the broadcaster, or we have no parent)."""
+        if self.feed.writable:
+            return 0
+        parent = self.parent
+        if parent is None or parent.sub_state != "on" or parent.remote_depth is None:
+            return None
+        depth = parent.remote_depth + 1
+        return depth if depth < MAX_DEPTH else None
+
     def tick(self, sessions: list[Session], now: float) -> None:
-        """Keep one healthy push parent: subscribe when we have none, move when a neighbour is
-        clearly earlier or ours keeps missing."""
-        if not self.enabled or self.feed.writable or self.feed.length == 0:
+        """Keep one push parent with a path to the broadcaster: subscribe to the neighbour nearest
+        to it when we have none, move when one is clearly nearer or ours keeps missing, and tell
+        every neighbour our own distance when it changes (that keeps the push tree free of loops:
+        we only ever subscribe to a neighbour that has a path while we have none through it)."""
+        if not self.enabled:
+            return
+        depth = self.depth
+        if depth != self._told:
+            self._told = depth
+            for s in sessions:
+                s.tell_depth(depth)
+        if self.feed.writable or self.feed.length == 0:
             return
         parent = self.parent
         if parent is not None and (parent.closed or parent.sub_state is None):
             self.parent = parent = None
         if parent is not None:
-            if self._since_switch < self.limits.switch_every:
+            if self._since_switch < self.limits.switch_every and parent.remote_depth is not None:
                 return
             best = self._best(sessions, now, exclude=parent)
-            margin = self.limits.switch_margin
-            if self._misses >= 3 or (
-                best is not None and self._lead.get(best, 0.0) > self._lead.get(parent, 0.0) + margin
-            ):
-                if best is None:
-                    return
+            if best is None or best.remote_depth is None:
+                return
+            here = parent.remote_depth
+            if here is None or best.remote_depth + 2 <= here or self._misses >= 5:
                 parent.unsubscribe()
                 self.stats.parent_switches += 1
                 self._refused_until[parent] = now + self.limits.refused_backoff
@@ -234,6 +259,10 @@ class LiveRelay:
         if best is not None:
             self._subscribe(best)
 
+    def session_added(self, s: Session) -> None:
+        if self.enabled:
+            s.tell_depth(self.depth)
+
     def _subscribe(self, s: Session) -> None:
         s.subscribe(self.feed.length)
         self.parent = s
@@ -241,20 +270,22 @@ class LiveRelay:
         self._misses = 0
 
     def _best(self, sessions: list[Session], now: float, exclude: Session | None) -> Session | None:
+        """The neighbour nearest to the broadcaster (then the one that gets blocks earliest)."""
         best: Session | None = None
-        best_key: tuple[float, float] | None = None
+        best_key: tuple[int, float, float] | None = None
         refused = self._refused_until
         fork = self.feed.fork
         for s in sessions:
-            if s is exclude or not s.is_open or not s.synced or s.remote_fork != fork:
+            depth = s.remote_depth
+            if depth is None or s is exclude or not s.is_open or s.remote_fork != fork:
                 continue
             if s.push_on or s.sub_state is not None:  # our subscriber, or one we are leaving
                 continue
             until = refused.get(s)
             if until is not None and until > now:
                 continue
-            key = (self._lead.get(s, 0.0), self.rng.random())
-            if best_key is None or key > best_key:
+            key = (depth, -self._lead.get(s, 0.0), self.rng.random())
+            if best_key is None or key < best_key:
                 best, best_key = s, key
         return best
 
@@ -262,19 +293,23 @@ class LiveRelay:
 
     def grace(self) -> float:
         lim = self.limits
-        return min(lim.push_grace_max, max(lim.push_grace_min, 2.0 * self._push_lag))
+        return min(lim.push_grace_max, max(lim.push_grace_min, 1.5 * self._push_lag + 0.05))
 
     def upgrade_held_until(self) -> float | None:
         """While our parent pushes, pull a newly announced length only after this time."""
         parent = self.parent
-        if (
-            parent is None
-            or parent.sub_state != "on"
-            or self._misses >= 2
-            or self._longer_since is None
-        ):
+        if parent is None or parent.sub_state != "on" or self._longer_since is None:
             return None
         return self._longer_since + self.grace()
+
+    def block_held_until(self, block: int, revealed: float | None) -> float | None:
+        """While our parent pushes, pull a block revealed at `revealed` only after this time."""
+        parent = self.parent
+        if revealed is None or parent is None or parent.sub_state != "on":
+            return None
+        if block < parent.sub_start:
+            return None
+        return revealed + self.grace()
 
     # ------------------------------------------------------------ sessions
 

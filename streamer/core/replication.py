@@ -82,6 +82,7 @@ MAX_EVENTS = 1024  # unread events kept; the oldest are dropped (a closing event
 RECENT_CANCELLED = 256  # cancelled requests whose late answers we still verify and use
 ANNOUNCED_MEMORY = 32  # newest single-block announcements of a peer whose arrival time we keep
 MAX_PUSHES = 64  # pushes queued to one subscriber; older ones are dropped (it pulls them)
+MAX_DEPTH = 64  # relays from the broadcaster on the push tree; this many or more means no path
 
 _HANDSHAKE, _OPEN, _CLOSED = "handshake", "open", "closed"
 LOCAL_ERROR_REASON = "replication stopped by a local error"
@@ -389,6 +390,9 @@ class Session:
         self.push_start = 0
         self._pushes: deque[int] = deque()
         self._pushed_length = 0  # the length our last push with an upgrade took the peer to
+        # Relays between the broadcaster and the peer on the push tree (its notice; None: no path).
+        self.remote_depth: int | None = None
+        self._told_depth: int | None = -1  # what we last told the peer of our own (-1: nothing)
         # When the peer announced each of its newest single blocks (how early it gets new blocks).
         self.announced: dict[int, float] = {}
         self.stats = PeerStats()
@@ -594,6 +598,12 @@ class Session:
             self._pushes.clear()
             self._queue(Subscribe(False, answer=True))
 
+    def tell_depth(self, depth: int | None) -> None:
+        """Tell the peer how many relays we are from the broadcaster (None: no push path)."""
+        if self._state == _OPEN and depth != self._told_depth:
+            self._told_depth = depth
+            self._queue(Subscribe(False, depth=MAX_DEPTH if depth is None else depth))
+
     def push(self, block: int) -> bool:
         """Queue a verified block to be pushed to the subscribed peer (skipped at send time if the
         peer announced it meanwhile); False if the peer is not subscribed from that block."""
@@ -735,6 +745,9 @@ class Session:
             self._emit(RemoteSynced(msg.length, msg.fork))
 
     def _on_subscribe(self, msg: Subscribe, now: float) -> None:
+        if msg.depth is not None:
+            self.remote_depth = msg.depth if msg.depth < MAX_DEPTH else None
+            return
         if msg.start > MAX_BLOCK_INDEX:
             raise ProtocolViolation(f"subscription from block {msg.start} is beyond any stream")
         if not msg.answer:

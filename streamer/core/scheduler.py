@@ -87,8 +87,8 @@ class ReplicatorConfig:
     writer_push_children: int = 1  # subscribers a writer pushes to: each block about once
     push_grace_min: float = 0.2  # hold a pull of a new length at least this long for the push...
     push_grace_max: float = 1.5  # ...and at most this long (2x the usual push delay in between)
-    switch_margin: float = 0.15  # move to a neighbour that gets blocks this much earlier (s)...
-    switch_every: int = 25  # ...judged at most once per this many new blocks
+    switch_margin: float = 0.3  # move to a neighbour that gets blocks this much earlier (s)...
+    switch_every: int = 10  # ...judged at most once per this many new blocks
     refused_backoff: float = 5.0  # do not ask a neighbour that refused or that we left for this long
     shed_cooldown: float = 10.0  # after shedding a subscriber, take no new one for this long
     seed: int | None = None  # for the random tie-breaks (tests and the simulator fix it)
@@ -141,6 +141,8 @@ class Replicator:
         self._closed = PeerStats()  # the traffic of sessions that closed
         self.uploads = UploadAdmission(feed, self.config)
         self._pushed_block = False  # the BlockVerified being handled came by push
+        self._hold_until: float | None = None  # the first block pull held for a push ends then
+        self._pushed_block_seen = False  # the last verified block came by push (for the simulator)
         self._events: deque[tuple[Session, Event]] = deque(maxlen=MAX_EVENTS)
         self._rates = RateMeter()
         self._rng = random.Random(self.config.seed)
@@ -158,6 +160,7 @@ class Replicator:
         self._unavailable = 0  # wanted blocks no neighbour has, at the last full scheduling pass
         self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
         self.relay = LiveRelay(feed, self.config, self._rng)
+        self.uploads.pushing = self.relay.pushing
         self._appended: deque[tuple[float, int]] = deque()  # writer: (time, byte_length) samples
         # Our own feed failed (a full disk, say): replication is over, whoever sent the data.
         self.failure: Exception | None = None
@@ -187,6 +190,7 @@ class Replicator:
         if not session.closed:
             self.sessions.append(session)
             self.uploads.peer_added()
+            self.relay.session_added(session)
         self._consume(session)
         return session
 
@@ -305,6 +309,7 @@ class Replicator:
     def _relay_block(self, s: Session, block: int) -> None:
         """A block verified from `s`: learn who is early, push it on to our subscribers."""
         pushed, self._pushed_block = self._pushed_block, False
+        self._pushed_block_seen = pushed
         relay = self.relay
         relay.block_verified(block, s, self.sessions, self._now, pushed)
         relay.have(block, s, self._now)
@@ -400,8 +405,9 @@ class Replicator:
     def schedule(self, now: float) -> None:
         """Send the requests that should be in flight now (run after every input)."""
         self._now = now
-        if not self.feed.writable and self.failure is None:
+        if self.failure is None:
             self.relay.tick(self.sessions, now)
+        if not self.feed.writable and self.failure is None:
             self._request_upgrade(now)
             self._request_blocks(now)
             self._consume_all()  # what this and the input before it did to the other sessions
@@ -451,11 +457,19 @@ class Replicator:
         feed = self.feed
         scanned = 0
         unavailable = 0
+        relay, revealed = self.relay, self._revealed
+        self._hold_until = None
         for block in self._wanted():
             scanned += 1
             if scanned > self.config.scan_limit:
                 break
             if block in self._inflight or feed.has(block):
+                continue
+            held = relay.block_held_until(block, revealed.get(block))
+            if held is not None and now < held:
+                # Our push parent is bringing it; pull only if it has not come by then.
+                if self._hold_until is None or held < self._hold_until:
+                    self._hold_until = held
                 continue
             s = self._pick(block, now, ready)
             if s is None:
@@ -540,6 +554,9 @@ class Replicator:
         for (_, key), until in self._refusals.items():
             if (key < 0 or not self.feed.has(key)) and (best is None or until < best):
                 best = until
+        hold = self._hold_until
+        if hold is not None and hold > self._now and (best is None or hold < best):
+            best = hold
         held = self.relay.upgrade_held_until()
         if (
             held is not None

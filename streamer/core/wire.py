@@ -164,11 +164,13 @@ class Extension:
 class Subscribe:
     """Live push (our extension, type 11). From a subscriber: `on` asks the peer to push every block
     with index >= start the moment it verifies there (False: stop). From the pusher, `answer` set:
-    `on` accepted, else refused or ended; no push follows an answer with `on` False."""
+    `on` accepted, else refused or ended; no push follows an answer with `on` False. With `depth`
+    set it is only a notice: the sender is `depth` relays from the broadcaster on the push tree."""
 
     on: bool
     start: int = 0
     answer: bool = False
+    depth: int | None = None
 
 
 @dataclass(slots=True)
@@ -365,6 +367,10 @@ def _enc_handshake(out: bytearray, m: Handshake) -> None:
 
 
 def _enc_subscribe(out: bytearray, m: Subscribe) -> None:
+    if m.depth is not None:
+        _uint(out, 4)
+        _uint(out, m.depth)
+        return
     _uint(out, (1 if m.on else 0) | (2 if m.answer else 0))
     _uint(out, m.start)
 
@@ -592,6 +598,8 @@ def _dec_handshake(r: _Reader) -> Handshake:
 
 def _dec_subscribe(r: _Reader) -> Subscribe:
     flags = r.uint()
+    if flags == 4:
+        return Subscribe(False, depth=r.uint())
     if flags > 3:
         raise WireError(f"subscribe flags {flags} are unknown; the peer sent a bad message")
     return Subscribe(bool(flags & 1), r.uint(), bool(flags & 2))
