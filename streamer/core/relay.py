@@ -302,14 +302,13 @@ class LiveRelay:
             return None
         return self._longer_since + self.grace()
 
-    def block_held_until(self, block: int, revealed: float | None) -> float | None:
-        """While our parent pushes, pull a block revealed at `revealed` only after this time."""
+    def hold_blocks(self) -> tuple[int | None, float]:
+        """(first block, grace): while our parent pushes, a block from its subscription start on is
+        pulled only `grace` after it was revealed. (None, 0) when nothing is held."""
         parent = self.parent
-        if revealed is None or parent is None or parent.sub_state != "on":
-            return None
-        if block < parent.sub_start:
-            return None
-        return revealed + self.grace()
+        if parent is None or parent.sub_state != "on":
+            return None, 0.0
+        return parent.sub_start, self.grace()
 
     # ------------------------------------------------------------ sessions
 

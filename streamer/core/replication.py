@@ -397,6 +397,8 @@ class Session:
         self.announced: dict[int, float] = {}
         self.stats = PeerStats()
         self.close_reason: str | None = None
+        # Called with this session when it emits an event or closes (the replicator's dirty set).
+        self.notify: Callable[[Session], None] | None = None
         if handshake is not None:
             self._state = _HANDSHAKE
             self._queue(handshake.message)
@@ -508,6 +510,8 @@ class Session:
             return
         self._state = _CLOSED
         self.close_reason = reason
+        if self.notify is not None:
+            self.notify(self)
         self._outbox.clear()
         self._control.clear()
         self._pushes.clear()
@@ -629,6 +633,8 @@ class Session:
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
+        if self.notify is not None:
+            self.notify(self)
 
     def _next_message(self) -> bool:
         """Move the next whole message into the outbox as chunks; False if there is none."""

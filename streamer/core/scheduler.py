@@ -145,6 +145,7 @@ class Replicator:
         self._pushed_block_seen = False  # the last verified block came by push (for the simulator)
         self._events: deque[tuple[Session, Event]] = deque(maxlen=MAX_EVENTS)
         self._rates = RateMeter()
+        self._dirty: set[Session] = set()  # sessions with unread events, or closed
         self._rng = random.Random(self.config.seed)
         self._inflight: dict[int, list[tuple[Session, OutRequest]]] = {}
         self._upgrade: tuple[Session, OutRequest] | None = None
@@ -157,7 +158,6 @@ class Replicator:
         self._revealed_to = feed.length  # the length whose blocks' reveal times are known
         self._now = 0.0  # the latest time passed in
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
-        self._unavailable = 0  # wanted blocks no neighbour has, at the last full scheduling pass
         self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
         self.relay = LiveRelay(feed, self.config, self._rng)
         self.uploads.pushing = self.relay.pushing
@@ -185,6 +185,7 @@ class Replicator:
             handshake=handshake,
             remote_is_writer=remote_is_writer,
         )
+        session.notify = self._dirty.add
         if self.failure is not None:
             session.close("replication stopped by a local error")
         if not session.closed:
@@ -227,16 +228,14 @@ class Replicator:
     # ------------------------------------------------------------ session events
 
     def _consume_all(self) -> None:
-        """Read what every session has to say (calls into one session may close another)."""
-        while True:
-            pending = [s for s in self.sessions if s.has_events or s.closed]
-            if not pending:
-                return
-            for s in pending:
-                self._consume(s)
-
+        """Read what every session has to say (calls into one session may close another); the
+        sessions mark themselves in `_dirty` when they emit an event or close."""
+        dirty = self._dirty
+        while dirty:
+            self._consume(dirty.pop())
 
     def _consume(self, s: Session) -> None:
+        self._dirty.discard(s)
         while (event := s.next_event()) is not None:
             self._on_event(s, event)
         if s.closed and s in self.sessions:
@@ -354,15 +353,21 @@ class Replicator:
 
     def _wanted(self) -> Iterator[int]:
         cfg, length = self.config, self.feed.length
-        if self._playhead is not None:
-            yield from range(
-                max(self._playhead, 0), min(self._playhead + cfg.playback_window, length)
-            )
+        head = self._playhead
+        played = (0, 0)  # the playback window, which the live edge need not repeat
+        if head is not None:
+            played = (max(head, 0), min(head + cfg.playback_window, length))
+            yield from range(*played)
         for w in self._wants:
             if w.priority >= PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.live:
-            yield from range(max(0, length - cfg.live_window), length)
+            live = max(0, length - cfg.live_window)
+            if played[1] > played[0]:
+                yield from range(live, min(length, played[0]))
+                yield from range(max(live, played[1]), length)
+            else:
+                yield from range(live, length)
         for w in self._wants:
             if w.priority < PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
@@ -456,25 +461,26 @@ class Replicator:
             return
         feed = self.feed
         scanned = 0
-        unavailable = 0
-        relay, revealed = self.relay, self._revealed
+        revealed = self._revealed
+        # While our push parent is on, blocks from its subscription start come by push: pull one
+        # only if it has not come `grace` after it was revealed.
+        hold_from, grace = self.relay.hold_blocks()
         self._hold_until = None
+        inflight = self._inflight
         for block in self._wanted():
             scanned += 1
             if scanned > self.config.scan_limit:
                 break
-            if block in self._inflight or feed.has(block):
+            if block in inflight or feed.has(block):
                 continue
-            held = relay.block_held_until(block, revealed.get(block))
-            if held is not None and now < held:
-                # Our push parent is bringing it; pull only if it has not come by then.
-                if self._hold_until is None or held < self._hold_until:
-                    self._hold_until = held
-                continue
+            if hold_from is not None and block >= hold_from:
+                at = revealed.get(block)
+                if at is not None and now < at + grace:
+                    if self._hold_until is None or at + grace < self._hold_until:
+                        self._hold_until = at + grace
+                    continue
             s = self._pick(block, now, ready)
             if s is None:
-                if not any(block in t.remote_has for t in self.sessions):
-                    unavailable += 1
                 continue
             out = s.request(now, block=block)
             self.relay.note("req", now)
@@ -484,7 +490,16 @@ class Replicator:
                 ready.remove(s)
                 if not ready:
                     return
-        self._unavailable = unavailable
+
+    def _count_unavailable(self) -> int:
+        """Wanted blocks that no neighbour holds (for stats)."""
+        feed, count = self.feed, 0
+        for scanned, block in enumerate(self._wanted()):
+            if scanned >= self.config.scan_limit:
+                break
+            if not feed.has(block) and not any(block in t.remote_has for t in self.sessions):
+                count += 1
+        return count
 
     def _pick(
         self, block: int, now: float, ready: list[Session], exclude: Session | None = None
@@ -739,7 +754,7 @@ class Replicator:
             uploads_refused=self.uploads.refused,
             peers_dropped=t.peers_dropped,
             inflight=sum(len(e) for e in self._inflight.values()),
-            unavailable=self._unavailable,
+            unavailable=self._count_unavailable(),
             peers=self.peers,
             writer_connected=self.writer_connected,
         )
