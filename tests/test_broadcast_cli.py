@@ -181,6 +181,7 @@ BAD_OPTIONS = [
     (["--segment", "0"], "--segment 0 is out of range"),
     (["--duration", "-1"], "--duration -1 is out of range"),
     (["--preset", "warp"], "not an x264 preset"),
+    (["--upload-budget", "0.5"], "--upload-budget '0.5' must be a number of stream copies"),
     (["--loop"], None),
     (["--audio", "hw:0"], None),
 ]

@@ -28,12 +28,15 @@ from streamer.core import keyfile, storage
 from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import SECRET_KEY_FILE, Feed
 from streamer.core.names import validate_name
+from streamer.core.scheduler import ReplicatorConfig
 from streamer.hub import HubServer, start_hub
 from streamer.media.sources import TEST_FPS, TEST_SIZE, open_source, parse_source
 from streamer.net.hubclient import HubClient
 from streamer.net.loop import run as run_loop
 from streamer.net.replicator import NetworkReplicator
 from streamer.net.swarm import Swarm
+
+DEFAULT_UPLOAD_BUDGET = 1.2  # copies of the stream a broadcaster uploads at most by default
 
 log = logging.getLogger("streamer.broadcast")
 
@@ -109,6 +112,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stats", metavar="FILE", help="rewrite a JSON stats snapshot here every second"
     )
+    parser.add_argument(
+        "--upload-budget",
+        metavar="X",
+        help="copies of the stream the broadcaster may upload when viewers' uploads fall short "
+        f"(default {DEFAULT_UPLOAD_BUDGET:g}: each block once plus 20 %%; e.g. 3 for a fat uplink)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -123,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
     )
     duration = (
         parse_seconds("--duration", args.duration, 0.001) if args.duration is not None else None
+    )
+    budget = (
+        _parse_budget(args.upload_budget)
+        if args.upload_budget is not None
+        else DEFAULT_UPLOAD_BUDGET
     )
     kind, _ = parse_source(args.source)
     if args.loop and kind != "file":
@@ -223,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
             settings.segment,
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)
-        swarm_plan = None if args.no_swarm else (args.hub, secret_key, args.name)
+        swarm_plan = None if args.no_swarm else (args.hub, secret_key, args.name, budget)
         run_loop(_broadcast(broadcaster, swarm_plan))
         log.info(
             "stream ended: %d blocks, %.2f s of stream time",
@@ -233,12 +247,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1.0 <= value <= 100.0:
+        raise UsageError(
+            f"--upload-budget {text!r} must be a number of stream copies from 1 to 100, e.g. 1.5"
+        )
+    return value
+
+
 def _stored_secret_key(feed_dir: Path) -> bytes:
     return keyfile.read_secret_key(feed_dir / SECRET_KEY_FILE)
 
 
 async def _go_live(
-    broadcaster: Broadcaster, hub: str | None, secret_key: bytes, name: str | None
+    broadcaster: Broadcaster,
+    hub: str | None,
+    secret_key: bytes,
+    name: str | None,
+    upload_budget: float = 1.2,
 ) -> tuple[NetworkReplicator, HubServer | None]:
     """Join the swarm of the broadcaster's feed through `hub`, or through an embedded hub on
     127.0.0.1 (port 8000 when free, so `viewer watch KEY` finds it without --hub)."""
@@ -262,7 +292,10 @@ async def _go_live(
         async with HubClient([hub]) as client:
             await client.register_name(name, secret_key)
         log.info("registered the name %r on %s", name, hub)
-    replicator = NetworkReplicator(feed, swarm)
+    # Each block once for free (live push or the first request), plus extra copies worth
+    # upload_budget - 1 of the stream, spent only on requests no viewer could take.
+    config = ReplicatorConfig(writer_extra_ratio=upload_budget - 1.0)
+    replicator = NetworkReplicator(feed, swarm, config=config)
     broadcaster.stats_providers.append(replicator.stats_fields)
     await replicator.start()
     log.info(
@@ -272,7 +305,7 @@ async def _go_live(
 
 
 async def _broadcast(
-    broadcaster: Broadcaster, swarm_plan: tuple[str | None, bytes] | None
+    broadcaster: Broadcaster, swarm_plan: tuple[str | None, bytes, str | None, float] | None
 ) -> None:
     loop = asyncio.get_running_loop()
 
