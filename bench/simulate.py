@@ -268,12 +268,18 @@ class Simulation:
             mine: list[float] = []
             end = horizon
             if v.left is not None:
-                end = sum(1 for t in self.appended if t < v.left - max(2.0, 10 * part))
+                end = sum(1 for t in self.appended if t < v.left - 10.0)
             got = 0
             for i in range(v.first_block, end):
                 t = v.arrived.get(i)
                 if t is None:
                     missing += 1
+                    if args.verbose:
+                        print(
+                            f"{v.node.name} never got block {i} of {horizon} "
+                            f"(joined {v.joined:.1f}, left {v.left}, alive {v.node.alive})",
+                            file=sys.stderr,
+                        )
                     continue
                 got += 1
                 d = t - self.appended[i]

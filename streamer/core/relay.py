@@ -45,7 +45,7 @@ class RelayLimits(Protocol):
     writer_push_children: int
     push_grace_min: float
     push_grace_max: float
-    switch_margin: float
+    switch_depth: int
     switch_every: int
     refused_backoff: float
     shed_cooldown: float
@@ -249,7 +249,7 @@ class LiveRelay:
             if best is None or best.remote_depth is None:
                 return
             here = parent.remote_depth
-            if here is None or best.remote_depth + 2 <= here or self._misses >= 5:
+            if here is None or best.remote_depth + self.limits.switch_depth <= here or self._misses >= 5:
                 parent.unsubscribe()
                 self.stats.parent_switches += 1
                 self._refused_until[parent] = now + self.limits.refused_backoff

@@ -399,6 +399,7 @@ class Session:
         self.close_reason: str | None = None
         # Called with this session when it emits an event or closes (the replicator's dirty set).
         self.notify: Callable[[Session], None] | None = None
+        self.changes = 0  # counts received messages that may change what we ask of the peer
         if handshake is not None:
             self._state = _HANDSHAKE
             self._queue(handshake.message)
@@ -732,7 +733,10 @@ class Session:
             self.announce(start, end)
 
     def _handle(self, msg: Message, now: float) -> None:
-        handler = _HANDLERS.get(type(msg))
+        kind = type(msg)
+        if kind is not Request and kind is not Cancel:
+            self.changes += 1  # what we know of the peer, or our requests to it, may have moved
+        handler = _HANDLERS.get(kind)
         if handler is None:
             raise ProtocolViolation(f"unexpected {type(msg).__name__} message after the handshake")
         handler(self, msg, now)

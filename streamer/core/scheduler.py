@@ -85,10 +85,13 @@ class ReplicatorConfig:
     push: bool = True
     max_push_children: int = 3  # subscribers a viewer pushes to (fewer once its uplink falls behind)
     writer_push_children: int = 1  # subscribers a writer pushes to: each block about once
-    push_grace_min: float = 0.2  # hold a pull of a new length at least this long for the push...
-    push_grace_max: float = 1.5  # ...and at most this long (2x the usual push delay in between)
-    switch_margin: float = 0.3  # move to a neighbour that gets blocks this much earlier (s)...
-    switch_every: int = 10  # ...judged at most once per this many new blocks
+    # Hold a pull of a new length or block for the push at least push_grace_min and at most
+    # push_grace_max seconds (1.5x the usual push delay + 50 ms in between). Short: a push that
+    # is late must not make the pull late too (a longer hold measured worse in bench/simulate.py).
+    push_grace_min: float = 0.0
+    push_grace_max: float = 0.3
+    switch_every: int = 10  # move parents at most once per this many new blocks...
+    switch_depth: int = 2  # ...to a neighbour this many relays nearer the broadcaster
     refused_backoff: float = 5.0  # do not ask a neighbour that refused or that we left for this long
     shed_cooldown: float = 10.0  # after shedding a subscriber, take no new one for this long
     seed: int | None = None  # for the random tie-breaks (tests and the simulator fix it)
@@ -146,6 +149,7 @@ class Replicator:
         self._events: deque[tuple[Session, Event]] = deque(maxlen=MAX_EVENTS)
         self._rates = RateMeter()
         self._dirty: set[Session] = set()  # sessions with unread events, or closed
+        self._stale = True  # something changed that may call for a request since the last pass
         self._rng = random.Random(self.config.seed)
         self._inflight: dict[int, list[tuple[Session, OutRequest]]] = {}
         self._upgrade: tuple[Session, OutRequest] | None = None
@@ -188,6 +192,7 @@ class Replicator:
         session.notify = self._dirty.add
         if self.failure is not None:
             session.close("replication stopped by a local error")
+        self._stale = True
         if not session.closed:
             self.sessions.append(session)
             self.uploads.peer_added()
@@ -213,9 +218,14 @@ class Replicator:
         """One data-channel message from `session`'s peer: the session checks and applies it, and
         the replicator acts on what came of it and sends the requests that should go out now."""
         self._now = now
+        before = session.changes
         session.receive(data, now)
         self._consume(session)
-        self.schedule(now)
+        if self._stale or session.changes != before:
+            self.schedule(now)
+        else:
+            # A request or cancel for our uplink changes nothing we would ask for.
+            self._consume_all()
         self._sample(now)
 
     def next_event(self) -> tuple[Session, Event] | None:
@@ -242,6 +252,7 @@ class Replicator:
             self._session_closed(s)
 
     def _on_event(self, s: Session, event: Event) -> None:
+        self._stale = True
         if isinstance(event, (Pushed, SubscribeAsked, SubscriptionChanged)):
             self._on_relay_event(s, event)
             return
@@ -327,6 +338,7 @@ class Replicator:
             return
         self._want_seq += 1
         self._wants.append(_Want(start, end, priority, self._want_seq))
+        self._stale = True
         if len(self._wants) > MAX_WANTS:
             self._wants.pop(0)
         self._wants.sort(key=lambda w: (-w.priority, w.seq))
@@ -350,6 +362,7 @@ class Replicator:
 
     def set_archive(self, archive: bool) -> None:
         self.config.archive = archive
+        self._stale = True
 
     def _wanted(self) -> Iterator[int]:
         cfg, length = self.config, self.feed.length
@@ -410,6 +423,7 @@ class Replicator:
     def schedule(self, now: float) -> None:
         """Send the requests that should be in flight now (run after every input)."""
         self._now = now
+        self._stale = False
         if self.failure is None:
             self.relay.tick(self.sessions, now)
         if not self.feed.writable and self.failure is None:
@@ -680,6 +694,7 @@ class Replicator:
             s.close("replication stopped by a local error")
 
     def _session_closed(self, s: Session) -> None:
+        self._stale = True
         if s in self.sessions:
             self.sessions.remove(s)
             self.uploads.peer_closed(s)
