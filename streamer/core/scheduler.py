@@ -53,7 +53,10 @@ REVEALED_MEMORY = 64  # newest blocks whose reveal time is kept, for playback de
 class ReplicatorConfig:
     """How one node replicates one feed. Times in seconds, sizes in blocks unless noted."""
 
-    max_inflight_per_peer: int = 16  # our requests waiting at one peer
+    max_inflight_per_peer: int = 16  # our requests waiting at one peer, at least...
+    # ...and as many more as fit in this many bytes of average blocks: small blocks need more in
+    # flight to keep a channel busy over a round trip (16 x 16 KiB starved a local aiortc link).
+    max_inflight_bytes_per_peer: int = 1024 * 1024
     max_queued_uploads: int = 1  # a writer's extra copies waiting for its uplink; more: NoData(busy)
     # A viewer's answers of new blocks waiting for its uplink (more: NoData(busy)). Two, not one:
     # the next copy is already queued when one finishes, so the uplink never idles for a request's
@@ -150,6 +153,7 @@ class Replicator:
         self._rates = RateMeter()
         self._dirty: set[Session] = set()  # sessions with unread events, or closed
         self._stale = True  # something changed that may call for a request since the last pass
+        self._archive_cursor = 0  # blocks below this are held (see _archive_start)
         self._rng = random.Random(self.config.seed)
         self._inflight: dict[int, list[tuple[Session, OutRequest]]] = {}
         self._upgrade: tuple[Session, OutRequest] | None = None
@@ -385,7 +389,18 @@ class Replicator:
             if w.priority < PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.archive:
-            yield from range(self.feed.contiguous_length, length)
+            yield from range(self._archive_start(), length)
+
+    def _archive_start(self) -> int:
+        """The first block we lack from the start (the feed's contiguous length moves only when
+        it flushes; this follows what verified since, so a pass never rescans those)."""
+        feed = self.feed
+        c = max(self._archive_cursor, feed.contiguous_length)
+        length = feed.length
+        while c < length and feed.has(c):
+            c += 1
+        self._archive_cursor = c
+        return c
 
     def _deadline(self, block: int) -> float | None:
         """When a block in the playback window is due: counted from when the playhead moved or,
@@ -432,7 +447,16 @@ class Replicator:
             self._consume_all()  # what this and the input before it did to the other sessions
 
     def _capacity(self, s: Session) -> bool:
-        return s.is_open and len(s.inflight) < self.config.max_inflight_per_peer
+        return s.is_open and len(s.inflight) < self._inflight_limit()
+
+    def _inflight_limit(self) -> int:
+        """Requests we keep waiting at one peer: a count, raised for small blocks so that about
+        max_inflight_bytes_per_peer is in flight (capped below the peer's MAX_REMOTE_REQUESTS)."""
+        cfg, feed = self.config, self.feed
+        if feed.length == 0:
+            return cfg.max_inflight_per_peer
+        average = max(1, feed.byte_length // feed.length)
+        return max(cfg.max_inflight_per_peer, min(128, cfg.max_inflight_bytes_per_peer // average))
 
     def _blocked(self, s: Session, key: int, now: float) -> bool:
         until = self._refusals.get((s, key))
@@ -464,7 +488,7 @@ class Replicator:
         self._upgrade = (best, out)
 
     def _request_blocks(self, now: float) -> None:
-        limit = self.config.max_inflight_per_peer
+        limit = self._inflight_limit()
         fork = self.feed.fork
         ready = [
             s
