@@ -31,6 +31,7 @@ def make(tmp_path: Path) -> Callable[..., Replicator]:
             feed = Feed.create(directory, keys)
         else:
             feed = Feed.open(directory, key=keys.public_key, create=True)
+        config.setdefault("push", True)
         return Replicator(feed, ReplicatorConfig(seed=count, **config))  # type: ignore[arg-type]
 
     return make_rep

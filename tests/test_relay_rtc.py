@@ -8,15 +8,20 @@ import asyncio
 
 from streamer.core.feed import Feed
 from streamer.core.replication import BlockVerified, Event, PeerMisbehaved
+from streamer.core.scheduler import ReplicatorConfig
 from tests.test_replicator_rtc import WRITER, assert_same_stream, broadcaster, complete, hub, nodes  # noqa: F401  (fixtures)
 from tests.waiting import eventually
 
 
 async def test_viewers_receive_pushed_blocks_over_aiortc(nodes, tmp_path):  # noqa: F811
     writer_feed = Feed.create(tmp_path / "w", WRITER)
-    writer = nodes(writer_feed, writer=True)
+    writer = nodes(writer_feed, writer=True, config=ReplicatorConfig(push=True))
     viewers = [
-        nodes(Feed.open(tmp_path / f"v{i}", key=WRITER.public_key, create=True), archive=True)
+        nodes(
+            Feed.open(tmp_path / f"v{i}", key=WRITER.public_key, create=True),
+            archive=True,
+            config=ReplicatorConfig(push=True),
+        )
         for i in range(2)
     ]
     events: list[Event] = []

@@ -83,9 +83,11 @@ class ReplicatorConfig:
     writer_extra_burst: int = 4  # ...saving up at most this many average blocks of extra copies
     scan_limit: int = 256  # wanted blocks examined per scheduling pass
     chunk_size: int = MAX_CHUNK  # bytes per data-channel message (smaller: less head-of-line wait)
-    # Live push (core.relay, docs/replication.md#live-push): a viewer subscribes to one neighbour,
-    # which pushes it each new block as soon as it verifies; pulls are the fallback.
-    push: bool = True
+    # Live push (core.relay, docs/replication.md#live-push-relay-at-the-live-edge): a viewer
+    # subscribes to one neighbour, which pushes it each new block as soon as it verifies; pulls
+    # are the fallback. Off by default: in bench/simulate.py the single push tree measured worse
+    # than the pull mesh (1,000 viewers, 2.5 Mbit/s on 5 Mbit/s uplinks: p95 4.4 s vs 3.0 s).
+    push: bool = False
     max_push_children: int = 3  # subscribers a viewer pushes to (fewer once its uplink falls behind)
     writer_push_children: int = 1  # subscribers a writer pushes to: each block about once
     # Hold a pull of a new length or block for the push at least push_grace_min and at most
