@@ -112,7 +112,8 @@ class UploadAdmission:
         elif block >= feed.length - limits.hot_window:
             # Everyone near wants a new block at once: keep only a short queue for it, so a peer
             # we cannot serve soon asks one that just got it (that is how a block spreads fast).
-            if self.waiting >= limits.max_queued_relays or self.pushing():
+            # Live pushes waiting for our uplink take one of those places.
+            if self.waiting >= limits.max_queued_relays - (1 if self.pushing() else 0):
                 self.refused += 1
                 return False
         elif self.waiting >= limits.max_queued_history:

@@ -259,6 +259,7 @@ class UploadPolicy(Protocol):
     def admit(self, peer: Hashable, block: int, now: float) -> bool: ...
     def started(self) -> None: ...
     def dropped(self, block: int) -> None: ...
+    def pushed(self, peer: Hashable, block: int) -> None: ...
 
 
 class AdmitAll:
@@ -271,6 +272,9 @@ class AdmitAll:
         return None
 
     def dropped(self, block: int) -> None:
+        return None
+
+    def pushed(self, peer: Hashable, block: int) -> None:
         return None
 
 
@@ -703,6 +707,8 @@ class Session:
         assert data.block is not None
         if data.upgrade is not None:
             self._pushed_length = length
+        # Counted when it goes out, not when queued: a queued push may still be dropped.
+        self._uploads_policy.pushed(self, block)
         self.stats.blocks_up += 1
         self.stats.block_bytes_up += len(data.block.value)
         self.stats.blocks_pushed += 1

@@ -431,8 +431,7 @@ class Replicator:
             s.announce_length()
             s.announce(start, feed.length)
         for block in range(start, feed.length):
-            for t in self.relay.have(block, None, now):
-                self.uploads.pushed(t, block)
+            self.relay.have(block, None, now)
         self._consume_all()
 
     # ------------------------------------------------------------ scheduling
