@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import av
 
-from streamer.broadcast import Broadcaster
+from streamer.broadcast import Broadcaster, BroadcastOptions
 from streamer.core.feed import Feed
 from streamer.media.encoder import AUDIO_RATE, EncoderSettings, StreamEncoder
 from streamer.media.format import Segment
@@ -81,7 +81,10 @@ async def live_latency(
     settings = EncoderSettings(width, height, Fraction(FPS), bitrate, segment, "veryfast")
     with tempfile.TemporaryDirectory() as tmp, Feed.create(tmp) as feed:
         broadcaster = Broadcaster(
-            feed, TestPatternSource(width, height, FPS, live=True), settings, duration=seconds
+            feed,
+            TestPatternSource(width, height, FPS, live=True),
+            settings,
+            BroadcastOptions(duration=seconds),
         )
         await broadcaster.run()
         per_segment = round(segment * FPS)

@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from streamer.broadcast import Broadcaster, plan_settings
+from streamer.broadcast import Broadcaster, BroadcastOptions, plan_settings
 from streamer.commands.broadcast import WRITER_MAX_PEERS
 from streamer.core import crypto
 from streamer.core.feed import Feed
@@ -86,8 +86,10 @@ async def _broadcast(
         await _synthetic(feed, seconds)
     else:
         source = open_source("test", test_size=(640, 360), test_fps=30.0)
-        settings = plan_settings(source, size=(640, 360), fps=Fraction(30), bitrate=BITRATE)
-        await Broadcaster(feed, source, settings, duration=seconds).run()
+        options = BroadcastOptions(
+            size=(640, 360), fps=Fraction(30), bitrate=BITRATE, duration=seconds
+        )
+        await Broadcaster(feed, source, plan_settings(source, options), options).run()
     await net.wait_served(10.0)
     conn.send({"stream_bytes": feed.byte_length, "blocks": feed.length, **net.stats_fields()})
     await net.stop()

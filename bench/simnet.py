@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamer.core import crypto
-from streamer.core.errors import BlockNotFoundError
+from streamer.core.errors import BlockNotFoundError, ForkMismatchError
 from streamer.core.feed import ApplyResult
-from streamer.core.merkle import CompatVerifier, ForkMismatchError, MemoryNodeStore, MerkleTree
+from streamer.core.merkle import CompatVerifier, MemoryNodeStore, MerkleTree
 from streamer.core.replication import Event, RangeSet, Session
 from streamer.core.scheduler import Replicator
 from streamer.core.wire import Data, Request

@@ -528,6 +528,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print why peers were dropped")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the run here")
     parser.add_argument("--png", type=Path, default=Path(__file__).parent / "out" / "simulate.png")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=0,
+        help="K > 0: run the swarm twice, without and with history backfill to K copies, and "
+        "compare (bench/simkeep.py)",
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="with --keep: blocks appended before the first viewer joins (history nobody watched)",
+    )
     args = parser.parse_args(argv)
     if args.viewers < 1 or args.seconds <= 0 or args.bitrate <= 0 or args.upload <= 0:
         parser.error("viewers, seconds, bitrate and upload must be positive")
@@ -535,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
         args.part = args.segment
     if args.part <= 0 or args.part > args.segment or not 0 <= args.symmetric <= 1:
         parser.error("--part must be in (0, --segment]; --symmetric in [0, 1]")
+    if args.keep:
+        from simkeep import main as keep_main
+
+        return keep_main(args)
 
     sim = Simulation(args)
     if args.profile:

@@ -16,7 +16,7 @@ import pytest
 
 from streamer.core import crypto, keyfile
 from streamer.core.feed import Feed
-from streamer.media.format import FLAG_DISCONTINUITY, Segment, StreamHeader
+from streamer.media.format import Segment, StreamHeader
 from streamer.media.testpattern import TestPattern
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +68,11 @@ def test_import_a_file_fast_then_resume_it(tmp_path: Path) -> None:
     assert len(bytes.fromhex(key)) == 32
     snapshot = json.loads(stats.read_text())
     assert snapshot["key"] == key and snapshot["state"] == "ended"
-    assert snapshot["length"] == 5 and snapshot["peers"] == 0
+    assert snapshot["length"] == 17 and snapshot["peers"] == 0  # 15 parts of 0.2 s
 
     second = streamer(
-        "broadcast", str(SAMPLE), "--feed", str(feed_dir), "--fast", "--duration", "2"
+        "broadcast", str(SAMPLE), "--feed", str(feed_dir), "--fast", "--duration", "2",
+        "--part", "0.2",
     )
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines()[0] == key
@@ -80,8 +81,11 @@ def test_import_a_file_fast_then_resume_it(tmp_path: Path) -> None:
         header = StreamHeader.decode(feed.get(0))
         segments = [Segment.decode(feed.get(i)) for i in range(1, feed.length)]
     assert (header.width, header.height) == (160, 90)
-    assert [s.pts for s in segments if not s.end] == pytest.approx([0, 1, 2, 3, 4])
-    assert segments[4].flags == FLAG_DISCONTINUITY and segments[-1].end
+    assert [s.pts for s in segments if s.independent] == pytest.approx([0, 1, 2, 3, 4])
+    assert len(segments) == 15 + 1 + 10 + 1
+    assert segments[16].discontinuity and segments[16].independent and segments[-1].end
+    refused = streamer("broadcast", str(SAMPLE), "--feed", str(feed_dir), "--part", "0.5")
+    assert refused.returncode != 0 and "--part 0.2" in refused.stderr
 
 
 def test_loop_repeats_a_file_with_a_continuing_timeline(tmp_path: Path) -> None:
@@ -104,7 +108,9 @@ def test_loop_repeats_a_file_with_a_continuing_timeline(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     with Feed.open(feed_dir) as feed:
         segments = [Segment.decode(feed.get(i)) for i in range(1, feed.length)]
-    assert [s.pts for s in segments] == pytest.approx([0, 2, 4, 6, 8, 10, 12])
+    assert [s.pts for s in segments if s.independent or s.end] == pytest.approx(
+        [0, 2, 4, 6, 8, 10, 12]
+    )
     assert segments[-1].end and not any(s.discontinuity for s in segments)
 
 
@@ -182,6 +188,10 @@ BAD_OPTIONS = [
     (["--duration", "-1"], "--duration -1 is out of range"),
     (["--preset", "warp"], "not an x264 preset"),
     (["--upload-budget", "0.5"], "--upload-budget '0.5' must be a number of stream copies"),
+    (["--timeout", "5"], "--timeout is how long --listen waits for a publisher; add --listen"),
+    (["--listen"], "--listen takes rtmp://HOST:PORT/APP/KEY"),
+    (["--copy", "--size", "320x180"], "--copy keeps the input's pictures as they are"),
+    (["--linger", "-1"], "--linger -1 is out of range"),
     (["--loop"], None),
     (["--audio", "hw:0"], None),
 ]

@@ -1,44 +1,68 @@
 """One conformance suite for every MessageChannel: the in-memory pair and real aiortc data channels
-on 127.0.0.1. Each test states a behaviour the replicator relies on."""
+on 127.0.0.1. Each test states a behaviour the replicator relies on, flow control included (window
+credits, keepalive, idle timeout: streamer.core.credit, driven by channel.CreditedChannel)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
+from streamer.core.errors import ChannelClosed, MessageTooLarge
 from streamer.net.channel import (
     MAX_MESSAGE_SIZE,
-    ChannelClosed,
+    MemoryChannel,
     MessageChannel,
-    MessageTooLarge,
-    memory_channel_pair,
     message_cost,
 )
 from streamer.net.rtc import RtcPeer
+from tests.waiting import eventually
 
 WINDOW = 256 * 1024  # small, so backpressure shows after a few messages
 
 
-async def _rtc_pair() -> tuple[MessageChannel, MessageChannel]:
-    offerer = RtcPeer("answerer", initiator=True, window=WINDOW)
-    answerer = RtcPeer("offerer", initiator=False, window=WINDOW)
+Pair = tuple[MessageChannel, MessageChannel]
+MakePair = Callable[..., Awaitable[Pair]]
+
+
+async def _rtc_pair(a: dict[str, Any], b: dict[str, Any]) -> Pair:
+    offerer = RtcPeer("answerer", initiator=True, **a)
+    answerer = RtcPeer("offerer", initiator=False, **b)
     answer = await answerer.answer(await offerer.offer())
     await offerer.accept(answer)
     return await asyncio.gather(offerer.channel(), answerer.channel())
 
 
+async def _memory_pair(a: dict[str, Any], b: dict[str, Any]) -> Pair:
+    first, second = MemoryChannel("answerer", **a), MemoryChannel("offerer", **b)
+    first.connect(second)
+    return first, second
+
+
 @pytest.fixture(params=["memory", "rtc"])
-async def pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[MessageChannel, MessageChannel]]:
-    if request.param == "memory":
-        a, b = memory_channel_pair(capacity=WINDOW, ids=("offerer", "answerer"))
-    else:
-        a, b = await _rtc_pair()
-    yield a, b
-    await a.close()
-    await b.close()
+async def make_pair(request: pytest.FixtureRequest) -> AsyncIterator[MakePair]:
+    """make_pair(a={...}, b={...}): a connected pair, each end with its own flow control options
+    (window, keepalive, idle_timeout; the window defaults to WINDOW)."""
+    made: list[MessageChannel] = []
+
+    async def make(a: dict[str, Any] | None = None, b: dict[str, Any] | None = None) -> Pair:
+        build = _memory_pair if request.param == "memory" else _rtc_pair
+        ends = await build({"window": WINDOW, **(a or {})}, {"window": WINDOW, **(b or {})})
+        made.extend(ends)
+        return ends
+
+    yield make
+    for channel in made:
+        await channel.close()
+
+
+@pytest.fixture
+async def pair(make_pair: MakePair) -> Pair:
+    return await make_pair()
 
 
 async def test_each_end_knows_its_peer(pair):
@@ -154,3 +178,73 @@ async def test_stats_count_payload_bytes_and_messages(pair):
     assert (a.stats.bytes_sent, a.stats.messages_sent) == (65846, 4)
     assert (b.stats.bytes_received, b.stats.messages_received) == (65846, 4)
     assert (b.stats.bytes_sent, a.stats.bytes_received) == (2, 2)
+
+
+async def test_a_sender_blocks_when_the_window_is_spent_and_resumes_on_each_grant(pair):
+    a, b = pair
+    message = b"w" * (WINDOW // 8 - message_cost(0))  # eight of them fill the window exactly
+    assert message_cost(len(message)) * 8 == WINDOW
+
+    async def sender() -> None:
+        for _ in range(16):
+            await a.send(message)
+
+    task = asyncio.ensure_future(sender())
+    try:
+        await eventually(lambda: a.stats.messages_sent == 8, "the window to fill", timeout=10)
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done and a.stats.messages_sent == 8  # the ninth waits for credit
+        # The receiver grants what it consumed once that is a quarter of the window: two messages.
+        await asyncio.wait_for(b.recv(), 10)
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done and a.stats.messages_sent == 8
+        await asyncio.wait_for(b.recv(), 10)
+        await eventually(lambda: a.stats.messages_sent == 10, "the grant to arrive", timeout=10)
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done and a.stats.messages_sent == 10
+        for _ in range(14):
+            assert await asyncio.wait_for(b.recv(), 10) == message
+        await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+
+
+async def test_keepalives_hold_a_quiet_channel_open(make_pair):
+    options = {"keepalive": 0.1, "idle_timeout": 1.0}
+    a, b = await make_pair(a=options, b=options)
+    # Three idle timeouts pass without a payload message: only keepalives cross.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(a.wait_closed()), 3.0)
+    assert not a.closed and not b.closed
+    await a.send(b"still here")
+    assert await asyncio.wait_for(b.recv(), 10) == b"still here"
+
+
+async def test_a_silent_peer_is_closed_after_the_idle_timeout(make_pair):
+    # The second end never sends keepalives; the first gives up on it after half a second.
+    a, b = await make_pair(
+        a={"keepalive": 0.1, "idle_timeout": 0.5},
+        b={"keepalive": math.inf, "idle_timeout": math.inf},
+    )
+    await asyncio.wait_for(a.wait_closed(), 10)
+    assert a.close_reason == "peer silent"
+    await asyncio.wait_for(b.wait_closed(), 10)
+    assert b.close_reason == "closed by peer"
+    with pytest.raises(ChannelClosed):
+        await b.send(b"too late")
+
+
+async def test_payload_traffic_alone_keeps_a_channel_alive(make_pair):
+    # No keepalives on either side: a steady trickle of messages is proof enough.
+    a, b = await make_pair(
+        a={"keepalive": math.inf, "idle_timeout": 1.0},
+        b={"keepalive": math.inf, "idle_timeout": 1.0},
+    )
+    for i in range(10):
+        await b.send(b"tick %d" % i)
+        await a.send(b"tock %d" % i)
+        assert await asyncio.wait_for(a.recv(), 10) == b"tick %d" % i
+        assert await asyncio.wait_for(b.recv(), 10) == b"tock %d" % i
+        await asyncio.sleep(0.2)  # the pace of the trickle: two idle timeouts in all
+    assert not a.closed and not b.closed
+

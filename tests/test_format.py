@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from streamer.core.errors import StreamFormatError
 from streamer.core.feed import Feed
 from streamer.media.format import (
     FLAG_DISCONTINUITY,
     FLAG_END,
+    FLAG_INDEPENDENT,
     SEGMENT_HEADER_SIZE,
     Segment,
     SegmentHeader,
-    StreamFormatError,
     Timeline,
     feed_ended,
     segment_media,
@@ -33,7 +34,8 @@ def end(pts: float) -> bytes:
 def test_segment_header_has_named_fields() -> None:
     block = seg(2.5, 1.25, FLAG_DISCONTINUITY, b"moofmdat")
     header = SegmentHeader.decode(block)
-    assert (header.pts, header.duration, header.flags) == (2.5, 1.25, FLAG_DISCONTINUITY)
+    assert (header.pts, header.duration) == (2.5, 1.25)
+    assert header.flags == FLAG_DISCONTINUITY | FLAG_INDEPENDENT and header.independent
     assert header.wall_clock == 1700000002.5
     assert header.discontinuity and not header.end and header.stop == 3.75
     assert Segment.decode_header(block) == header
@@ -122,3 +124,15 @@ def test_seeking_starts_on_the_grid_and_settles_on_the_covering_block() -> None:
     assert timeline.newest_media(length) == 8
     timeline.add_block(9, seg(18.0))
     assert timeline.newest_media(length) == 9
+
+
+def test_entries_from_a_later_block_match_the_whole_list() -> None:
+    timeline = Timeline()
+    for index in (1, 2, 5, 9):
+        timeline.add_block(index, seg(10.0 + index - 1))
+    whole = timeline.entries(12, 1.0)
+    for first in range(1, 13):
+        assert timeline.entries(12, 1.0, first) == whole[first - 1 :]
+    timeline.add_block(6, end(15.0))
+    assert timeline.entries(12, 1.0, 8) == []
+    assert timeline.entries(12, 1.0, 3) == timeline.entries(12, 1.0)[2:]

@@ -9,7 +9,8 @@ import hashlib
 import pytest
 
 from streamer.core import crypto, wire
-from streamer.core.handshake import HandshakeFailed, Handshaker
+from streamer.core.errors import HandshakeFailed
+from streamer.core.handshake import Handshaker
 
 WRITER = crypto.key_pair(b"\x07" * 32)
 HH = hashlib.blake2b(b"both DTLS fingerprints", digest_size=32).digest()

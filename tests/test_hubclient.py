@@ -14,9 +14,15 @@ import pytest
 from aiohttp import web
 
 from streamer.core import names
-from streamer.core.errors import NetworkError, ProofError, UsageError
+from streamer.core.errors import (
+    NameNotFoundError,
+    NameTakenError,
+    NetworkError,
+    ProofError,
+    UsageError,
+)
 from streamer.hub import HubServer, start_hub
-from streamer.net.hubclient import HubClient, NameNotFoundError, NameTakenError
+from streamer.net.hubclient import HubClient
 from tests.fixtures_redis import free_port, redis_url  # noqa: F401
 from tests.test_hub import signalhub_modules
 

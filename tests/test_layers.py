@@ -157,3 +157,19 @@ def test_the_cycle_check_sees_relative_and_function_level_imports(tmp_path: Path
     assert _find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
     (pkg / "sub" / "b.py").write_text("import typing\n")
     assert _find_cycle(_import_graph(tmp_path, ("pkg",))) is None
+
+
+def _is_exception_class(node: ast.ClassDef) -> bool:
+    bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+    return any(b.endswith(("Error", "Exception", "Warning")) for b in bases) or bool(
+        bases & {"SwarmcastError", "NetworkError", "ProofError", "ValueError", "Exception"}
+    )
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_exception_class_lives_in_the_error_tree(path: Path) -> None:
+    if path == ROOT / "streamer" / "core" / "errors.py":
+        return
+    tree = ast.parse(path.read_text())
+    found = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and _is_exception_class(n)]
+    assert not found, f"{path.relative_to(ROOT)} defines {found}; put them in streamer/core/errors.py"

@@ -235,3 +235,39 @@ def test_codec_string_from_annex_b_and_avcc() -> None:
 def test_clock_text_is_utc_with_milliseconds() -> None:
     assert clock_text(3723.0456) == "01:02:03.046"
     assert clock_text(59.9996) == "00:01:00.000"
+
+
+class _FailingSource(TestPatternSource):
+    """The test pattern, then a capture error; notes which threads read it and whether it is
+    closed while still being read."""
+
+    def __init__(self) -> None:
+        super().__init__(160, 120, FPS, live=False)
+        self.threads: set[int] = set()
+        self.closed_while_reading = False
+        self._reading = False
+
+    def frames(self, stop):
+        self._reading = True
+        try:
+            for n, item in enumerate(super().frames(stop)):
+                self.threads.add(threading.get_ident())
+                if n == 40:
+                    raise MediaError("the capture card went away")
+                yield item
+        finally:
+            self._reading = False
+
+    def close(self) -> None:
+        self.closed_while_reading |= self._reading
+
+
+def test_a_source_error_in_the_reader_thread_ends_the_run_with_that_error() -> None:
+    source = _FailingSource()
+    pipeline = Pipeline(
+        source, EncoderSettings(160, 120, Fraction(FPS), 200_000, 1.0, "ultrafast"), fast=True
+    )
+    with pytest.raises(MediaError, match="the capture card went away"):
+        pipeline.run(lambda i, m: None, lambda f: None)
+    assert source.threads and threading.get_ident() not in source.threads
+    assert not source.closed_while_reading

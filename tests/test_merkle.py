@@ -10,12 +10,11 @@ from collections.abc import Callable
 import pytest
 
 from streamer.core import crypto, wire
-from streamer.core.errors import BlockNotFoundError, ProofError
+from streamer.core.errors import BlockNotFoundError, ForkMismatchError, ProofError
 from streamer.core.flat_tree import full_roots
 from streamer.core.merkle import (
     CompatVerifier,
     DefaultManifestVerifier,
-    ForkMismatchError,
     MemoryNodeStore,
     MerkleTree,
     Node,

@@ -17,11 +17,12 @@ from pathlib import Path
 import av
 import pytest
 
-from streamer.broadcast import Broadcaster, plan_settings
+from streamer.broadcast import Broadcaster, BroadcastOptions, plan_settings
 from streamer.core import crypto
 from streamer.core.feed import Feed
 from streamer.core.replication import BlockVerified, Event
 from streamer.hub import HubConfig, HubServer, start_hub
+from streamer.media.format import SegmentHeader
 from streamer.media.sources import open_source
 from streamer.net.replicator import NetworkReplicator
 from streamer.net.swarm import Swarm
@@ -66,10 +67,12 @@ async def nodes(hub: HubServer) -> AsyncIterator[Callable[..., NetworkReplicator
         n.feed.close()
 
 
-def broadcaster(feed: Feed, seconds: float) -> Broadcaster:
+def broadcaster(feed: Feed, seconds: float, part: float | None = None) -> Broadcaster:
     source = open_source("test", fast=True, test_size=(160, 120), test_fps=15.0)
-    settings = plan_settings(source, size=(160, 120), fps=Fraction(15), bitrate=200_000)
-    return Broadcaster(feed, source, settings, duration=seconds, fast=True)
+    options = BroadcastOptions(
+        size=(160, 120), fps=Fraction(15), bitrate=200_000, duration=seconds, fast=True, part=part
+    )
+    return Broadcaster(feed, source, plan_settings(source, options), options)
 
 
 def complete(reader: Feed, writer: Feed) -> bool:
@@ -152,15 +155,19 @@ async def test_viewers_share_with_each_other_and_reshare_after_the_writer_left(n
 
 async def test_the_network_source_fetches_what_the_player_asks_for(nodes, tmp_path):
     writer_feed = Feed.create(tmp_path / "w", WRITER)
-    await broadcaster(writer_feed, 6.0).run()
+    # 0.5 s parts: the whole stream fits the playback window (8 blocks) set at block 2 below.
+    await broadcaster(writer_feed, 4.0, part=0.5).run()
     writer = nodes(writer_feed, writer=True)
     net = nodes(Feed.open(tmp_path / "r", key=WRITER.public_key, create=True))
     source = NetworkSource(net)
     await asyncio.gather(writer.start(), net.start())
 
-    # The newest block is the end marker: playback starts at the last media block.
+    # The newest block is the end marker: playback starts at the independent part (keyframe)
+    # that the last media block decodes from.
     start = await source.start_block(20.0)
-    assert start == writer_feed.length - 2
+    last_media = SegmentHeader.decode(writer_feed.get(writer_feed.length - 2))
+    assert start == writer_feed.length - 2 - last_media.back
+    assert SegmentHeader.decode(writer_feed.get(start)).independent
     assert source.ended
     # History outside the live window arrives when the player asks for it.
     assert not source.has(1)

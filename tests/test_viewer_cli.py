@@ -157,7 +157,16 @@ async def test_a_store_in_use_by_another_viewer_is_refused(hub, tmp_path):
 
 @pytest.mark.parametrize(
     ("option", "needle"),
-    [(["--port", "70000"], "--port"), (["--timeout", "0"], "--timeout"), (["--at", "-5"], "--at")],
+    [
+        (["--port", "70000"], "--port"),
+        (["--timeout", "0"], "--timeout"),
+        (["--at", "-5"], "--at"),
+        (["--keep", "-1"], "--keep"),
+        (["--keep", "many"], "--keep 'many'"),
+        (["--max-store", "12X"], "--max-store '12X' is not a size"),
+        (["--max-store", "10k"], "too small"),
+        (["--keep", "all", "--max-store", "1G"], "--keep all keeps a full copy"),
+    ],
 )
 async def test_bad_watch_options_are_one_line(option, needle, tmp_path):
     code, _, err = await viewer(

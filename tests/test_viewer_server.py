@@ -140,7 +140,9 @@ async def test_the_timeline_places_every_block(live: Served, stream: EncodedStre
     assert info["segment_duration"] == 1.0
     assert info["ended"] is False
     assert info["length"] == SECONDS // 2 + 1
-    assert set(info["blocks"][0]) == {"index", "pts", "duration", "flags", "known"}
+    assert set(info["blocks"][0]) == {
+        "index", "pts", "duration", "flags", "known", "independent", "back"
+    }
     assert [row["index"] for row in info["blocks"]] == list(range(1, SECONDS // 2 + 1))
     assert [row["pts"] for row in info["blocks"]] == [float(i) for i in range(SECONDS // 2)]
     assert all(row["known"] is True for row in info["blocks"])

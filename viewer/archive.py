@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from streamer.core.backfill import describe_runs, missing_runs
 from streamer.core.errors import NetworkError, UsageError
 from streamer.core.feed import Feed
 from streamer.media.format import feed_ended
@@ -37,6 +38,7 @@ from viewer.netsource import (
 )
 
 INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+NOWHERE_AFTER_S = 5.0  # no progress this long, and what is missing is held by no peer: stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ class ArchiveOptions:
     hub: str
     follow: bool = False
     timeout: float = 30.0  # no peer, or no progress, for this long: give up (resumable)
+    ice: str | None = None  # --ice (None: the environment's or the hub's ICE servers)
+    hub_ca: str | None = None  # --hub-ca: a private CA for an https hub
 
 
 @dataclass(slots=True)
@@ -76,7 +80,7 @@ async def archive(
     stored stays consistent, and the same command resumes)."""
     if options.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
-    key = await resolve_stream(options.stream, options.hub)
+    key = await resolve_stream(options.stream, options.hub, options.hub_ca)
     with store_lock(options.directory):
         return await _archive(key, options, stop or asyncio.Event(), progress, status)
 
@@ -90,7 +94,10 @@ async def _archive(
 ) -> ArchiveResult:
     # Opening (or creating) a feed fsyncs: off the loop, like every other disk flush.
     feed = await asyncio.to_thread(open_store, options.directory, key)
-    net = network_replicator(feed, options.hub, archive=True, live=options.follow)
+    net = network_replicator(
+        feed, options.hub, archive=True, live=options.follow, ice=options.ice,
+        hub_ca=options.hub_ca,
+    )
     try:
         await net.start()
         if not (feed.length > 0 and feed.has(0)):
@@ -122,6 +129,9 @@ async def _fetch(
     loop = asyncio.get_running_loop()
     last_progress = loop.time()
     seen = feed.blocks_present
+    # Blocks no neighbour holds stop the archive sooner than `timeout`: once nothing arrived for
+    # this long, with peers that told us what they hold, waiting longer fetches nothing.
+    settle = min(options.timeout, NOWHERE_AFTER_S)
     with FeedWakeup(feed) as changed:
         while True:
             if options.follow:
@@ -133,13 +143,32 @@ async def _fetch(
             if feed.blocks_present != seen or feed.length > target:
                 seen, last_progress = feed.blocks_present, loop.time()
             idle = loop.time() - last_progress
-            if idle >= options.timeout and not (options.follow and net.writer_connected):
+            live = options.follow and net.writer_connected
+            have = f"have {_held(feed, target)} of {target} blocks in {options.directory}"
+            if idle >= settle and net.peers and not live and not net.replicator.inflight_blocks:
+                lost = net.nowhere(target)
+                if lost and lost == _lacking(feed, target):
+                    one = sum(e - b for b, e in lost) == 1
+                    raise NetworkError(
+                        f"{describe_runs(lost)} {'is' if one else 'are'} held by none of the "
+                        f"{net.peers} online peer(s) ({have}); run the same command again when "
+                        f"a peer that holds {'it' if one else 'them'} is online"
+                    )
+            if idle >= options.timeout and not live:
                 raise NetworkError(
                     f"no progress for {options.timeout:.0f} s with {net.peers} peer(s) "
-                    f"(have {feed.contiguous_length} of {target} blocks); run the same command "
-                    "again to resume"
+                    f"({have}); run the same command again to resume"
                 )
             await changed.wait(0.5)
+
+
+def _held(feed: Feed, target: int) -> int:
+    """Blocks below `target` held: what the progress bar and every message count."""
+    return sum(min(e, target) - s for s, e in feed.present_ranges() if s < target)
+
+
+def _lacking(feed: Feed, target: int) -> list[tuple[int, int]]:
+    return missing_runs(min(target, feed.length), feed.present_ranges())
 
 
 def run_archive(options: ArchiveOptions) -> int:
@@ -166,7 +195,7 @@ def run_archive(options: ArchiveOptions) -> int:
                 bar.update(
                     task,
                     total=max(target, 1),
-                    completed=min(feed.blocks_present, target),
+                    completed=_held(feed, target),
                     mb=net.stats().bytes_down / 1e6,
                     peers=net.peers,
                 )
@@ -200,6 +229,8 @@ async def seed(
     *,
     stop: asyncio.Event,
     on_ready: Callable[[Feed], None] | None = None,
+    ice: str | None = None,
+    hub_ca: str | None = None,
 ) -> None:
     """Serve the stream archived in `directory` to its swarm until `stop` is set."""
     with store_lock(directory, create=False):
@@ -207,7 +238,7 @@ async def seed(
         if feed.length == 0:
             feed.close()
             raise UsageError(f"{directory} holds an empty feed; archive a stream into it first")
-        net = network_replicator(feed, hub)
+        net = network_replicator(feed, hub, ice=ice, hub_ca=hub_ca)
         try:
             await net.start()
             if on_ready is not None:
@@ -219,7 +250,9 @@ async def seed(
         net.raise_if_failed()
 
 
-def run_seed(directory: Path, hub: str) -> int:
+def run_seed(
+    directory: Path, hub: str, ice: str | None = None, hub_ca: str | None = None
+) -> int:
     from streamer.net.loop import run
 
     async def main() -> int:
@@ -235,7 +268,7 @@ def run_seed(directory: Path, hub: str) -> int:
                 flush=True,
             )
 
-        await seed(directory, hub, stop=stop, on_ready=ready)
+        await seed(directory, hub, stop=stop, on_ready=ready, ice=ice, hub_ca=hub_ca)
         return 0
 
     return run(main())

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import av
 
-from streamer.core.errors import BlockNotFoundError, SwarmcastError
+from streamer.core.backfill import describe_runs, to_runs
+from streamer.core.errors import BlockNotFoundError, ExportError, StreamFormatError
 from streamer.core.feed import Feed
-from streamer.media.format import StreamFormatError, StreamHeader, Timeline, segment_media
-
-
-class ExportError(SwarmcastError):
-    """A stream cannot be exported as asked (nothing to export, output not writable, ...)."""
+from streamer.media.format import StreamHeader, Timeline, segment_media
 
 
 @dataclass(frozen=True)
@@ -92,18 +89,31 @@ def _plan(
             f"no held block covers --from {start_s or 0:g} --to {end_s if end_s is not None else 'end'}; "
             "the stream is shorter than that"
         )
-    first = wanted[0]
+    # Decoding starts at an independent part (a keyframe): the one the first wanted part needs,
+    # or, when that one is not held, the next held one.
+    first = timeline.join_point(wanted[0])
+    if first not in timing:
+        starts = [i for i in wanted if timing[i].independent]
+        if not starts:
+            raise ExportError(
+                "the archive holds no keyframe part in that range; run `viewer archive` to fetch "
+                "the rest"
+            )
+        first = starts[0]
     last = timeline.run_from(first, want_to)
     asked_last = max(wanted) if end_s is not None else max(timing)
-    missing = [i for i in range(1, length) if not has(i)]
     note = ""
     partial = last < asked_last or (wanted[0] > 1 and start_s is None)
     if partial:
-        gap = next((i for i in missing if i > last), last + 1)
-        before = " (blocks before it are missing too)" if wanted[0] > 1 and start_s is None else ""
+        # Name the blocks that cut it short: before the run (when the whole stream was asked for)
+        # and between the run and the last block asked for.
+        lo = 1 if start_s is None else first
+        gaps = [i for i in range(lo, asked_last + 1) if not first <= i <= last and not has(i)]
+        runs = to_runs(gaps)
+        verb = "is" if len(gaps) == 1 else "are"
         note = (
-            f"the archive is partial: block {gap} is missing, so only blocks {first}..{last} "
-            f"were exported{before}; run `viewer archive` to fetch the rest"
+            f"the archive is partial: {describe_runs(runs)} {verb} missing, so only blocks "
+            f"{first}..{last} were exported; run `viewer archive` to fetch the rest"
         )
     duration = timing[last].stop - timing[first].pts
     return _Plan(first, last, timing[first].pts - origin, duration, partial, note)

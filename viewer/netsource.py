@@ -8,6 +8,7 @@ blocks the event loop and never parses media beyond a segment's fixed header.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import fcntl
@@ -15,7 +16,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from streamer.core import storage
 from streamer.core.errors import (
@@ -27,9 +28,11 @@ from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
 from streamer.core.stats import ReplicationStats
 from streamer.media.format import StreamHeader, Timeline
+from streamer.media.parts import fit_replicator_to_parts
 from streamer.net.aio import Deadline, FeedWakeup, run_until
 from streamer.net.hubclient import HubClient
 from streamer.net.replicator import NetworkReplicator
+from streamer.net.rtc import ICE_ENV
 from streamer.net.swarm import Swarm
 from viewer.source import LocalFeedSource
 
@@ -45,13 +48,30 @@ def default_hub() -> str:
     return os.environ.get(HUB_ENV) or DEFAULT_HUB
 
 
+def add_network_options(parser: argparse.ArgumentParser) -> None:
+    """--hub, --hub-ca and --ice, shared by every command that joins a swarm."""
+    parser.add_argument(
+        "--hub", metavar="URL", help=f"signaling hub (default: ${HUB_ENV} or {DEFAULT_HUB})"
+    )
+    parser.add_argument(
+        "--hub-ca", metavar="FILE", default=None,
+        help="PEM certificate of the private CA that signed an https hub's certificate "
+        "(default: the system's CAs, or $SSL_CERT_FILE)",
+    )
+    parser.add_argument(
+        "--ice", metavar="SERVERS", default=None,
+        help=f"STUN/TURN servers as in ${ICE_ENV}, or 'none' (default: ${ICE_ENV}, else the "
+        "hub's)",
+    )
+
+
 def default_store(key: bytes) -> Path:
     """Where `viewer watch` keeps a stream: a folder per key in the user's data directory."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "swarmcast" / key.hex()
 
 
-async def resolve_stream(key_or_name: str, hub: str) -> bytes:
+async def resolve_stream(key_or_name: str, hub: str, hub_ca: str | None = None) -> bytes:
     """The stream key for a 64-hex-digit KEY or a NAME registered on the hub (verified record)."""
     if KEY_PATTERN.fullmatch(key_or_name):
         return bytes.fromhex(key_or_name)
@@ -60,7 +80,7 @@ async def resolve_stream(key_or_name: str, hub: str) -> bytes:
             f"{key_or_name!r} is neither a stream key (64 hex digits) nor a stream name "
             "(a-z 0-9 . _ -); check what the broadcaster gave you"
         )
-    async with HubClient(hub) as client:
+    async with HubClient(hub, ca_file=hub_ca) as client:
         return (await client.resolve_name(key_or_name)).key
 
 
@@ -100,10 +120,14 @@ def open_store(directory: Path, key: bytes) -> Feed:
 
 
 def network_replicator(
-    feed: Feed, hub: str, *, archive: bool = False, live: bool = True, max_peers: int = 6
+    feed: Feed, hub: str, *, archive: bool = False, live: bool = True, max_peers: int = 6,
+    ice: str | None = None, hub_ca: str | None = None,
 ) -> NetworkReplicator:
-    """A replicator for `feed` over the swarm found through `hub` (not started yet)."""
-    swarm = Swarm(feed.discovery_key, feed.key, [hub], max_peers=max_peers)
+    """A replicator for `feed` over the swarm found through `hub` (not started yet); `ice` and
+    `hub_ca` as --ice and --hub-ca (None: the environment's, then the hub's ICE servers)."""
+    swarm = Swarm(
+        feed.discovery_key, feed.key, [hub], max_peers=max_peers, ice_servers=ice, hub_ca=hub_ca
+    )
     return NetworkReplicator(feed, swarm, archive=archive, live=live)
 
 
@@ -186,12 +210,13 @@ class NetworkSource(LocalFeedSource):
         """The stream header (block 0), fetched if needed."""
         if self._header is None:
             self._header = StreamHeader.decode(await self.get(0, timeout))
+            fit_replicator_to_parts(self.net.replicator.config, self._header.block_duration)
         return self._header
 
     async def start_block(self, timeout: float, at: float | None = None) -> int:
-        """The block to start playing: the newest media block (any block is a keyframe), or the
-        one covering `at` seconds of stream time. Fetches it (and its neighbours' headers as
-        needed) before returning."""
+        """The block to start playing from: the independent part (a keyframe) that the newest
+        media block, or the one covering `at` seconds of stream time, decodes from. Fetches it
+        (and the few headers the search reads) before returning."""
         deadline = Deadline(timeout)
         header = await self.header(timeout)
         while self._feed.length < 2:
@@ -205,20 +230,30 @@ class NetworkSource(LocalFeedSource):
             timeline.add_block(length - 1, await self.get(length - 1, timeout))
             index = timeline.newest_media(length)
             if index != length - 1:
-                await self.get(index, timeout)
-            return index
-        # The segment grid gives a first guess; the fixed headers settle the rest.
-        index = Timeline.grid_index(at, length, header.segment_duration)
-        for _ in range(8):
-            timeline.add_block(index, await self.get(index, timeout))
-            step = timeline.seek_step(index, at, length)
-            if step == index:
-                break
-            index = step
-        return index
+                timeline.add_block(index, await self.get(index, timeout))
+        else:
+            # The grid gives a first guess; the fixed headers settle the rest in a few jumps.
+            index = Timeline.grid_index(at, length, header.grid)
+            for _ in range(12):
+                timeline.add_block(index, await self.get(index, timeout))
+                step = timeline.seek_step(index, at, length)
+                if step == index:
+                    break
+                index = step
+        join = timeline.join_point(index)
+        if join != index:
+            timeline.add_block(join, await self.get(join, timeout))
+        return join
 
     def _swarm_stats(self) -> ReplicationStats:
         return self.net.stats()
+
+    def stats(self) -> dict[str, Any]:
+        """The node's stats, plus the signaling messages its swarm dropped for lack of a valid
+        proof (forged, replayed, stale: `signals_refused`)."""
+        swarm = self.net.swarm
+        refused = swarm.stats.signals_refused if swarm is not None else 0
+        return {**super().stats(), "signals_refused": refused}
 
     async def close(self) -> None:
         await super().close()

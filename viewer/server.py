@@ -1,5 +1,6 @@
 """The viewer's local player server: the page, the init segment and blocks as fMP4, a timeline,
-long-poll events, an HLS EVENT playlist and live stats, all read from one BlockSource.
+long-poll events, a low-latency HLS EVENT playlist (segments = runs of parts from one independent
+part to the next, parts = blocks, blocking reload) and live stats, all read from one BlockSource.
 
 It binds to 127.0.0.1 only, serves nothing but verified blocks from its source, and never does
 blocking work on the event loop (no PyAV here; media is passed through byte for byte).
@@ -17,10 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from streamer.core.errors import BlockNotFoundError
+from streamer.core.errors import BlockNotFoundError, StreamFormatError
 from streamer.media.format import (
     SegmentHeader,
-    StreamFormatError,
     StreamHeader,
     Timeline,
     TimelineEntry,
@@ -33,6 +33,8 @@ STATIC_DIR = Path(str(resources.files("viewer") / "static"))
 BLOCK_CACHE = "public, max-age=31536000, immutable"  # a signed block never changes
 MAX_LOOKAHEAD = 3  # blocks past the signed length a client may wait for (the next live block)
 MAX_WAIT_S = 60.0
+HLS_PART_SEGMENTS = 4  # the newest segments whose parts the playlist lists (LL-HLS wants >= 3)
+MAX_RUN_BLOCKS = 4096  # blocks one HLS segment URI may join
 TIMING_BATCH = 32  # uncached segment headers read between two yields to the loop
 
 
@@ -52,20 +54,25 @@ class PlayerState:
             self.header = StreamHeader.decode(await self.source.get(0, self.block_timeout))
         return self.header
 
-    async def media_blocks(self) -> list[TimelineEntry]:
-        """The timeline's entries for blocks 1.. up to the newest media block, after reading the
-        headers of the blocks held (Timeline places the others on the segment grid)."""
+    async def media_blocks(self, first: int = 1) -> list[TimelineEntry]:
+        """The timeline's entries for blocks `first`.. up to the newest media block, after
+        reading the headers of the blocks held (Timeline places the others on the grid)."""
         header = await self.stream_header()
         length = self.source.length
+        timeline, source = self.timeline, self.source
+        read = 0
         for index in range(1, length):
-            if index % TIMING_BATCH == 0 and index not in self.timeline:
-                # A first look at a long archive reads many blocks: let other requests
-                # (block fetches, peers) run between batches.
-                await asyncio.sleep(0)
-            known = await self.held_timing(index)
+            known = timeline.get(index)
+            if known is None and source.has(index):
+                read += 1
+                if read % TIMING_BATCH == 0:
+                    # A first look at a long archive reads many blocks: let other requests
+                    # (block fetches, peers) run between batches.
+                    await asyncio.sleep(0)
+                known = await self.held_timing(index)
             if known is not None and known.end:
                 break
-        return self.timeline.entries(length, header.segment_duration)
+        return timeline.entries(length, header.grid, first)
 
     async def held_timing(self, index: int) -> SegmentHeader | None:
         """The header of block `index` if it is held (read once, then kept in the timeline)."""
@@ -133,7 +140,39 @@ async def _block(request: web.Request) -> web.Response:
             "X-Pts": f"{segment.pts:.6f}",
             "X-Duration": f"{segment.duration:.6f}",
             "X-Flags": str(segment.flags),
+            "X-Independent": "1" if segment.independent else "0",
+            "X-Wall-Clock": f"{segment.wall_clock:.6f}",
         },
+    )
+
+
+async def _run(request: web.Request) -> web.Response:
+    """An HLS segment: the payloads of blocks first..last, a run from one independent part."""
+    state = request.app[STATE]
+    source = state.source
+    try:
+        first, last = (int(v) for v in request.match_info["span"].split("-"))
+    except ValueError:
+        raise web.HTTPNotFound(text="a segment is run/FIRST-LAST.m4s") from None
+    if not 1 <= first <= last < source.length or last - first >= MAX_RUN_BLOCKS:
+        raise web.HTTPNotFound(text=f"blocks {first}..{last} are not a run of this stream")
+    body = bytearray()
+    for index in range(first, last + 1):
+        try:
+            block = await source.get(index, state.block_timeout)
+        except TimeoutError:
+            raise web.HTTPGatewayTimeout(text=f"block {index} did not arrive in time") from None
+        except BlockNotFoundError as exc:
+            raise web.HTTPNotFound(text=str(exc)) from None
+        header = state.timeline.add_block(index, block)
+        if header.end:
+            raise web.HTTPNotFound(text=f"block {index} is the end of the stream")
+        if index == first and not header.independent:
+            raise web.HTTPNotFound(text=f"block {index} is not an independent part")
+        body += segment_media(block)
+    source.set_playhead(last)
+    return web.Response(
+        body=bytes(body), content_type="video/iso.segment", headers={"Cache-Control": BLOCK_CACHE}
     )
 
 
@@ -144,8 +183,10 @@ async def _timeline(request: web.Request) -> web.Response:
     except ValueError:
         raise web.HTTPBadRequest(text="from must be a block index") from None
     header = await state.stream_header()
-    rows = await state.media_blocks()
-    live_edge = rows[-1].stop if rows else 0.0
+    rows = await state.media_blocks(first)
+    # The live edge is where the newest media block ends (`from` may lie past it).
+    tail = rows or await state.media_blocks(max(1, state.source.length - 2))
+    live_edge = tail[-1].stop if tail else 0.0
     return _json(
         {
             "key": state.source.stats().get("key"),
@@ -156,11 +197,13 @@ async def _timeline(request: web.Request) -> web.Response:
             "fps": header.fps,
             "start_time": header.start_time,
             "segment_duration": header.segment_duration,
+            "part_duration": header.block_duration,
+            "version": header.version,
             "length": state.source.length,
             "ended": state.source.ended,
             "live_edge": live_edge,
             # One object per media block from `from` on (TimelineEntry's fields).
-            "blocks": [_entry_json(entry) for entry in rows[first - 1 :]],
+            "blocks": [_entry_json(entry) for entry in rows],
         }
     )
 
@@ -172,6 +215,8 @@ def _entry_json(entry: TimelineEntry) -> dict[str, Any]:
         "duration": round(entry.duration, 6),
         "flags": entry.flags,
         "known": entry.known,
+        "independent": entry.independent,
+        "back": entry.back,
     }
 
 
@@ -198,27 +243,115 @@ async def _events(request: web.Request) -> web.Response:
     )
 
 
+@dataclass
+class _HlsSegment:
+    """A run of blocks from one independent part to the next: an HLS segment of parts."""
+
+    msn: int
+    parts: list[TimelineEntry]
+    complete: bool
+
+    @property
+    def duration(self) -> float:
+        return sum(p.duration for p in self.parts)
+
+    @property
+    def uri(self) -> str:
+        first, last = self.parts[0].index, self.parts[-1].index
+        return f"block/{first}.m4s" if first == last else f"run/{first}-{last}.m4s"
+
+
+def _hls_segments(rows: list[TimelineEntry], ended: bool, parts: int) -> list[_HlsSegment]:
+    """Runs of rows from each independent part on; a run is complete once the next one starts,
+    the stream ended, or it holds the `parts` parts a segment is cut into."""
+    segments: list[_HlsSegment] = []
+    for entry in rows:
+        if not segments or entry.independent or entry.discontinuity:
+            if segments:
+                segments[-1].complete = True
+            segments.append(_HlsSegment(len(segments) + 1, [], False))
+        segments[-1].parts.append(entry)
+    if segments and (ended or len(segments[-1].parts) >= parts):
+        segments[-1].complete = True
+    return segments
+
+
+def _hls_has(segments: list[_HlsSegment], msn: int, part: int | None) -> bool:
+    """Whether the playlist holds segment `msn` (whole) or its part `part` (LL-HLS blocking)."""
+    if not segments or msn > segments[-1].msn:
+        return False
+    seg = segments[msn - 1]
+    return seg.complete if part is None else seg.complete or part < len(seg.parts)
+
+
 async def _playlist(request: web.Request) -> web.Response:
     state = request.app[STATE]
     header = await state.stream_header()
+    query = request.query
+    try:
+        msn = int(query["_HLS_msn"]) if "_HLS_msn" in query else None
+        part = int(query["_HLS_part"]) if "_HLS_part" in query else None
+    except ValueError:
+        raise web.HTTPBadRequest(text="_HLS_msn and _HLS_part are numbers") from None
+    if part is not None and msn is None:
+        raise web.HTTPBadRequest(text="_HLS_part needs _HLS_msn") from None
     rows = await state.media_blocks()
-    target = math.ceil(max([header.segment_duration] + [e.duration for e in rows]))
+    segments = _hls_segments(rows, state.source.ended, header.grid.parts)
+    if msn is not None:
+        # Blocking reload: answer once the asked segment (or part) is in the playlist.
+        newest = segments[-1].msn if segments else 0
+        if msn > newest + 2:
+            raise web.HTTPBadRequest(text=f"_HLS_msn {msn} is too far past the live edge")
+        deadline = time.monotonic() + 3 * max(1.0, header.segment_duration)
+        while not state.source.ended and not _hls_has(segments, msn, part):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await run_until(state.source.wait_for_change(remaining), state.stopping)
+            if state.stopping.is_set():
+                break
+            rows = await state.media_blocks()
+            segments = _hls_segments(rows, state.source.ended, header.grid.parts)
+    with_parts = header.grid.parts > 1
+    target = math.ceil(
+        max([header.segment_duration] + [s.duration for s in segments if s.complete]) - 1e-3
+    )
     lines = [
         "#EXTM3U",
-        "#EXT-X-VERSION:7",
-        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-VERSION:9" if with_parts else "#EXT-X-VERSION:7",
+        f"#EXT-X-TARGETDURATION:{max(1, target)}",
+    ]
+    if with_parts:
+        part_target = max([header.block_duration] + [e.duration for e in rows[-64:]])
+        part_target = math.ceil(part_target * 1000 - 1e-6) / 1000
+        lines += [
+            f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * part_target:.3f}",
+            f"#EXT-X-PART-INF:PART-TARGET={part_target:.3f}",
+        ]
+    lines += [
         "#EXT-X-PLAYLIST-TYPE:EVENT",
         "#EXT-X-MEDIA-SEQUENCE:1",
         "#EXT-X-INDEPENDENT-SEGMENTS",
         '#EXT-X-MAP:URI="init.mp4"',
     ]
-    for entry in rows:
-        if entry.discontinuity and entry.index > 1:
+    recent = len(segments) - HLS_PART_SEGMENTS
+    for k, seg in enumerate(segments):
+        if seg.parts[0].discontinuity and seg.parts[0].index > 1:
             lines.append("#EXT-X-DISCONTINUITY")
-        lines.append(f"#EXTINF:{entry.duration:.6f},")
-        lines.append(f"block/{entry.index}.m4s")
+        if with_parts and k >= recent:
+            for entry in seg.parts:
+                independent = ",INDEPENDENT=YES" if entry.independent else ""
+                lines.append(
+                    f'#EXT-X-PART:DURATION={entry.duration:.6f},URI="block/{entry.index}.m4s"'
+                    f"{independent}"
+                )
+        if seg.complete:
+            lines.append(f"#EXTINF:{seg.duration:.6f},")
+            lines.append(seg.uri)
     if state.source.ended:
         lines.append("#EXT-X-ENDLIST")
+    elif with_parts:
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="block/{state.source.length}.m4s"')
     return web.Response(
         text="\n".join(lines) + "\n",
         content_type="application/vnd.apple.mpegurl",
@@ -267,6 +400,7 @@ def create_app(source: BlockSource, *, block_timeout: float = 20.0) -> web.Appli
     app.router.add_get("/", _page)
     app.router.add_get("/init.mp4", _init)
     app.router.add_get(r"/block/{index}.m4s", _block)
+    app.router.add_get(r"/run/{span}.m4s", _run)
     app.router.add_get("/index.json", _timeline)
     app.router.add_get("/timeline", _timeline)
     app.router.add_get("/events", _events)

@@ -11,9 +11,9 @@ import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from streamer.core.errors import BlockNotFoundError
+from streamer.core.errors import BlockNotFoundError, StreamFormatError
 from streamer.core.stats import NodeStats, ReplicationStats
-from streamer.media.format import SegmentHeader, StreamFormatError, stream_ended
+from streamer.media.format import SegmentHeader, stream_ended
 from streamer.net.aio import Deadline, FeedWakeup
 
 if TYPE_CHECKING:

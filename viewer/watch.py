@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.core.errors import NetworkError, UsageError
-from streamer.media.format import StreamFormatError
+from streamer.core.errors import NetworkError, StreamFormatError, UsageError
 from streamer.net.aio import stop_on_signals
 from streamer.net.replicator import NetworkReplicator
 from viewer.netsource import (
@@ -30,8 +29,11 @@ from viewer.netsource import (
     wait_for_stream,
 )
 from viewer.server import PlayerServer
+from viewer.store import StoreKeeper
 
 log = logging.getLogger("viewer.watch")
+
+RETRY_S = 30.0  # without --timeout, a status line this often while no peer serves the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +43,26 @@ class WatchOptions:
     port: int = 0
     store: Path | None = None
     at: float | None = None
-    timeout: float = 30.0
+    timeout: float | None = None  # None: wait and retry until a peer serves the stream
     open_browser: bool = True
     max_peers: int = 6
+    ice: str | None = None  # --ice: STUN/TURN servers (None: the environment's or the hub's)
+    hub_ca: str | None = None  # --hub-ca: a private CA for an https hub
+    keep: int | None = 3  # peers besides the broadcaster that should hold each block (None: all)
+    max_store: int | None = None  # bytes kept on disk (None: no bound)
 
 
 def check_options(options: WatchOptions) -> None:
     if not 0 <= options.port <= 65535:
         raise UsageError(f"--port {options.port} is not a TCP port; use 0-65535 (0 = any free)")
-    if options.timeout <= 0:
+    if options.timeout is not None and options.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    if not 1 <= options.max_peers <= 64:
+        raise UsageError(f"--max-peers {options.max_peers} is out of range; use 1-64")
     if options.at is not None and options.at < 0:
         raise UsageError("--at is seconds from the start of the stream; give 0 or more")
+    if options.keep is not None and options.keep < 0:
+        raise UsageError("--keep must be 0 (opt out), a positive number of peers, or 'all'")
 
 
 async def watch(
@@ -67,7 +77,7 @@ async def watch(
     `on_ready(url)` is called once the page can play; `status` receives progress lines.
     """
     check_options(options)
-    key = await resolve_stream(options.stream, options.hub)
+    key = await resolve_stream(options.stream, options.hub, options.hub_ca)
     store = options.store or default_store(key)
     with store_lock(store):
         await _watch(key, store, options, stop, on_ready, status)
@@ -83,14 +93,19 @@ async def _watch(
     status: Callable[[str], None] | None,
 ) -> None:
     feed = await asyncio.to_thread(open_store, store, key)
-    net = network_replicator(feed, options.hub, max_peers=options.max_peers)
+    net = network_replicator(
+        feed, options.hub, max_peers=options.max_peers, ice=options.ice, hub_ca=options.hub_ca
+    )
     source = NetworkSource(net)
     server = PlayerServer(source, port=options.port)
+    keeper = StoreKeeper(net, options.keep, options.max_store, say=status)
     try:
         await net.start()
+        keeper.start()
         # Our own disk failing ends the watch at once with its message, whatever it was doing.
         await until_failed(net, _play(key, net, source, server, options, stop, on_ready, status))
     finally:
+        await keeper.stop()
         await server.stop()  # also closes the source: the replicator, the swarm and the feed
     net.raise_if_failed()
 
@@ -105,16 +120,7 @@ async def _play(
     on_ready: Callable[[str], None] | None,
     status: Callable[[str], None] | None,
 ) -> None:
-    await wait_for_stream(net, options.timeout, status)
-    try:
-        start = await source.start_block(options.timeout, options.at)
-    except TimeoutError:
-        raise NetworkError(
-            f"peers of stream {key.hex()} did not send a media block within "
-            f"{options.timeout:.0f} s; try again later"
-        ) from None
-    except StreamFormatError as e:
-        raise NetworkError(f"stream {key.hex()} is not a playable swarmcast stream: {e}") from None
+    start = await _start_block(key, net, source, options, status)
     source.set_playhead(start)
     await server.start()
     if on_ready is not None:
@@ -123,6 +129,40 @@ async def _play(
         # webbrowser may start a process and wait for it: keep that off the loop.
         await asyncio.to_thread(webbrowser.open, server.url)
     await (stop or asyncio.Event()).wait()
+
+
+async def _start_block(
+    key: bytes,
+    net: NetworkReplicator,
+    source: NetworkSource,
+    options: WatchOptions,
+    status: Callable[[str], None] | None,
+) -> int:
+    """The block to start at, once peers sent the header and it. With a timeout, NetworkError
+    when that does not happen in time; without, a status line each RETRY_S and another try: a
+    live viewer that nobody serves yet (or whose neighbours left) waits for one."""
+    attempt = options.timeout or RETRY_S
+    tell = status
+    while True:
+        try:
+            await wait_for_stream(net, attempt, tell)
+            try:
+                return await source.start_block(attempt, options.at)
+            except TimeoutError:
+                raise NetworkError(
+                    f"peers of stream {key.hex()} did not send a media block within "
+                    f"{attempt:.0f} s; try again later"
+                ) from None
+        except StreamFormatError as e:
+            raise NetworkError(
+                f"stream {key.hex()} is not a playable swarmcast stream: {e}"
+            ) from None
+        except NetworkError as e:
+            if options.timeout is not None:
+                raise
+            tell = None  # "waiting for peers" was said once
+            if status is not None:
+                status(f"{str(e).split(';')[0]}; still trying (Ctrl-C to stop)")
 
 
 def run_watch(options: WatchOptions) -> int:

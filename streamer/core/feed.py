@@ -22,6 +22,7 @@ from streamer.core.errors import (
     BlockNotFoundError,
     CorruptFeedError,
     FeedError,
+    ForkMismatchError,
     KeyMismatchError,
     NotWritableError,
 )
@@ -29,7 +30,6 @@ from streamer.core.flat_tree import full_roots, parent, right_span, sibling
 from streamer.core.merkle import (
     CompatVerifier,
     DefaultManifestVerifier,
-    ForkMismatchError,
     MerkleTree,
     ProofBatch,
     Verifier,
@@ -567,6 +567,55 @@ class Feed:
                 FeedEvent(length, start, start + 1 if new_block else start, batch.upgraded, False)
             )
         return result
+
+    # ------------------------------------------------------------ a bounded store
+
+    def block_size(self, index: int) -> int:
+        """Bytes of block index (held or not, within the signed length)."""
+        with self._lock:
+            return self._byte_range(index)[1]
+
+    def held_bytes(self) -> int:
+        """Bytes of the blocks held here (what a viewer's --max-store bounds)."""
+        with self._lock:
+            total = 0
+            for start, end in self._store.bitfield.ranges(limit=self._tree.length):
+                first = self._byte_range(start)[0]
+                last_offset, last_size = self._byte_range(end - 1)
+                total += last_offset + last_size - first
+            return total
+
+    def evict(self, indexes: Sequence[int]) -> list[int]:
+        """Drop held blocks (a reader's bounded store): clear their bits, make that durable, then
+        give their bytes back to the file system. Returns the blocks dropped. Blocking like
+        flush(); NotWritableError on a writer, whose feed is the stream itself."""
+        if self._secret_key is not None:
+            raise NotWritableError("a writer keeps every block of its feed; it never evicts")
+        with self._flush_lock:
+            with self._lock:
+                self._check_open()
+                bits = self._store.bitfield
+                dropped = [i for i in sorted(set(indexes)) if self.has(i)]
+                if not dropped:
+                    return []
+                for index in dropped:
+                    bits.set(index, False)
+                # The cleared bits (and the lower contiguous count) reach the disk before the bytes
+                # go: a crash in between must not leave a bit that claims a hole.
+                head, flush, taken = self._begin_flush()
+            try:
+                self._store.sync(flush)
+                self._store.finish_flush(flush, head, durable=True)
+            except BaseException:
+                with self._lock:
+                    self._abort_flush(flush, taken)
+                raise
+            with self._lock:
+                for index in dropped:
+                    if not bits.get(index):  # not fetched again meanwhile
+                        offset, size = self._byte_range(index)
+                        self._store.punch(offset, size)
+        return dropped
 
     # ------------------------------------------------------------ checking
 

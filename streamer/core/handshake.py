@@ -12,14 +12,11 @@ from __future__ import annotations
 import hmac
 
 from streamer.core import crypto
-from streamer.core.errors import ProofError, WireError
+from streamer.core.errors import HandshakeFailed, ProofError, WireError
 from streamer.core.wire import Framer, Handshake, Reassembler, decode_message, encode_message
 
 __all__ = ["HandshakeFailed", "Handshaker", "check_handshake", "make_handshake"]
 
-
-class HandshakeFailed(Exception):
-    """The peer did not prove it knows the feed key (or lied about being the writer)."""
 
 
 def _writer_proof(capability: bytes) -> bytes:

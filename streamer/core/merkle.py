@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from streamer.core import crypto
-from streamer.core.errors import BlockNotFoundError, ProofError
+from streamer.core.errors import BlockNotFoundError, ForkMismatchError, ProofError
 from streamer.core.flat_tree import full_roots, left_span, parent, right_span, sibling
 from streamer.core.wire import (
     Data,
@@ -41,9 +41,6 @@ MAX_PROOF_NODES = 256  # a real proof has at most ~3 * 64 nodes; more is hostile
 MAX_U64 = (1 << 64) - 1
 MAX_BLOCKS = 1 << 61  # keeps every tree index of a verified tree within u64
 
-
-class ForkMismatchError(ProofError):
-    """A proof made on another fork that we cannot apply (may be stale rather than malicious)."""
 
 
 class NodeReader(Protocol):

@@ -18,10 +18,17 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
-from streamer.core.errors import BlockNotFoundError, FeedError, ProofError, WireError
+from streamer.core.errors import (
+    BlockNotFoundError,
+    FeedError,
+    HandshakeFailed,
+    ProofError,
+    ProtocolViolation,
+    WireError,
+)
 from streamer.core.feed import ApplyResult
 from streamer.core.flat_tree import depth, full_roots, left_span, right_span
-from streamer.core.handshake import HandshakeFailed, Handshaker
+from streamer.core.handshake import Handshaker
 from streamer.core.stats import PeerStats
 from streamer.core.wire import (
     MAX_CHUNK,
@@ -87,9 +94,6 @@ MAX_DEPTH = 64  # relays from the broadcaster on the push tree; this many or mor
 _HANDSHAKE, _OPEN, _CLOSED = "handshake", "open", "closed"
 LOCAL_ERROR_REASON = "replication stopped by a local error"
 
-
-class ProtocolViolation(Exception):
-    """The peer broke the protocol (as opposed to sending a proof that does not verify)."""
 
 
 # ---------------------------------------------------------------- events
@@ -560,6 +564,11 @@ class Session:
         """Tell the peer we hold verified blocks start..end-1."""
         if self._state == _OPEN and start < end:
             self._queue(Range(start, end - start))
+
+    def announce_drop(self, start: int, end: int) -> None:
+        """Tell the peer we no longer hold blocks start..end-1 (evicted from a bounded store)."""
+        if self._state == _OPEN and start < end:
+            self._queue(Range(start, end - start, drop=True))
 
     def announce_length(self) -> None:
         """Tell the peer our signed length if it grew since we last did."""

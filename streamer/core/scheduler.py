@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from streamer.core.admission import UploadAdmission
+from streamer.core.backfill import Backfill, Safety, missing_runs, to_runs, unavailable_runs
 from streamer.core.handshake import Handshaker
 from streamer.core.relay import LiveRelay
 from streamer.core.replication import (
@@ -174,6 +175,8 @@ class Replicator:
         self._appended: deque[tuple[float, int]] = deque()  # writer: (time, byte_length) samples
         # Our own feed failed (a full disk, say): replication is over, whoever sent the data.
         self.failure: Exception | None = None
+        # History for the swarm's sake (core.backfill): off until a viewer turns it on.
+        self.backfill = Backfill(seed=self.config.seed)
 
     # ------------------------------------------------------------ sessions
 
@@ -285,9 +288,10 @@ class Replicator:
                 t.cancel(other)
                 if self._upgrade is not None and self._upgrade[1] is other:
                     self._upgrade = None
+            # Every neighbour, even one that holds it or sent it: each counts the copies around it
+            # (core.backfill), the broadcaster too.
             for t in self.sessions:
-                if t is not s and block not in t.remote_has:
-                    t.announce(block, block + 1)
+                t.announce(block, block + 1)
             self._relay_block(s, block)
         elif isinstance(event, RemoteSynced):
             self.relay.remote_synced(event.length, self._now)
@@ -391,7 +395,11 @@ class Replicator:
             if w.priority < PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.archive:
-            yield from range(self._archive_start(), length)
+            # The blocks we lack, not everything from the first gap: a block nobody holds must
+            # not hide the ones after it from the scan limit; none below the first we lack.
+            first = self._archive_start()
+            for start, end in missing_runs(length, self.feed.present_ranges()):
+                yield from range(max(start, first), end)
 
     def _archive_start(self) -> int:
         """The first block we lack from the start (the feed's contiguous length moves only when
@@ -445,6 +453,7 @@ class Replicator:
         if not self.feed.writable and self.failure is None:
             self._request_upgrade(now)
             self._request_blocks(now)
+            self._request_backfill(now)
             self._consume_all()  # what this and the input before it did to the other sessions
 
     def _capacity(self, s: Session) -> bool:
@@ -590,6 +599,117 @@ class Replicator:
             del self._inflight[block]
         return rest
 
+    # ------------------------------------------------------------ backfill (core.backfill)
+
+    def _neighbour_runs(self) -> list[list[tuple[int, int]]]:
+        """What each open non-broadcaster neighbour announced it holds."""
+        return [s.remote_has.runs() for s in self.sessions if s.is_open and not s.remote_is_writer]
+
+    def _request_backfill(self, now: float) -> None:
+        """History the swarm holds fewest copies of, after everything else was asked for, paced
+        and capped by the Backfill policy, one request per peer, none while a request of ours is
+        late; peers answer history only when nothing else waits for their uplink
+        (core.admission), so the live edge does not wait behind it."""
+        plan = self.backfill
+        if not plan.fetch or plan.inflight(self._inflight.__contains__) >= plan.max_inflight:
+            return
+        if any(now >= out.check_at for e in self._inflight.values() for _, out in e):
+            return  # a request of ours is late: the swarm around us has no capacity to spare
+        feed, fork = self.feed, self.feed.fork
+        busy = {t for b in plan.blocks for t, _ in self._inflight.get(b, ())}
+        # The broadcaster's uplink carries the first copy of each new block: history waits until
+        # that copy is out (we or a viewer neighbour hold the newest block).
+        newest = feed.length - 1
+        writer_ok = feed.has(newest) or any(
+            newest in s.remote_has for s in self.sessions if not s.remote_is_writer
+        )
+        ready = [
+            s
+            for s in self.sessions
+            if self._capacity(s)
+            and s.remote_fork == fork
+            and s not in busy
+            and (writer_ok or not s.remote_is_writer)
+        ]
+        if not ready:
+            return
+        candidates = plan.choose(
+            now,
+            feed.length,
+            feed.present_ranges(),
+            self._neighbour_runs(),
+            [s.remote_has.runs() for s in self.sessions if s.is_open],
+            self._inflight.__contains__,
+        )
+        placed = False
+        for block in candidates:
+            s = self._pick(block, now, ready)
+            if s is None:
+                continue
+            out = s.request(now, block=block)
+            self._inflight[block] = [(s, out)]
+            self._mark_checks(out)
+            plan.sent(block, now)
+            placed = True
+            ready.remove(s)
+            if not ready or not plan.room():
+                return
+        if candidates and not placed:
+            plan.blocked(now, self.config.busy_backoff)  # the holders refused or are busy
+
+    @property
+    def inflight_blocks(self) -> int:
+        """Block requests out now."""
+        return sum(len(e) for e in self._inflight.values())
+
+    def nowhere(self, end: int) -> list[tuple[int, int]]:
+        """Runs of blocks below `end` that we lack and no open neighbour announced holding."""
+        holders = [s.remote_has.runs() for s in self.sessions if s.is_open]
+        return unavailable_runs(min(end, self.feed.length), self.feed.present_ranges(), holders)
+
+    def _backfill_timer(self, best: float | None) -> float | None:
+        wake = None if self.feed.writable else self.backfill.wake_at(self._now)
+        return wake if wake is not None and (best is None or wake < best) else best
+
+    def safety(self) -> Safety:
+        """How many copies of each block our neighbours (and we, as a viewer) hold."""
+        own = None if self.feed.writable else self.feed.present_ranges()
+        return self.backfill.safety(self.feed.length, self._neighbour_runs(), own)
+
+    def evictions(self, over: int, size: Callable[[int], int]) -> list[int]:
+        """Held blocks to drop to free `over` bytes (core.backfill.Backfill.evictions), never the
+        header, the playback window or the live edge."""
+        cfg, length = self.config, self.feed.length
+        head = self._playhead
+
+        def protect(block: int) -> bool:
+            if block == 0 or block >= length - max(cfg.live_window, cfg.hot_window):
+                return True
+            return head is not None and head - 1 <= block < head + cfg.playback_window
+
+        return self.backfill.evictions(
+            over, self.feed.present_ranges(), self._neighbour_runs(), size, protect
+        )
+
+    def _safety_stats(self, out: ReplicationStats) -> None:
+        safety = self.safety()
+        out.keep = safety.target
+        out.replicated_share = safety.share
+        out.rarest_copies = safety.rarest
+        out.unreplicated_blocks = safety.only_here_blocks
+        out.backfill_requests = self.backfill.requested
+        out.evicted = self.backfill.evicted
+
+    def dropped(self, blocks: list[int]) -> None:
+        """We no longer hold these blocks (evicted): tell every neighbour."""
+        self.backfill.evicted += len(blocks)
+        if blocks:
+            self._archive_cursor = min(self._archive_cursor, min(blocks))
+        for start, end in to_runs(blocks):
+            for s in self.sessions:
+                s.announce_drop(start, end)
+        self._consume_all()
+
     # ------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:
@@ -619,7 +739,7 @@ class Replicator:
             and (best is None or held < best)
         ):
             best = held
-        return best
+        return self._backfill_timer(best)
 
     def handle_timer(self, now: float) -> None:
         self._now = now
@@ -798,6 +918,7 @@ class Replicator:
             peers=self.peers,
             writer_connected=self.writer_connected,
         )
+        self._safety_stats(out)
         for s in self.sessions:
             traffic = s.stats
             out.bytes_up += traffic.bytes_up

@@ -75,6 +75,15 @@ class ReplicationStats:
     peers_dropped: int = 0  # sessions closed for misbehaving
     inflight: int = 0  # our block requests out now
     unavailable: int = 0  # wanted blocks no neighbour holds: a sign to find other peers
+    # How safe the stream is, as this node sees its neighbours (core.backfill): the copies a block
+    # needs (`keep`, peers besides the broadcaster), the share of blocks that have them, the
+    # rarest block's copies, and the blocks no neighbour holds (only here, or only the writer's).
+    keep: int = 0
+    replicated_share: float = 0.0
+    rarest_copies: int = 0
+    unreplicated_blocks: int = 0
+    backfill_requests: int = 0  # history fetched for the swarm's sake (requests sent)
+    evicted: int = 0  # blocks dropped from a bounded store
     # Live push (core.relay): blocks pushed to subscribers and received by push, subscribers now,
     # whether a push parent is set, and the short-swarm signals.
     pushes_sent: int = 0

@@ -12,11 +12,13 @@ fsyncs can run while the caller goes on writing. Never verifies hashes or signat
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,25 @@ from streamer.core.errors import CorruptFeedError, FeedError, LocalStorageError,
 from streamer.core.wire import Node
 
 HEAD_FILE = "head"
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
+
+
+def _load_fallocate() -> Callable[..., int] | None:
+    """Linux fallocate(2) from the C library, to punch holes; None where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    func = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if func is not None:
+        func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        func.restype = ctypes.c_int
+    return func
+
+
+_FALLOCATE = _load_fallocate()
+
 DATA_FILE = "data"
 TREE_FILE = "tree"
 BITFIELD_FILE = "bitfield"
@@ -340,6 +361,18 @@ class Storage:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Write bytes at offset of the data file (durable at the next commit)."""
         self.write_blocks(offset, [data])
+
+    def punch(self, offset: int, size: int) -> None:
+        """Give the bytes of a dropped block back to the file system (a hole; the file keeps its
+        size). Best effort: where holes are not supported the bytes stay, unreachable."""
+        self._lock_for_writing()
+        if _FALLOCATE is None or size <= 0:
+            return
+        mode = _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE
+        if _FALLOCATE(self._fds[DATA_FILE], mode, offset, size) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise storage_error(self.directory, OSError(err, os.strerror(err))) from None
 
     def write_blocks(self, offset: int, blocks: list[bytes] | list[bytes | memoryview]) -> None:
         """Write consecutive blocks starting at offset, with one system call when possible."""

@@ -6,6 +6,7 @@ bounds every per-client resource, and must never let one bad or slow client hurt
 
 One job per module:
     config       HubConfig: limits and timings (settings of new features go here too)
+    turn         short-lived TURN credentials and the GET /v1/ice answer; the TURN secret file
     registry     channel registry: subscribe/unsubscribe/publish within limits (sans-IO)
     messages     a POSTed body in, an SSE frame out; checks on messages belong here (sans-IO)
     rejections   every refusal: its metrics label and HTTP status (sans-IO)
@@ -15,7 +16,7 @@ One job per module:
     redisbridge  channel fan-out between hubs through Redis pub/sub
     sse          one SSE subscriber and the pump writing its frames
     app          Hub: routes, middleware and thin aiohttp handlers (new endpoints go here)
-    server       HubServer/start_hub: the listening socket (TLS goes here)
+    server       HubServer/start_hub: the listening socket, plain or TLS
 """
 
 from streamer.hub.app import Hub

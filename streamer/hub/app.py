@@ -17,7 +17,13 @@ from streamer import __version__
 from streamer.core import names
 from streamer.core.errors import ProofError
 from streamer.hub.config import HubConfig
-from streamer.hub.messages import HEARTBEAT_FRAME, decode_body, encode_message, sse_frame
+from streamer.hub.messages import (
+    HEARTBEAT_FRAME,
+    decode_body,
+    encode_message,
+    is_make_room,
+    sse_frame,
+)
 from streamer.hub.metrics import Metrics, render_metrics
 from streamer.hub.namestore import MemoryNameStore, NameStore, RedisNameStore
 from streamer.hub.ratelimit import RateLimiter
@@ -62,6 +68,9 @@ class Hub:
         self.limiter = RateLimiter(
             self.config.rate_per_second, self.config.rate_burst, self.config.max_tracked_clients
         )
+        self.evict_limiter = RateLimiter(
+            self.config.evict_per_second, self.config.evict_burst, self.config.max_tracked_clients
+        )
         self.bridge: RedisBridge | None = None
         self.name_store: NameStore = MemoryNameStore(self.config.max_names)
         self._housekeeping: asyncio.Task[None] | None = None
@@ -90,6 +99,7 @@ class Hub:
         )
         app.router.add_route("*", "/", self._root)
         app.router.add_route("*", "/metrics", self._metrics_handler)
+        app.router.add_route("*", "/v1/ice", self._ice)
         app.router.add_route("*", "/v1/{tail:.*}", self._v1)
         app.router.add_route("*", "/names/{name}", self._names)
         app.on_response_prepare.append(_add_cors)
@@ -174,6 +184,16 @@ class Hub:
             redis_connected=self.bridge.connected.is_set() if self.bridge is not None else None,
         )
 
+    # -- GET /v1/ice: STUN/TURN servers, TURN with short-lived credentials ----------------------
+
+    async def _ice(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return self._reject(request, Rejection.METHOD_NOT_ALLOWED, "use GET /v1/ice")
+        self.metrics.ice_served += 1
+        return web.json_response(
+            self.config.ice.answer(time.time()), headers={"Cache-Control": "no-store"}
+        )
+
     # -- /v1/{app}/{channels}: subscribe and broadcast -----------------------------------------
 
     async def _v1(self, request: web.Request) -> web.StreamResponse:
@@ -235,6 +255,13 @@ class Hub:
             message = decode_body(body)
         except ValueError:
             return self._reject(request, Rejection.BAD_JSON, "the body is not valid JSON")
+        if is_make_room(message):
+            client = request.remote or "unknown"
+            if not self.evict_limiter.allow(client, time.monotonic())[0]:
+                return self._reject(
+                    request, Rejection.EVICT_LIMITED,
+                    "too many make-room requests from this address; wait a minute",
+                )
         data = encode_message(message)
         self.metrics.messages_received += 1
         self.metrics.bytes_received += len(body)
@@ -260,6 +287,7 @@ class Hub:
             await asyncio.sleep(self.config.heartbeat_seconds)
             self._drop(self.registry.offer_all(HEARTBEAT_FRAME))
             self.limiter.prune(time.monotonic())
+            self.evict_limiter.prune(time.monotonic())
 
     # -- /names/{name} --------------------------------------------------------------------------
 

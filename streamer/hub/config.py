@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from streamer.hub.turn import IceConfig
 
 
 @dataclass(slots=True)
 class HubConfig:
     """Limits and timings of one hub; the defaults suit a public signaling server.
 
-    Settings of features still to come (TURN credential handout, HMAC keys for signaling
-    messages) belong here; TLS belongs to HubServer, which owns the listening socket.
+    TLS belongs to HubServer, which owns the listening socket.
     """
 
     max_body_bytes: int = 64 * 1024  # POST/PUT body; larger gets 413
@@ -23,3 +24,8 @@ class HubConfig:
     max_names: int = 100_000  # name records kept in memory (without Redis)
     max_clock_skew_seconds: int = 600  # a record may be at most this far in the future
     max_tracked_clients: int = 65_536  # rate-limit buckets kept at once
+    # Make-room requests ("evict": true) per client IP: a newcomer sends one only when it is
+    # isolated and everyone it heard is full, so a few a minute is plenty.
+    evict_per_second: float = 0.2
+    evict_burst: float = 6.0
+    ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN handed out at GET /v1/ice

@@ -18,6 +18,12 @@ def decode_body(body: bytes) -> Any:
     return json.loads(body)
 
 
+def is_make_room(message: Any) -> bool:
+    """Whether a message asks its receiver to drop a neighbour (a swarmcast hello with evict):
+    the one kind of message whose rate per client address the hub bounds on its own."""
+    return isinstance(message, dict) and message.get("evict") is True
+
+
 def encode_message(message: Any) -> bytes:
     """Compact JSON for one SSE data line (a newline in a posted body would split the event)."""
     try:

@@ -17,6 +17,7 @@ class Metrics:
     bytes_delivered: int = 0
     subscribers_dropped: int = 0
     redis_errors: int = 0
+    ice_served: int = 0  # answers of GET /v1/ice (each with fresh TURN credentials if any)
     # by Rejection.label
     rejections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECTION_REASONS, 0))
 
@@ -46,6 +47,8 @@ def render_metrics(
          [("", m.bytes_delivered)]),
         ("hub_subscribers_dropped_total", "counter", "Subscribers dropped for falling behind.",
          [("", m.subscribers_dropped)]),
+        ("hub_ice_served_total", "counter", "ICE server lists served (GET /v1/ice).",
+         [("", m.ice_served)]),
         ("hub_rejections_total", "counter", "Requests refused, by reason.",
          [(f'{{reason="{r}"}}', n) for r, n in m.rejections.items()]),
     ]

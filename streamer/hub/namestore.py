@@ -50,8 +50,7 @@ class RedisNameStore:
         self._client = client
 
     async def get(self, name: str) -> str | None:
-        value = await self._client.get(REDIS_NAME_PREFIX + name)
-        return value.decode() if value is not None else None
+        return _text(await self._client.get(REDIS_NAME_PREFIX + name))
 
     async def put(self, record: names.NameRecord) -> names.Claim:
         key = REDIS_NAME_PREFIX + record.name
@@ -60,9 +59,7 @@ class RedisNameStore:
                 try:
                     await pipe.watch(key)
                     current = await pipe.get(key)
-                    claim = names.judge_claim(
-                        current.decode() if current is not None else None, record
-                    )
+                    claim = names.judge_claim(_text(current), record)
                     if not claim.stores:
                         return claim
                     pipe.multi()
@@ -72,3 +69,8 @@ class RedisNameStore:
                 except redis.exceptions.WatchError:
                     continue
         raise redis.exceptions.RedisError(f"name {record.name!r} is claimed concurrently; retry")
+
+
+def _text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (the client returns bytes unless decode_responses is set)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -11,6 +11,7 @@ class Rejection(Enum):
     """A reason to refuse a request; `.label` names it at /metrics, `.status` is its HTTP status."""
 
     RATE_LIMITED = ("rate_limited", 429)
+    EVICT_LIMITED = ("evict_limited", 429)
     BODY_TOO_LARGE = ("body_too_large", 413)
     BAD_JSON = ("bad_json", 400)
     BAD_NAME = ("bad_name", 400)

@@ -1,5 +1,6 @@
 """Encode timed video and audio frames into H.264 + AAC fragmented MP4, cut into the init segment
-and one keyframe-aligned moof+mdat fragment per segment-grid GOP.
+and one moof+mdat fragment per part (streamer.media.parts; keyframes on the segment grid, one
+fragment per GOP when parts are whole segments).
 
 Runs synchronously in whichever thread calls it (the broadcaster uses a worker thread); it never
 touches a feed, the network or the event loop, and never paces: times are given by the caller.
@@ -17,6 +18,7 @@ import numpy as np
 from av.video.frame import PictureType
 
 from streamer.core.errors import MediaError
+from streamer.media.parts import PartCutter, part_muxer_options
 
 VIDEO_TIME_BASE = Fraction(1, 90000)
 AUDIO_RATE = 48000
@@ -50,20 +52,24 @@ class EncoderSettings:
     height: int
     fps: Fraction
     bitrate: int  # video bits per second
-    segment: float  # target seconds per fragment (keyframe grid)
+    segment: float  # seconds per segment (keyframe grid)
     preset: str = "veryfast"
     audio_bitrate: int = 128_000
+    part: float | None = None  # seconds per part (fragment); None: one fragment per segment
 
 
 @dataclass
 class Fragment:
-    """One GOP as moof+mdat bytes and its place on the stream timeline."""
+    """One part (or whole GOP) as moof+mdat bytes and its place on the stream timeline."""
 
     pts: float
     duration: float
     data: bytes
     frames: int
     captured: list[float] = field(default_factory=list)  # monotonic capture time of each frame
+    independent: bool = True  # starts with a keyframe
+    back: int = 0  # fragments back to the independent one it decodes from
+    discontinuity: bool = False  # starts where the input restarted (a publisher reconnected)
 
 
 class BoxCutter:
@@ -147,10 +153,14 @@ class StreamEncoder:
         self.audio_lag = audio_lag  # silence fills audio that lags video by more than this
         self.cutter = BoxCutter()
         self._slot = 0
-        self._held: tuple[av.VideoFrame, float] | None = None  # newest input frame, capture time
+        # newest input frame, its capture time, and whether it starts after an input restart
+        self._held: tuple[av.VideoFrame, float, bool] | None = None
         self._last_key_time: float | None = None
-        self._gops: deque[tuple[float, int]] = deque()  # (start time, slot) of GOPs not yet cut
+        # (start time, slot, discontinuity) of GOPs not yet cut
+        self._gops: deque[tuple[float, int, bool]] = deque()
         self._captures: deque[float] = deque()
+        self._parts = PartCutter()
+        self._cut_slot = 0  # first slot of the next fragment
         self._audio_next = round(
             self.start * AUDIO_RATE
         )  # next sample index on the stream timeline
@@ -159,7 +169,8 @@ class StreamEncoder:
         self._closed = False
         self.video_codec_string: str | None = None
         try:
-            self._container = av.open(self.cutter, "w", format="mp4", options=MUXER_OPTIONS)
+            options = part_muxer_options(MUXER_OPTIONS, settings.fps, settings.part, settings.segment)
+            self._container = av.open(self.cutter, "w", format="mp4", options=options)
             self._video = self._container.add_stream(
                 "libx264",
                 rate=settings.fps,
@@ -170,6 +181,9 @@ class StreamEncoder:
                     "x264-params": f"keyint={self._keyint()}:min-keyint=1:scenecut=0",
                 },
             )
+            # x264 picks a thread count from the cores (0 = auto); with zerolatency they are
+            # slice threads, which split each frame instead of adding frames of delay.
+            self._video.codec_context.thread_count = 0
             self._video.width = settings.width
             self._video.height = settings.height
             self._video.pix_fmt = "yuv420p"
@@ -218,17 +232,24 @@ class StreamEncoder:
         """Stream time at which the video encoded so far ends."""
         return self.slot_time(self._slot)
 
-    def add_video(self, frame: av.VideoFrame, time: float, captured: float) -> list[Fragment]:
-        """Feed one video frame shown from stream time `time`; returns completed fragments."""
+    def add_video(
+        self, frame: av.VideoFrame, time: float, captured: float, discontinuity: bool = False
+    ) -> list[Fragment]:
+        """Feed one video frame shown from stream time `time`; returns completed fragments.
+
+        `discontinuity` (the input restarted) starts a new GOP, and so a new fragment, at the
+        first slot that shows this frame.
+        """
         if self._held is not None:
             half = self.slot_duration / 2
             while self.slot_time(self._slot) + half <= time:
                 self._encode_slot(*self._held)
+                self._held = (self._held[0], self._held[1], False)
         elif time > self.slot_time(0) + self.slot_duration / 2:
             # The first frame defines slot 0, whatever its timestamp says.
             self.start = time
             self._audio_next = max(self._audio_next, round(time * AUDIO_RATE))
-        self._held = (frame, captured)
+        self._held = (frame, captured, discontinuity)
         return self._take_fragments()
 
     def add_audio(self, frame: av.AudioFrame, time: float) -> list[Fragment]:
@@ -278,13 +299,19 @@ class StreamEncoder:
 
     # -- video --------------------------------------------------------------------------------
 
-    def _encode_slot(self, frame: av.VideoFrame, captured: float) -> None:
+    def _encode_slot(
+        self, frame: av.VideoFrame, captured: float, discontinuity: bool = False
+    ) -> None:
         s = self.settings
         time = self.slot_time(self._slot)
         grid = s.segment
-        is_key = self._last_key_time is None or (
-            math.floor(time / grid + 1e-9) > math.floor(self._last_key_time / grid + 1e-9)
-            and time - self._last_key_time >= grid / 2 - 1e-9
+        is_key = (
+            self._last_key_time is None
+            or (discontinuity and self._slot > 0)
+            or (
+                math.floor(time / grid + 1e-9) > math.floor(self._last_key_time / grid + 1e-9)
+                and time - self._last_key_time >= grid / 2 - 1e-9
+            )
         )
         try:
             out = frame.reformat(width=s.width, height=s.height, format="yuv420p")
@@ -295,7 +322,7 @@ class StreamEncoder:
         out.pict_type = PictureType.I if is_key else PictureType.NONE
         if is_key:
             self._last_key_time = time
-            self._gops.append((time, self._slot))
+            self._gops.append((time, self._slot, discontinuity))
         self._captures.append(captured)
         self._slot += 1
         try:
@@ -362,15 +389,37 @@ class StreamEncoder:
         out: list[Fragment] = []
         fragments = self.cutter.fragments
         while fragments:
-            data = fragments.popleft()
-            start, slot = self._gops.popleft()
-            if self._gops:
-                end_slot = self._gops[0][1]
-            elif final:
-                end_slot = self._slot
-            else:
+            try:
+                part = self._parts.cut(fragments.popleft())
+            except ValueError as exc:
+                raise MediaError(f"the MP4 muxer wrote a fragment that does not parse: {exc}") from None
+            if part is None:
+                continue
+            slot, end_slot = self._cut_slot, self._cut_slot + part.frames
+            while self._gops and self._gops[0][1] < slot:
+                self._gops.popleft()
+            keyed = bool(self._gops) and self._gops[0][1] == slot
+            discontinuity = False
+            if keyed:
+                discontinuity = self._gops.popleft()[2]
+            if keyed != part.independent or (self._gops and self._gops[0][1] < end_slot):
                 raise MediaError("the muxer cut a fragment that does not end at a forced keyframe")
-            frames = end_slot - slot
-            captured = [self._captures.popleft() for _ in range(frames)]
-            out.append(Fragment(start, self.slot_time(end_slot) - start, data, frames, captured))
+            self._cut_slot = end_slot
+            captured = [self._captures.popleft() for _ in range(part.frames)]
+            start = self.slot_time(slot)
+            out.append(
+                Fragment(
+                    start,
+                    self.slot_time(end_slot) - start,
+                    part.data,
+                    part.frames,
+                    captured,
+                    part.independent,
+                    part.back,
+                    discontinuity,
+                )
+            )
+        if final and (tail := self._parts.flush()) and out:
+            last = out[-1]
+            last.data += tail
         return out

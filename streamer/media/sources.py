@@ -1,4 +1,5 @@
-"""Media sources: a file or URL PyAV can open, a webcam (v4l2, optional ALSA microphone), or the
+"""Media sources: a file or URL PyAV can open, a webcam or the screen (v4l2 / x11grab, or the
+macOS and Windows inputs, optional microphone), an ingest listener (media/ingest.py), or the
 generated test pattern. Each yields decoded frames timed in seconds from the source's start.
 
 Sources only capture and decode: they never scale, encode or pace a non-live source (the
@@ -14,13 +15,16 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 import av
 
 from streamer.core.errors import MediaError
+from streamer.media.frames import Source, SourceFrame, SourcePacket
+from streamer.media.ingest import IngestSource
 from streamer.media.testpattern import TestPattern
+
+__all__ = ["Source", "SourceFrame", "SourcePacket", "open_source", "parse_source"]
 
 log = logging.getLogger(__name__)
 
@@ -30,32 +34,6 @@ TEST_FPS = 30.0
 _AUDIO_CHUNK = 1024  # test-pattern samples per audio frame
 # Demuxers FFmpeg picks for text files by their extension; they are never what a user meant.
 _NOT_MEDIA_FORMATS = {"tty"}
-
-
-@dataclass
-class SourceFrame:
-    kind: Literal["video", "audio"]
-    frame: av.VideoFrame | av.AudioFrame
-    time: float  # seconds since the source started (monotonic, also across --loop passes)
-    captured: float  # time.monotonic() when the frame was captured or decoded
-
-
-class Source:
-    """Base of all sources; subclasses fill in the attributes and frames()."""
-
-    description: str = ""
-    title: str = ""  # a default stream title
-    width: int = 0
-    height: int = 0
-    fps: float | None = None  # the source's nominal frame rate, if known
-    has_audio: bool = False
-    live: bool = False  # produces frames at real time by itself, so nobody else paces it
-
-    def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release devices and files; safe to call twice."""
 
 
 def _open_input(
@@ -88,6 +66,8 @@ def _frame_time(frame: av.VideoFrame | av.AudioFrame) -> float | None:
     return None if t is None else float(t)
 
 
+_Decoded = tuple[Literal["video", "audio"], av.VideoFrame | av.AudioFrame, float]  # kind, frame, time
+
 class FileSource(Source):
     """Any file or URL FFmpeg demuxes; --loop replays it with a continuing timeline."""
 
@@ -103,9 +83,11 @@ class FileSource(Source):
         rate = vs.average_rate or vs.guessed_rate
         self.fps = float(rate) if rate else None
         self.has_audio = bool(self._container.streams.audio)
+        if self._container.duration and not loop:
+            self.duration = self._container.duration / av.time_base
         # Decode up to the first picture now, so an undecodable file fails before any feed exists.
         self._pass = self._decode_pass(self._container)
-        self._prelude: list[tuple[str, av.VideoFrame | av.AudioFrame, float]] = []
+        self._prelude: list[_Decoded] = []
         for item in self._pass:
             self._prelude.append(item)
             if item[0] == "video":
@@ -115,6 +97,7 @@ class FileSource(Source):
             raise MediaError(f"{url} holds no decodable video frame")
         if not self.width:
             first = self._prelude[-1][1]
+            assert isinstance(first, av.VideoFrame)  # the prelude ends at the first video frame
             self.width, self.height = first.width, first.height
 
     def _open(self):
@@ -131,7 +114,9 @@ class FileSource(Source):
             raise MediaError(f"source {self.url} has no video stream")
         return container
 
-    def _decode_pass(self, container) -> Iterator[tuple[str, av.VideoFrame | av.AudioFrame, float]]:
+    def _decode_pass(
+        self, container
+    ) -> Iterator[_Decoded]:
         """One pass over the file: (kind, frame, seconds since the pass's first picture)."""
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -173,7 +158,7 @@ class FileSource(Source):
 
     def frames(self, stop: threading.Event) -> Iterator[SourceFrame]:
         offset = 0.0
-        items: Iterator[tuple[str, av.VideoFrame | av.AudioFrame, float]] = iter(self._prelude)
+        items: Iterator[_Decoded] = iter(self._prelude)
         rest = self._pass
         step = 1.0 / self.fps if self.fps else 1.0 / 30
         while True:
@@ -192,6 +177,78 @@ class FileSource(Source):
             self._container = self._open()
             items, rest = iter(()), self._decode_pass(self._container)
 
+    # -- passthrough: compressed packets instead of frames ----------------------------------
+
+    @property
+    def video_codec(self) -> str:
+        return self._container.streams.video[0].codec_context.name
+
+    @property
+    def audio_codec(self) -> str | None:
+        audio = self._container.streams.audio
+        return audio[0].codec_context.name if audio else None
+
+    @property
+    def templates(self) -> tuple[av.VideoStream, av.AudioStream | None]:
+        streams = self._container.streams
+        return streams.video[0], (streams.audio[0] if streams.audio else None)
+
+    def probe_keyframes(self, count: int = 4, limit: float = 12.0) -> list[float]:
+        """Times (s) of the first `count` video keyframes within `limit` seconds."""
+        keys: list[float] = []
+        with self._open() as container:
+            video = container.streams.video[0]
+            first: float | None = None
+            for packet in container.demux(video):
+                if packet.pts is None:
+                    continue
+                t = float(packet.pts * packet.time_base)
+                first = t if first is None else first
+                if packet.is_keyframe:
+                    keys.append(t)
+                if len(keys) >= count or t - first > limit:
+                    break
+        return keys
+
+    def packets(self, stop: threading.Event) -> Iterator[SourcePacket]:
+        """The file's packets from its first video keyframe (each --loop pass continuing)."""
+        offset = 0.0
+        step = 1.0 / self.fps if self.fps else 1.0 / 30
+        while True:
+            container = self._open()
+            video = container.streams.video[0]
+            audio = container.streams.audio[0] if container.streams.audio else None
+            origin: float | None = None
+            end = offset
+            try:
+                for packet in container.demux([video] + ([audio] if audio else [])):
+                    if stop.is_set():
+                        return
+                    if packet.pts is None or packet.dts is None or packet.size == 0:
+                        continue
+                    is_video = packet.stream is video
+                    pts = float(packet.pts * packet.time_base)
+                    if origin is None:
+                        if not (is_video and packet.is_keyframe):
+                            continue
+                        origin = pts
+                    shift = offset - origin
+                    dts = float(packet.dts * packet.time_base) + shift
+                    if is_video:
+                        end = max(end, pts + shift + step)
+                    yield SourcePacket(
+                        "video" if is_video else "audio",
+                        packet,
+                        pts + shift,
+                        dts,
+                        time.monotonic(),
+                    )
+            finally:
+                container.close()
+            if not self.loop or stop.is_set() or end == offset:
+                return
+            offset = end
+
     def close(self) -> None:
         self._container.close()
 
@@ -205,24 +262,31 @@ class WebcamSource(Source):
 
     live = True
 
+    what = "webcam"
+
     def __init__(
         self,
         device: str = DEFAULT_WEBCAM,
         audio_device: str | None = None,
         video_format: str = "v4l2",
         audio_format: str = "alsa",
+        options: dict[str, str] | None = None,
     ) -> None:
-        self.description = f"webcam {device}" + (
+        what = self.what
+        self.description = f"{what} {device}" + (
             f" + microphone {audio_device}" if audio_device else ""
         )
+        _require_format(video_format, what)
+        if audio_device:
+            _require_format(audio_format, "microphone")
         if video_format == "v4l2" and not os.path.exists(device):
             raise MediaError(
                 f"no webcam at {device} (is it connected? name another with webcam:/dev/videoN)"
             )
-        self._video = _open_input(device, "webcam", video_format)
+        self._video = _open_input(device, what, video_format, options)
         if not self._video.streams.video:
             self._video.close()
-            raise MediaError(f"webcam {device} offers no video stream")
+            raise MediaError(f"{what} {device} offers no video stream")
         vs = self._video.streams.video[0]
         self.width, self.height = vs.codec_context.width, vs.codec_context.height
         rate = vs.average_rate or vs.guessed_rate
@@ -283,7 +347,7 @@ class WebcamSource(Source):
                 if stop.is_set():
                     return
         except (av.FFmpegError, OSError) as exc:
-            raise MediaError(f"the webcam stopped delivering frames: {exc}") from None
+            raise MediaError(f"the {self.what} stopped delivering frames: {exc}") from None
         finally:
             done.set()
             if microphone is not None:
@@ -300,6 +364,34 @@ class WebcamSource(Source):
             self._video.close()
             if self._audio is not None:
                 self._audio.close()
+
+
+class ScreenSource(WebcamSource):
+    """The screen: x11grab on Linux (DISPLAY like :0 or :0.0+0,0), avfoundation on macOS
+    ("Capture screen 0"), gdigrab on Windows ("desktop"); timed by arrival like a webcam."""
+
+    what = "screen"
+
+
+# Capture inputs by platform, for messages: FFmpeg format -> where it exists.
+CAPTURE_FORMATS = {
+    "v4l2": "Linux",
+    "x11grab": "Linux (X11)",
+    "avfoundation": "macOS",
+    "dshow": "Windows",
+    "gdigrab": "Windows",
+    "alsa": "Linux",
+    "pulse": "Linux",
+}
+
+
+def _require_format(fmt: str, what: str) -> None:
+    try:
+        av.format.ContainerFormat(fmt, "r")
+    except ValueError:
+        where = CAPTURE_FORMATS.get(fmt)
+        hint = f" (it exists in {where} builds)" if where else ""
+        raise MediaError(f"this FFmpeg has no {fmt} input for the {what}{hint}") from None
 
 
 class TestPatternSource(Source):
@@ -340,18 +432,46 @@ class TestPatternSource(Source):
             n += 1
 
 
-def parse_source(spec: str) -> tuple[str, str | None]:
-    """('test' | 'webcam' | 'file', device or path)."""
+def parse_source(spec: str, listen: bool = False) -> tuple[str, str | None]:
+    """('test' | 'webcam' | 'screen' | 'ingest' | 'file', device, URL or path).
+
+    webcam[:DEVICE] and screen[:DISPLAY] take an optional FFmpeg input format first:
+    webcam:avfoundation:0, webcam:dshow:video=NAME, screen:gdigrab:desktop.
+    """
     if spec == "test":
         return "test", None
-    if spec == "webcam":
-        return "webcam", DEFAULT_WEBCAM
-    if spec.startswith("webcam:"):
-        device = spec.split(":", 1)[1]
-        if not device:
-            raise MediaError("webcam: needs a device after the colon, e.g. webcam:/dev/video0")
-        return "webcam", device
+    for kind in ("webcam", "screen"):
+        if spec == kind:
+            return kind, None
+        if spec.startswith(kind + ":"):
+            device = spec.split(":", 1)[1]
+            if not device:
+                example = "webcam:/dev/video0" if kind == "webcam" else "screen::0"
+                raise MediaError(f"{kind}: needs a device after the colon, e.g. {example}")
+            return kind, device
+    if listen:
+        scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+        if scheme not in ("rtmp", "srt"):
+            raise MediaError(
+                f"--listen takes rtmp://HOST:PORT/APP/KEY (or srt://HOST:PORT); {spec} is not one"
+            )
+        return "ingest", spec
     return "file", spec
+
+
+def capture_device(kind: str, target: str | None) -> tuple[str, str]:
+    """(FFmpeg input format, device) for a webcam or screen target as parse_source gives it."""
+    default_format = "v4l2" if kind == "webcam" else "x11grab"
+    if target is None:
+        if kind == "webcam":
+            return default_format, DEFAULT_WEBCAM
+        return default_format, os.environ.get("DISPLAY") or ":0"
+    head, _, rest = target.partition(":")
+    if head in CAPTURE_FORMATS and rest:
+        return head, rest
+    if kind == "screen" and target[0].isdigit():
+        target = ":" + target  # screen:99 means display :99
+    return default_format, target
 
 
 def open_source(
@@ -362,14 +482,29 @@ def open_source(
     audio_device: str | None = None,
     test_size: tuple[int, int] = TEST_SIZE,
     test_fps: float = TEST_FPS,
+    listen: bool = False,
+    timeout: float | None = None,
 ) -> Source:
-    """Open and validate SOURCE as given on the command line (MediaError if unusable)."""
-    kind, target = parse_source(spec)
+    """Open and validate SOURCE as given on the command line (MediaError if unusable).
+
+    An ingest URL (with listen) blocks until a publisher is live or `timeout` passes.
+    """
+    kind, target = parse_source(spec, listen)
     if kind == "test":
         return TestPatternSource(*test_size, test_fps, live=not fast)
-    if kind == "webcam":
-        assert target is not None
-        return WebcamSource(target, audio_device)
+    if kind in ("webcam", "screen"):
+        fmt, device = capture_device(kind, target)
+        audio_format = {"avfoundation": "avfoundation", "dshow": "dshow"}.get(fmt, "alsa")
+        if kind == "webcam":
+            return WebcamSource(device, audio_device, fmt, audio_format)
+        options = {"framerate": f"{test_fps:g}"}
+        if fmt == "x11grab":
+            options["draw_mouse"] = "1"
+        return ScreenSource(device, audio_device, fmt, audio_format, options)
     if audio_device:
-        raise MediaError("--audio selects a microphone and only goes with a webcam source")
+        raise MediaError(
+            "--audio selects a microphone and only goes with a webcam or screen source"
+        )
+    if kind == "ingest":
+        return IngestSource(spec, timeout=timeout)
     return FileSource(spec, loop=loop)

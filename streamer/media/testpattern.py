@@ -1,6 +1,8 @@
 """The `test` source's pictures and sound: moving colour bars, the wall-clock time drawn with a
-built-in digit font, a white flash and a beep at the start of every stream second, a quiet tone
-otherwise. Pure numpy + PyAV frame construction: no pacing, no encoding, no fonts on disk.
+built-in digit font and, for machines, as a strip of black/white blocks along the bottom (the
+capture time in milliseconds, read back by read_time_code), a white flash and a beep at the start
+of every stream second, a quiet tone otherwise. Pure numpy + PyAV frame construction: no pacing,
+no encoding, no fonts on disk.
 """
 
 from __future__ import annotations
@@ -49,6 +51,62 @@ _BARS = np.array(
     ],
     dtype=np.uint8,
 )
+
+
+# The time code: TIME_CODE_BITS blocks across the bottom strip, most significant first: the
+# capture time in ms modulo 2**32, then an 8-bit checksum (the sum of those four bytes, mod 256).
+# Blocks are at least 8 px wide and tall, black (16) or white (235): they survive H.264.
+TIME_CODE_BITS = 40
+_WRAP_MS = 1 << 32
+
+
+def time_code_strip(width: int, height: int) -> tuple[int, int]:
+    """(top row, height) of the time-code strip in a width x height picture."""
+    strip = max(8, height // 12) & ~1
+    return height - strip, strip
+
+
+def time_code_bits(wall: float) -> list[int]:
+    """The bits the strip shows for Unix time `wall`."""
+    ms = int(round(wall * 1000)) % _WRAP_MS
+    data = ms.to_bytes(4, "big")
+    value = (ms << 8) | (sum(data) & 0xFF)
+    return [(value >> (TIME_CODE_BITS - 1 - i)) & 1 for i in range(TIME_CODE_BITS)]
+
+
+def read_time_code(gray: np.ndarray, near: float) -> float | None:
+    """The capture time (Unix seconds) coded in a picture's strip, given as a 2-D array of
+    brightness (luma or grey, any size with the same layout), or None when it does not read
+    (checksum wrong). `near` is any time within 24 days of it, to undo the 2**32 ms wrap."""
+    h, w = gray.shape[:2]
+    top, strip = time_code_strip(w, h)
+    row = gray[top + strip // 2].astype(np.float64)
+    bits = []
+    for i in range(TIME_CODE_BITS):
+        x0, x1 = i * w // TIME_CODE_BITS, (i + 1) * w // TIME_CODE_BITS
+        mid = row[x0 + (x1 - x0) // 4 : x1 - (x1 - x0) // 4]
+        bits.append(1 if mid.mean() > 128 else 0)
+    value = 0
+    for b in bits:
+        value = (value << 1) | b
+    ms, check = value >> 8, value & 0xFF
+    if sum(ms.to_bytes(4, "big")) & 0xFF != check:
+        return None
+    near_ms = int(near * 1000)
+    delta = (near_ms - ms) % _WRAP_MS
+    if delta > _WRAP_MS // 2:
+        delta -= _WRAP_MS
+    return (near_ms - delta) / 1000
+
+
+def draw_time_code(luma: np.ndarray, chroma: np.ndarray, wall: float) -> None:
+    """Draw the time-code strip for `wall` into a picture's luma and (2, h/2, w/2) chroma."""
+    h, w = luma.shape
+    top, strip = time_code_strip(w, h)
+    for i, bit in enumerate(time_code_bits(wall)):
+        x0, x1 = i * w // TIME_CODE_BITS, (i + 1) * w // TIME_CODE_BITS
+        luma[top:, x0:x1] = 235 if bit else 16
+    chroma[:, top // 2 :, :] = 128
 
 
 def clock_text(wall: float) -> str:
@@ -114,6 +172,7 @@ class TestPattern:
         luma[: th + s, : tw + s] = 16
         chroma[:, : (th + s) // 2 + 1, : (tw + s) // 2 + 1] = 128
         draw_text(luma, text, 2 * s, 2 * s, s)
+        draw_time_code(luma, chroma, wall)
         return av.VideoFrame.from_ndarray(y, format="yuv420p")
 
     @staticmethod

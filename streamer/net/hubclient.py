@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import secrets
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -28,7 +29,14 @@ from typing import Any
 import aiohttp
 
 from streamer.core import names
-from streamer.core.errors import NetworkError, ProofError
+from streamer.core.errors import (
+    NameNotFoundError,
+    NameTakenError,
+    NetworkError,
+    ProofError,
+    SubscriptionRefused,
+    UsageError,
+)
 
 log = logging.getLogger("streamer.hubclient")
 
@@ -43,12 +51,6 @@ _READ_BUFSIZE = 1 << 18
 _FATAL_STATUSES = (400, 404, 405, 413)
 
 
-class NameNotFoundError(NetworkError):
-    """No hub knows the requested stream name."""
-
-
-class NameTakenError(NetworkError):
-    """The name belongs to another key, or the hub holds a newer record for it."""
 
 
 class _Closed:
@@ -69,9 +71,13 @@ class HubClient:
         request_timeout: float = 10.0,
         min_backoff: float = 0.1,
         max_backoff: float = 5.0,
+        ca_file: str | None = None,
     ) -> None:
         """`read_timeout`: a stream silent that long (no message, no heartbeat) is reconnected;
-        `min_backoff`/`max_backoff`: bounds of the exponential delay between reconnect attempts."""
+        `min_backoff`/`max_backoff`: bounds of the exponential delay between reconnect attempts;
+        `ca_file`: PEM certificates of a private CA that https hubs' certificates may chain to
+        (otherwise the system's CAs, or $SSL_CERT_FILE, are trusted). Certificates are always
+        verified."""
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list:
             raise NetworkError("no hub URL given; pass --hub http://HOST:PORT")
@@ -80,6 +86,7 @@ class HubClient:
         self.request_timeout = request_timeout
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.ssl_context = client_tls_context(ca_file)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HubClient:
@@ -98,7 +105,8 @@ class HubClient:
         if self._session is None or self._session.closed:
             # No pool limit: each subscription holds one connection per hub for its lifetime.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), read_bufsize=_READ_BUFSIZE
+                connector=aiohttp.TCPConnector(limit=0, ssl=self.ssl_context),
+                read_bufsize=_READ_BUFSIZE,
             )
         return self._session
 
@@ -140,7 +148,31 @@ class HubClient:
                 if resp.status != 200:
                     raise NetworkError(f"hub refused POST {url}: {await _error_text(resp)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
+            raise NetworkError(_unreachable(url, exc)) from exc
+
+    # -- ICE servers ----------------------------------------------------------------------------
+
+    async def ice(self) -> dict[str, Any] | None:
+        """The first answer of GET /v1/ice among the hubs (STUN/TURN servers with short-lived
+        TURN credentials), or None if no hub offers one (an npm signalhub has no such route).
+        NetworkError if no hub answered at all."""
+        errors: list[BaseException] = []
+        for url in self.urls:
+            try:
+                async with self.session().get(
+                    f"{url}/v1/ice", timeout=aiohttp.ClientTimeout(total=self.request_timeout)
+                ) as resp:
+                    if resp.status != 200:
+                        continue
+                    body = await resp.json(content_type=None)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                errors.append(NetworkError(f"cannot reach hub at {url} ({_describe(exc)})"))
+                continue
+            if isinstance(body, dict):
+                return body
+        if errors and len(errors) == len(self.urls):
+            raise errors[0]
+        return None
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -185,7 +217,7 @@ class HubClient:
                 if resp.status not in (200, 201):
                     raise NetworkError(f"hub {url} refused name {name!r}: {await _error_text(resp)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
+            raise NetworkError(_unreachable(url, exc)) from exc
 
     async def resolve_name(self, name: str) -> names.NameRecord:
         """The newest verified record for `name` across all hubs.
@@ -220,7 +252,7 @@ class HubClient:
                     raise NetworkError(f"hub {url} failed to resolve {name!r}: {await _error_text(resp)}")
                 body = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise NetworkError(f"cannot reach hub at {url} ({_describe(exc)}); is it running?") from exc
+            raise NetworkError(_unreachable(url, exc)) from exc
         try:
             record = names.parse_verified(json.loads(body))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -326,7 +358,7 @@ class Subscription:
             try:
                 await self._stream(url, opened)
                 reason = "the hub closed the stream"
-            except _Refused as exc:
+            except SubscriptionRefused as exc:
                 await self._queue.put(NetworkError(str(exc)))
                 return
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
@@ -351,7 +383,7 @@ class Subscription:
             url, timeout=timeout, headers={"Accept": "text/event-stream"}
         ) as resp:
             if resp.status in _FATAL_STATUSES:
-                raise _Refused(f"hub refused subscription {url}: {await _error_text(resp)}")
+                raise SubscriptionRefused(f"hub refused subscription {url}: {await _error_text(resp)}")
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, resp.history, status=resp.status, message=resp.reason or ""
@@ -374,9 +406,6 @@ class Subscription:
                 if not self._open_streams:
                     self._connected.clear()
 
-
-class _Refused(Exception):
-    """A hub rejected the subscription request itself."""
 
 
 async def parse_sse(content: aiohttp.StreamReader) -> AsyncIterator[str]:
@@ -401,9 +430,42 @@ def _normalize(url: str) -> str:
     return url if "://" in url else "http://" + url
 
 
+def client_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The TLS context for https hubs: verifies certificates and host names against the
+    system's CAs ($SSL_CERT_FILE if set) or, with `ca_file`, against that PEM file."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except FileNotFoundError:
+        raise UsageError(f"--hub-ca {ca_file}: no such file; give the PEM file of the hub's CA") \
+            from None
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(
+            f"--hub-ca {ca_file} holds no usable PEM certificate ({getattr(exc, 'reason', exc)})"
+        ) from None
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    """One line for a hub that could not be reached: why, and what to check."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"cannot reach hub at {url} ({_describe(exc)})"
+    return f"cannot reach hub at {url} ({_describe(exc)}); is it running?"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        why = getattr(error, "verify_message", None) or getattr(error, "reason", None) or error
+        return (
+            f"its TLS certificate does not verify: {why}; if it is signed by a private CA, "
+            "pass --hub-ca FILE (or set SSL_CERT_FILE)"
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS failed ({getattr(exc.os_error, 'reason', None) or exc.os_error}); "\
+            "is it an https hub?"
     return str(exc) or type(exc).__name__
 
 

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.core.errors import FeedError, LocalStorageError, SwarmcastError
+from streamer.core.errors import ChannelClosed, FeedError, LocalStorageError, SwarmcastError
 from streamer.core.feed import Feed, FeedEvent
 from streamer.core.replication import Event, LocalError, PeerMisbehaved, Session
 from streamer.core.scheduler import PRIORITY_HIGH, Replicator, ReplicatorConfig
 from streamer.core.stats import ReplicationStats
 from streamer.core.storage import storage_error
 from streamer.net.aio import call_on_loop, wait_event, within
-from streamer.net.channel import ChannelClosed, MessageChannel
+from streamer.net.channel import MessageChannel
 from streamer.net.swarm import Swarm
 
 __all__ = ["NetworkReplicator", "PRIORITY_HIGH"]
@@ -169,6 +169,12 @@ class NetworkReplicator:
         self.replicator.set_archive(archive)
         self._reschedule()
 
+    def dropped(self, blocks: list[int]) -> None:
+        """We evicted these blocks from our store: tell every neighbour they are gone."""
+        if self._started and not self._stopping:
+            self.replicator.dropped(blocks)
+            self._pump()
+
     def add_listener(self, listener: EventListener) -> None:
         """Call listener(event) on the loop for each session event (BlockVerified, Upgraded, ...)."""
         self._listeners.append(listener)
@@ -190,6 +196,10 @@ class NetworkReplicator:
     def remote_length(self) -> int:
         """The longest signed length any neighbour announced."""
         return max((s.remote_length for s in self._peers if s.is_open), default=0)
+
+    def nowhere(self, end: int) -> list[tuple[int, int]]:
+        """Runs of blocks below `end` we lack that no neighbour holds (Replicator.nowhere)."""
+        return self.replicator.nowhere(end)
 
     def stats(self) -> ReplicationStats:
         """What this node replicated so far (Replicator.stats, rates sampled once a second)."""

@@ -3,9 +3,8 @@ MessageChannel (with end-to-end backpressure and keepalive), and the ICE server 
 It never looks inside the caller's binary messages and never trickles ICE (SDP travels whole).
 """
 
-# Text data-channel messages are this module's control traffic, binary ones the caller's:
-# "c<n>" grants the sender n more bytes of receive window (both ends start from the same
-# DEFAULT_WINDOW, so what a receiver buffers is bounded), "p" is a keepalive.
+# Binary data-channel messages are the caller's, text ones the flow control's (streamer.core.credit
+# says what they mean; channel.CreditedChannel drives it).
 
 from __future__ import annotations
 
@@ -13,9 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import os
-import time
 from urllib.parse import unquote
 
 from aiortc import (
@@ -27,24 +24,19 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription
 
-from streamer.core.errors import NetworkError, UsageError
+from streamer.core.errors import ChannelClosed, NetworkError, UsageError
+from streamer.core.membership import MAX_SDP
 from streamer.net.channel import (
     DEFAULT_WINDOW,
-    MAX_MESSAGE_SIZE,
-    ChannelClosed,
-    MessageChannel,
-    message_cost,
+    IDLE_TIMEOUT_S,
+    KEEPALIVE_S,
+    CreditedChannel,
 )
-
-log = logging.getLogger(__name__)
 
 ICE_ENV = "SWARMCAST_ICE_SERVERS"
 LABEL = "swarmcast"
 HIGH_WATER = 1024 * 1024  # bytes queued in aiortc above which send() waits ...
 LOW_WATER = 256 * 1024  # ... until the queue drains below this (bufferedamountlow)
-KEEPALIVE_S = 5.0
-IDLE_TIMEOUT_S = 20.0  # a neighbour silent this long (no data, no keepalive) is dead
-MAX_SDP = 64 * 1024
 
 
 def parse_ice_servers(spec: str) -> list[RTCIceServer]:
@@ -101,8 +93,10 @@ def _sha256_fingerprint(fingerprints: list) -> bytes:
     raise NetworkError("the peer's SDP has no sha-256 DTLS fingerprint; it cannot be verified")
 
 
-class RtcChannel(MessageChannel):
-    """A MessageChannel over one open RTCDataChannel; owns the peer connection and closes it."""
+class RtcChannel(CreditedChannel):
+    """A MessageChannel over one open RTCDataChannel; owns the peer connection and closes it.
+    Flow control (credits, keepalive, idle timeout) is CreditedChannel's; on top, send() waits
+    while aiortc holds more than HIGH_WATER bytes."""
 
     def __init__(
         self,
@@ -114,98 +108,28 @@ class RtcChannel(MessageChannel):
         keepalive: float = KEEPALIVE_S,
         idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
-        super().__init__(peer_id)
-        if window < 2 * message_cost(MAX_MESSAGE_SIZE):
-            raise ValueError("the receive window must hold at least two full messages")
+        super().__init__(peer_id, window=window, keepalive=keepalive, idle_timeout=idle_timeout)
         self._pc = pc
         self._dc = dc
-        self._window = window
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # None: closed, after the rest
-        self._allowance = window  # bytes the peer may still send before we grant more
-        self._unreported = 0  # bytes consumed by our reader not yet granted back
-        self._credit = window  # bytes we may still send
-        self._writable = asyncio.Event()
-        self._closed = False
-        self._closed_event = asyncio.Event()
-        self._last_recv = time.monotonic()
-        self._last_send = time.monotonic()
-        self._keepalive = keepalive
-        self._idle_timeout = idle_timeout
         dc.bufferedAmountLowThreshold = LOW_WATER
-        dc.on("message", self._on_message)
+        dc.on("message", self._deliver)
         dc.on("bufferedamountlow", self._writable.set)
         dc.on("close", self._on_dc_close)
         pc.on("connectionstatechange", self._on_state)
-        self._keepalive_task = asyncio.ensure_future(self._keepalive_loop())
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def buffered_amount(self) -> int:
         return self._dc.bufferedAmount
 
-    async def send(self, data: bytes) -> None:
-        self._check_send(data)
-        cost = message_cost(len(data))
-        if cost > self._credit or self._dc.bufferedAmount > HIGH_WATER:
-            self.stats.send_waits += 1
-        while cost > self._credit or self._dc.bufferedAmount > HIGH_WATER:
-            self._writable.clear()
-            await self._writable.wait()
-            if self._closed:
-                raise ChannelClosed(f"channel to {self.peer_id} is closed")
-        self._credit -= cost
-        self._send_raw(bytes(data))
-        self.stats.bytes_sent += len(data)
-        self.stats.messages_sent += 1
+    def _transport_busy(self) -> bool:
+        return self._dc.bufferedAmount > HIGH_WATER
 
-    def _send_raw(self, data: bytes | str) -> None:
+    def _transmit(self, data: bytes | str) -> None:
         try:
             self._dc.send(data)
         except Exception as e:  # aiortc raises InvalidStateError and friends once it is closing
             self._mark_closed(f"send failed: {e.__class__.__name__}")
             raise ChannelClosed(f"channel to {self.peer_id} is closed") from None
-        self._last_send = time.monotonic()
-
-    async def recv(self) -> bytes:
-        data = await self._queue.get()
-        if data is None:
-            self._queue.put_nowait(None)  # every later recv() ends the same way
-            raise ChannelClosed(f"channel to {self.peer_id} is closed")
-        self.stats.bytes_received += len(data)
-        self.stats.messages_received += 1
-        self._unreported += message_cost(len(data))
-        if self._unreported >= self._window // 4 and not self._closed:
-            grant, self._unreported = self._unreported, 0
-            self._allowance += grant
-            with contextlib.suppress(ChannelClosed):
-                self._send_raw(f"c{grant}")
-        return data
-
-    def _on_message(self, message: bytes | str) -> None:
-        self._last_recv = time.monotonic()
-        if self._closed:
-            return
-        if isinstance(message, bytes):
-            self._allowance -= message_cost(len(message))
-            if self._allowance < 0:
-                log.warning("peer %s overran its receive window; dropping it", self.peer_id)
-                asyncio.ensure_future(self.close("peer overran its receive window"))
-                return
-            self._queue.put_nowait(message)
-        elif message.startswith("c"):
-            try:
-                grant = int(message[1:])
-            except ValueError:
-                grant = -1
-            if not 0 < grant <= self._window:
-                log.warning("peer %s sent a bad window grant; dropping it", self.peer_id)
-                asyncio.ensure_future(self.close("peer sent a bad window grant"))
-                return
-            self._credit += grant
-            self._writable.set()
 
     def _on_dc_close(self) -> None:
         if not self._closed:
@@ -216,29 +140,6 @@ class RtcChannel(MessageChannel):
         if self._pc.connectionState in ("failed", "closed"):
             self._mark_closed(f"connection {self._pc.connectionState}")
             asyncio.ensure_future(self._pc.close())
-
-    async def _keepalive_loop(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(self._keepalive / 2)
-            now = time.monotonic()
-            if now - self._last_recv > self._idle_timeout:
-                log.info("peer %s silent for %.0f s; closing", self.peer_id, now - self._last_recv)
-                await self.close("peer silent")
-                return
-            if now - self._last_send >= self._keepalive:
-                with contextlib.suppress(ChannelClosed):
-                    self._send_raw("p")
-
-    def _mark_closed(self, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.close_reason = reason
-        self._closed_event.set()
-        self._writable.set()
-        self._queue.put_nowait(None)
-        if self._keepalive_task is not asyncio.current_task():
-            self._keepalive_task.cancel()
 
     async def close(self, reason: str | None = None) -> None:
         was_open = not self._closed
@@ -264,9 +165,6 @@ class RtcChannel(MessageChannel):
         self._dc.on("close", drained.set)
         await drained.wait()
 
-    async def wait_closed(self) -> None:
-        await self._closed_event.wait()
-
 
 class RtcPeer:
     """Negotiates one peer connection: the offerer calls offer() then accept(answer), the answerer
@@ -284,16 +182,15 @@ class RtcPeer:
     ) -> None:
         self.peer_id = peer_id
         self.initiator = initiator
-        self._channel_options = {
-            "window": window,
-            "keepalive": keepalive,
-            "idle_timeout": idle_timeout,
-        }
+        self._window, self._keepalive, self._idle_timeout = window, keepalive, idle_timeout
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
         # The channel wraps the data channel the moment it opens, so no early message is lost.
         self._ready: asyncio.Future[RtcChannel] = asyncio.get_running_loop().create_future()
         self._remote_sdp: str | None = None
         self._pc.on("connectionstatechange", self._on_state)
+        from streamer.net.ice import patch_aioice
+
+        patch_aioice()  # once per process: prefer direct routes, skip dead STUN/TURN servers
         if initiator:
             dc = self._pc.createDataChannel(LABEL, ordered=True)
             dc.on("open", lambda: self._resolve(dc))
@@ -302,7 +199,11 @@ class RtcPeer:
 
     def _resolve(self, dc: RTCDataChannel) -> None:
         if not self._ready.done():
-            self._ready.set_result(RtcChannel(self.peer_id, self._pc, dc, **self._channel_options))
+            channel = RtcChannel(
+                self.peer_id, self._pc, dc, window=self._window,
+                keepalive=self._keepalive, idle_timeout=self._idle_timeout,
+            )  # fmt: skip
+            self._ready.set_result(channel)
 
     def _on_datachannel(self, dc: RTCDataChannel) -> None:
         if dc.label != LABEL or self._ready.done():
@@ -351,7 +252,10 @@ class RtcPeer:
         both ends, and different if anyone in between swapped the SDP."""
         if self._remote_sdp is None:
             raise RuntimeError("handshake_hash() needs the remote description")
-        local = _sha256_fingerprint(self._pc.sctp.transport.getLocalParameters().fingerprints)
+        sctp = self._pc.sctp
+        if sctp is None:
+            raise RuntimeError("handshake_hash() needs a negotiated data channel transport")
+        local = _sha256_fingerprint(sctp.transport.getLocalParameters().fingerprints)
         remote = None
         for media in SessionDescription.parse(self._remote_sdp).media:
             if media.kind == "application" and media.dtls:

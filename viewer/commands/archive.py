@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from viewer.archive import ArchiveOptions, run_archive
-from viewer.netsource import DEFAULT_HUB, HUB_ENV, default_hub
+from viewer.netsource import add_network_options, default_hub
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("stream", metavar="KEY|NAME", help="stream key (64 hex digits) or name")
     parser.add_argument("directory", metavar="DIR", type=Path, help="where to keep the stream")
-    parser.add_argument(
-        "--hub", metavar="URL", help=f"signaling hub (default: ${HUB_ENV} or {DEFAULT_HUB})"
-    )
+    add_network_options(parser)
     parser.add_argument(
         "--follow", action="store_true", help="keep fetching the live stream until it ends"
     )
@@ -46,5 +44,7 @@ def run(args: argparse.Namespace) -> int:
             hub=args.hub or default_hub(),
             follow=args.follow,
             timeout=args.timeout,
+            ice=args.ice,
+            hub_ca=args.hub_ca,
         )
     )

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from viewer.archive import run_seed
-from viewer.netsource import DEFAULT_HUB, HUB_ENV, default_hub
+from viewer.netsource import add_network_options, default_hub
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to everyone in its swarm, for as long as this runs. Prints the stream key.",
     )
     parser.add_argument("directory", metavar="DIR", type=Path, help="a stream archive directory")
-    parser.add_argument(
-        "--hub", metavar="URL", help=f"signaling hub (default: ${HUB_ENV} or {DEFAULT_HUB})"
-    )
+    add_network_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_seed(args.directory, args.hub or default_hub())
+    return run_seed(args.directory, args.hub or default_hub(), args.ice, args.hub_ca)

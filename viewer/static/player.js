@@ -1,12 +1,15 @@
-// The swarmcast player: feeds a MediaSource with the init segment and blocks from the local
-// player server, starts at the live edge, keeps up with it, seeks anywhere in the stream, and
-// shows live stats. It never touches the network beyond its own server (same origin).
+// The swarmcast player: feeds a MediaSource with the init segment and blocks (parts) from the
+// local player server, joins at an independent part near the live edge and appends parts as they
+// come, holding a small adaptive live offset (it grows after a stall and shrinks while playback is
+// smooth; a late viewer catches up by playing faster or jumping to the edge), seeks anywhere in
+// the stream, and shows live stats. It never touches the network beyond its own server.
 "use strict";
 
 (() => {
   const AHEAD_S = 4; // how much media to hold ahead of the playhead
   const BEHIND_S = 30; // how much played media to keep before evicting it
-  const LIVE_START_S = 1.2; // how far behind the edge a (re)start at the live edge aims
+  const HOLD_MAX_S = 4; // the live offset never grows beyond this
+  const CALM_S = 15; // this long without a stall lets the live offset shrink a little
 
   const $ = (id) => document.getElementById(id);
   const video = $("video");
@@ -15,7 +18,7 @@
   const state = {
     ready: false, // the first positioning (live edge, ?at= or the start) is done
     info: null,
-    rows: [], // rows[k] describes block k + 1: {index, pts, duration, flags, known}
+    rows: [], // rows[k] describes block k + 1: {index, pts, duration, flags, known, independent, back}
     length: 0,
     ended: false,
     liveEdge: 0,
@@ -28,13 +31,19 @@
     quotaErrors: 0, // QuotaExceededErrors met (and answered by evicting)
     stats: {},
     wake: null,
+    hold: null, // seconds of media kept buffered ahead of the playhead at the live edge
+    stalls: 0, // times playback ran dry while following live
+    lastStall: 0, // performance.now() of the last stall
   };
 
-  // Blocks arrive whole, so a live viewer's delay is a sawtooth whose low point is the buffer
-  // left when the next block lands; these follow the segment duration D.
-  const segment = () => (state.info && state.info.segment_duration) || 1;
-  const catchUpS = () => Math.max(3, 2 * segment() + 0.5); // behind by more: jump to the edge
-  const nudgeS = () => segment() + 0.4; // behind by more: play 10 % faster until back
+  // Blocks (parts) arrive whole, so a live viewer's buffer is a sawtooth whose low point is what
+  // is left when the next part lands; the offsets follow the part duration P (a whole segment in
+  // a v1 stream).
+  const part = () => (state.info && (state.info.part_duration || state.info.segment_duration)) || 1;
+  // 1.5 parts ahead (0.3 s for 0.2 s parts); a part and 0.2 s for long ones (1.2 s for 1 s).
+  const minHold = () => Math.max(0.25, Math.min(1.5 * part(), part() + 0.2));
+  const hold = () => (state.hold === null ? minHold() : state.hold);
+  const catchUpS = () => Math.max(2.5, hold() + 2 * part() + 1.5); // behind by more: jump
 
   let mediaSource = null;
   let sb = null;
@@ -159,6 +168,14 @@
     return state.rows[index - 1] || null;
   }
 
+  // The independent part (a keyframe) that block `index` decodes from.
+  function joinFor(index) {
+    const row = rowOf(index);
+    let join = row ? Math.max(1, index - (row.back || 0)) : index;
+    while (join > 1 && rowOf(join) && !rowOf(join).independent) join--;
+    return join;
+  }
+
   async function loadTimeline(from) {
     const res = await fetch(`/index.json?from=${from}`, { cache: "no-store" });
     if (!res.ok) throw new Error(`${res.status} ${(await res.text()).trim()}`);
@@ -179,8 +196,13 @@
       const pts = parseFloat(res.headers.get("X-Pts"));
       const dur = parseFloat(res.headers.get("X-Duration"));
       const flags = parseInt(res.headers.get("X-Flags") || "0", 10);
+      const independent = res.headers.get("X-Independent") !== "0";
       const row = rowOf(index);
-      if (row && !isNaN(pts)) state.rows[index - 1] = { index, pts, duration: dur, flags, known: true };
+      if (!isNaN(pts) && (row || index === state.rows.length + 1)) {
+        const back = row && row.known ? row.back : (independent ? 0 : (rowOf(index - 1) ? rowOf(index - 1).back + 1 : 1));
+        state.rows[index - 1] = { index, pts, duration: dur, flags, known: true, independent, back };
+        if (!state.ended) state.liveEdge = Math.max(state.liveEdge, pts + dur);
+      }
       return { status: 200, data: new Uint8Array(await res.arrayBuffer()) };
     } catch (err) {
       return { status: err.name === "AbortError" ? 0 : -1, data: null };
@@ -221,18 +243,24 @@
     state.nextBlock = null; // the pump idles until this seek has placed the playhead
     if (state.fetchAbort) state.fetchAbort.abort();
     setStatus(`loading ${fmt(t)}…`);
-    let got = await fetchBlock(index, null);
-    // A block still on its way (504, a lost connection) is worth waiting for; 404 is not.
-    while (!got.data && got.status !== 404 && generation === state.generation) {
-      await sleep(500);
-      got = await fetchBlock(index, null);
-    }
-    if (generation !== state.generation) return;
-    if (!got.data) {
-      setStatus(`block ${index} is not in the stream`);
-      state.nextBlock = previous;
-      kick();
-      return;
+    // Playback starts at the independent part before t and runs through the part covering t.
+    const first = joinFor(index);
+    const parts = [];
+    for (let i = first; i <= index; i++) {
+      let got = await fetchBlock(i, null);
+      // A block still on its way (504, a lost connection) is worth waiting for; 404 is not.
+      while (!got.data && got.status !== 404 && generation === state.generation) {
+        await sleep(500);
+        got = await fetchBlock(i, null);
+      }
+      if (generation !== state.generation) return;
+      if (!got.data) {
+        setStatus(`block ${i} is not in the stream`);
+        state.nextBlock = previous;
+        kick();
+        return;
+      }
+      parts.push(got.data);
     }
     try {
       await exclusive(async () => {
@@ -240,7 +268,7 @@
         state.endOfStream = false;
         const b = sb.buffered;
         if (b.length) await removeRange(0, Math.max(bufferedEnd(), mediaSource.duration || 0) + 1);
-        await appendBytes(got.data);
+        for (const data of parts) await appendBytes(data);
         state.nextBlock = index + 1;
         landAt(t);
         setDuration();
@@ -257,7 +285,7 @@
     const last = lastMediaIndex();
     if (!last) return;
     const row = rowOf(last);
-    return seekTo(Math.max(row.pts, state.liveEdge - LIVE_START_S), true);
+    return seekTo(Math.max(rowOf(joinFor(last)).pts, state.liveEdge - hold()), true);
   }
 
   // Appends blocks after the playhead while less than AHEAD_S is buffered; waits at the edge.
@@ -347,8 +375,17 @@
     }
     const delay = state.liveEdge - t;
     if (state.followLive && !state.ended) {
+      // Hold `hold()` seconds buffered ahead: play faster while more is, jump when far behind.
+      const excess = bufferedEnd() - t - hold();
       if (delay > catchUpS() && !video.seeking) goLive();
-      else video.playbackRate = delay > nudgeS() ? 1.1 : 1.0;
+      else if (excess > 1.0) video.playbackRate = 1.25;
+      else if (excess > Math.max(0.1, part())) video.playbackRate = 1.1;
+      else video.playbackRate = 1.0;
+      const now = performance.now();
+      if (state.hold !== null && now - state.lastStall > CALM_S * 1000) {
+        state.hold = Math.max(minHold(), state.hold - 0.05); // smooth for a while: come closer
+        state.lastStall = now - (CALM_S * 1000) / 2;
+      }
     } else {
       video.playbackRate = 1.0;
     }
@@ -402,6 +439,7 @@
     $("s-share").textContent = `${Math.round((s.share_from_peers || 0) * 100)} %`;
     $("s-delay").textContent = state.ended ? "ended" : `${delayBehindLive().toFixed(1)} s`;
     $("s-blocks").textContent = s.length ? `${s.blocks_have} / ${s.length}` : "–";
+    $("s-safe").textContent = s.keep ? `${Math.round((s.replicated_share || 0) * 100)} % by ≥ ${s.keep}, rarest ${s.rarest_copies}` : "–";
     const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
     $("s-frames").textContent = q ? `${q.totalVideoFrames}` : "–";
   }
@@ -474,6 +512,16 @@
     setStatus("");
   }
 
+  // Running dry at the live edge means the offset was too small for this network: grow it.
+  video.addEventListener("waiting", () => {
+    if (!state.ready || !state.followLive || state.ended || video.seeking) return;
+    if (bufferedAhead() > 0.1) return; // decoding after a jump of ours: not a stall
+
+    state.stalls++;
+    state.lastStall = performance.now();
+    state.hold = Math.min(HOLD_MAX_S, hold() + Math.max(0.1, part() / 2));
+  });
+
   video.addEventListener("seeking", () => {
     const t = video.currentTime;
     if (state.expectSeek !== null && Math.abs(t - state.expectSeek) < 0.01) {
@@ -493,7 +541,7 @@
   $("live").addEventListener("click", () => goLive());
 
   window.player = {
-    state, seekTo, goLive, delayBehindLive, video,
+    state, seekTo, goLive, delayBehindLive, video, hold,
     get mediaSource() { return mediaSource; },
   };
   start().catch((err) => setStatus(`player error: ${err.message}`));

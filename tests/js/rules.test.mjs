@@ -1,0 +1,165 @@
+// The per-message rules of a session (replication.py's), driven by hand-made messages: what a
+// peer announces, what it may ask, what we answer, and what gets it dropped.
+
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+
+import { MemoryFeed } from '../../streamer/web/feed.js'
+import { Replicator } from '../../streamer/web/replicator.js'
+import { MAX_BLOCK_INDEX, MAX_REMOTE_REQUESTS, NO_DATA_BUSY, NO_DATA_MISSING } from '../../streamer/web/session.js'
+import * as wire from '../../streamer/web/wire.js'
+import { publicKey as key, seededFeed } from './helpers.mjs'
+
+function frame (msg) {
+  return new wire.Framer().frame(wire.encodeMessage(msg))
+}
+
+/** A session already past its handshake, and a helper to feed it messages and read its replies. */
+function open (feed = seededFeed(), config = {}) {
+  const rep = new Replicator(feed, { seed: 1, ...config })
+  const s = rep.addSession({ name: 'peer' })
+  const re = new wire.Reassembler()
+  const replies = () => s.datagramsToSend(0).flatMap((c) => re.feed(c)).map(wire.decodeMessage)
+  const send = async (msg) => { for (const c of frame(msg)) await s.receive(c, 0) }
+  return { rep, s, send, replies }
+}
+
+const request = (id, fields) => ({ type: 'request', id, fork: 0, block: null, hash: null, seek: null, upgrade: null, manifest: false, priority: 0, ...fields })
+
+test('on open we announce our length and every run of blocks we hold', () => {
+  const { replies } = open()
+  const sent = replies()
+  assert.deepEqual(sent.map((m) => m.type), ['sync', 'range'])
+  assert.equal(sent[0].length, 8)
+  assert.deepEqual([sent[1].start, sent[1].length], [0, 8])
+  const empty = open(new MemoryFeed(key)).replies()
+  assert.deepEqual(empty.map((m) => [m.type, m.length]), [['sync', 0]])
+})
+
+test('ranges, drops and bitfields update what we know the peer holds', async () => {
+  const { s, send } = open(new MemoryFeed(key))
+  await send({ type: 'range', start: 10, length: 5, drop: false })
+  await send({ type: 'range', start: 12, length: 1, drop: true })
+  await send({ type: 'bitfield', start: 64, bitfield: [0b1011, 0, 0x80000000] })
+  const has = (i) => s.remoteHas.has(i)
+  assert.deepEqual([9, 10, 11, 12, 13, 14, 15].map(has), [false, true, true, false, true, true, false])
+  assert.deepEqual([64, 65, 66, 67, 68, 159, 160].map(has), [true, true, false, true, false, true, false])
+  assert.equal(s.isOpen, true)
+})
+
+test('sync: the peer\'s length and fork, one event per change', async () => {
+  const { s, send } = open(new MemoryFeed(key))
+  const sync = (length) => ({ type: 'sync', fork: 0, length, remoteLength: 0, canUpgrade: true, uploading: true, downloading: true })
+  await send(sync(5))
+  await send(sync(5))
+  await send(sync(9))
+  const events = []
+  let e
+  while ((e = s.nextEvent())) events.push(e)
+  assert.deepEqual(events.filter((x) => x.type === 'synced').map((x) => x.length), [5, 9])
+  assert.equal(s.remoteLength, 9)
+})
+
+test('requests: served with proofs, NoData when missing, busy beyond the upload queue', async () => {
+  const { s, send, replies, rep } = open(seededFeed(), { maxQueuedHistory: 1, maxQueuedRelays: 2 })
+  replies()
+  await send(request(1, { block: { index: 1, nodes: 0 } })) // history: queue of 1
+  await send(request(2, { block: { index: 2, nodes: 0 } })) // busy
+  await send(request(3, { block: { index: 9, nodes: 0 } })) // beyond our length
+  await send(request(4, { hash: { index: 3, nodes: 0 } })) // hash requests are not served
+  await send(request(5, { block: { index: 3, nodes: 0 }, upgrade: { start: 0, length: 8 } })) // busy: upgrade alone
+  const sent = replies()
+  const by = Object.fromEntries(sent.map((m) => [m.request, m]))
+  assert.equal(by[2].type, 'noData')
+  assert.equal(by[2].reason, NO_DATA_BUSY)
+  // "missing" (0) travels as no reason at all, as hypercore peers send it
+  assert.equal(by[3].reason ?? NO_DATA_MISSING, NO_DATA_MISSING)
+  assert.equal(by[4].type, 'noData')
+  assert.equal(by[4].reason, null)
+  assert.equal(by[5].type, 'data')
+  assert.equal(by[5].block, null)
+  assert.equal(by[5].upgrade.length, 8)
+  assert.equal(by[1].type, 'data') // the admitted upload goes out last, built when sent
+  assert.equal(by[1].block.index, 1)
+  assert.equal(rep.stats().uploads_refused, 2)
+})
+
+test('a cancelled upload is not sent', async () => {
+  const { send, replies } = open()
+  replies()
+  await send(request(1, { block: { index: 1, nodes: 0 } }))
+  await send({ type: 'cancel', request: 1 })
+  assert.deepEqual(replies(), [])
+})
+
+test('wants, unwants and extensions are accepted and ignored', async () => {
+  const { s, send, replies } = open()
+  replies()
+  await send({ type: 'want', start: 0, length: 8, any: false })
+  await send({ type: 'unwant', start: 0, length: 8, any: false })
+  await send({ type: 'extension', name: 'x', message: new Uint8Array([1]) })
+  assert.equal(s.isOpen, true)
+  assert.deepEqual(replies(), [])
+})
+
+test('data answering a request we gave up on long ago is ignored; never-sent ids drop the peer', async () => {
+  const { s, send } = open(new MemoryFeed(key))
+  const out = s.request(0, { block: 3 })
+  s.inflight.delete(out.id) // as if forgotten beyond the cancelled memory
+  const data = seededFeed().proof(request(out.id, { block: { index: 3, nodes: 0 }, upgrade: { start: 0, length: 8 } }))
+  await send(data)
+  assert.equal(s.isOpen, true)
+  await send({ ...data, request: 77 })
+  assert.equal(s.closed, true)
+  assert.match(s.closeReason, /never sent/)
+})
+
+for (const [name, msg, reason] of [
+  ['a length beyond any stream', { type: 'sync', fork: 0, length: MAX_BLOCK_INDEX + 1, remoteLength: 0 }, /beyond any stream/],
+  ['a range beyond any stream', { type: 'range', start: MAX_BLOCK_INDEX, length: 2, drop: false }, /beyond any stream/],
+  ['a misaligned bitfield', { type: 'bitfield', start: 3, bitfield: [1] }, /misaligned/],
+  ['a handshake after the handshake', { type: 'handshake', capability: new Uint8Array(32), seeks: true, writerSignature: null }, /unexpected handshake/],
+]) {
+  test(`${name} gets the peer dropped`, async () => {
+    const { s, send, rep } = open()
+    await send(msg)
+    assert.equal(s.closed, true)
+    assert.match(s.closeReason, reason)
+    assert.equal(rep.stats().peers_dropped, 1)
+    const events = []
+    let e
+    while ((e = s.nextEvent())) events.push(e)
+    assert.equal(events.at(-1).type, 'misbehaved')
+  })
+}
+
+test('more requests waiting than allowed gets the peer dropped', async () => {
+  const { s, send } = open(seededFeed(), { maxQueuedHistory: 1000, maxQueuedRelays: 1000 })
+  for (let i = 0; i <= MAX_REMOTE_REQUESTS && !s.closed; i++) await send(request(i + 1, { block: { index: 1, nodes: 0 } }))
+  assert.equal(s.closed, true)
+  assert.match(s.closeReason, /requests waiting/)
+})
+
+test('data with a block or upgrade we did not ask for gets the peer dropped', async () => {
+  for (const [asked, sent, reason] of [
+    [{ block: 3 }, { block: { index: 4, nodes: 0 } }, /did not ask it for/],
+    [{ block: 3 }, { block: { index: 3, nodes: 0 }, upgrade: { start: 0, length: 8 } }, /upgrade we did not ask for/],
+  ]) {
+    const { s, send } = open(new MemoryFeed(key))
+    const out = s.request(0, asked)
+    await send(seededFeed().proof(request(out.id, sent)))
+    assert.equal(s.closed, true)
+    assert.match(s.closeReason, reason)
+  }
+})
+
+test('a handshake split over two chunks is refused: the first message must be whole', async () => {
+  const rep = new Replicator(new MemoryFeed(key))
+  const hs = { type: 'handshake', capability: new Uint8Array(32), seeks: true, writerSignature: null }
+  const s = rep.addSession({ handshake: hs, verifyHandshake: async () => false })
+  const chunks = new wire.Framer(20).frame(wire.encodeMessage(hs))
+  assert.ok(chunks.length > 1)
+  for (const c of chunks) await s.receive(c, 0)
+  assert.equal(s.closed, true)
+  assert.match(s.closeReason, /first message is not a handshake/)
+})
