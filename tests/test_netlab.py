@@ -263,7 +263,6 @@ async def test_without_turn_viewers_get_the_whole_stream_through_the_peers_they_
         assert {r.remote_ip for r in routes(proc)} == {open_host.ip}
 
 
-@pytest.mark.xfail(reason="needs membership fixes from signaling work", strict=False)
 async def test_nat_viewers_of_a_full_broadcaster_keep_playing_without_turn(lab: Lab) -> None:  # noqa: F811
     """The first lab's scenario: a public broadcaster with room for three neighbours, four
     viewers behind NATs (two endpoint-independent, two symmetric), STUN only. Every viewer stays
