@@ -71,7 +71,7 @@ async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
             if proc.returncode is not None:
                 raise AssertionError(f"turnserver exited with {proc.returncode}")
             user, password = server.credentials()
-            return await probe_turn(server.url, user, password, from_hub=True, timeout=1.0) is None
+            return await probe_turn(server.url, user, password, timeout=1.0) is None
 
         await eventually(allocates, "coturn to allocate", timeout=20.0)
         yield server

@@ -222,23 +222,48 @@ def server_is_down(kind: str, server: Any) -> bool:
     return until is not None and until > time.monotonic()
 
 
-def _failure(exc: BaseException, elapsed: float, username: str | None) -> str | None:
-    """Why a STUN/TURN query failed, in words; None if it was only cut short by its caller."""
+def describe_failure(
+    exc: BaseException, elapsed: float, username: str | None, *,
+    timeout: float = GATHER_TIMEOUT_S, now: float | None = None,
+) -> str | None:
+    """Why a STUN/TURN query (or a TURN allocation) failed, in words that follow "TURN server
+    HOST:PORT"; None if it was only cut short by its caller. The one wording of such failures,
+    at gathering time (the patches below) and in the checks of streamer.net.iceservers."""
     if isinstance(exc, asyncio.CancelledError):
         # aioice cancels what has not answered when its gathering timeout ends.
-        return None if elapsed < GATHER_TIMEOUT_S * 0.9 else (
-            f"did not answer within {GATHER_TIMEOUT_S:.0f} s"
-        )
+        return None if elapsed < timeout * 0.9 else f"did not answer within {timeout:.0f} s"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"did not answer within {timeout:.0f} s"
     if isinstance(exc, aioice_stun.TransactionFailed):
         code, why = exc.response.attributes.get("ERROR-CODE", (0, "error"))
         if code == 401:
-            return f"refused the credentials of user {username!r} (401 {why}): check the user and password"
+            return _credentials_refused(username, why, time.time() if now is None else now)
+        if code == 486:
+            return f"has no allocation left for this user ({code} {why}): raise its user-quota"
         return f"refused the request ({code} {why})"
     if isinstance(exc, aioice_stun.TransactionTimeout):
         return "did not answer"
     if isinstance(exc, OSError):
         return f"cannot be reached ({exc.strerror or exc})"
     return f"failed ({exc.__class__.__name__}: {exc})"
+
+
+def _credentials_refused(username: str | None, why: str, now: float) -> str:
+    """A 401: a user name "<expiry>:<id>" is a short-lived credential of the hub (coturn's
+    use-auth-secret scheme), any other one the user's own."""
+    head = (username or "").split(":", 1)[0]
+    if not head.isdigit():
+        return f"refused the credentials of user {username!r} (401 {why}): check the user and password"
+    expiry = int(head)
+    if expiry <= now:
+        return (
+            f"refused the credential: it expired at Unix time {expiry} ({int(now - expiry)} s "
+            f"ago); check the clocks of the hub and this machine"
+        )
+    return (
+        f"refused the hub's credentials (401 {why}): the hub's --turn-secret differs from the "
+        "TURN server's static-auth-secret, or their clocks differ"
+    )
 
 
 def _skip_dead_servers(connection_cls: Any) -> None:
@@ -271,7 +296,7 @@ def _skip_dead_servers(connection_cls: Any) -> None:
         try:
             result = await original_relayed(**kwargs)
         except BaseException as e:
-            reason = _failure(e, time.monotonic() - started, kwargs.get("turn_username"))
+            reason = describe_failure(e, time.monotonic() - started, kwargs.get("turn_username"))
             if reason is not None:
                 server_down("TURN", server, reason)
             raise
@@ -284,7 +309,7 @@ def _skip_dead_servers(connection_cls: Any) -> None:
         try:
             result = await original_reflexive(protocol, stun_server)
         except BaseException as e:
-            reason = _failure(e, time.monotonic() - started, None)
+            reason = describe_failure(e, time.monotonic() - started, None)
             if reason is not None:
                 _stun_failures[key] = reason
             raise
