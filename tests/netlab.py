@@ -412,6 +412,14 @@ class Lab:
 _USAGE_RE = re.compile(r"peer usage: realm=<[^>]*>, username=<[^>]*>, rp=(\d+), rb=(\d+), sp=(\d+), sb=(\d+)")
 
 
+_USER_RE = re.compile(r"usage: realm=<[^>]*>, username=<([^>]*)>")
+
+
+def turn_usernames(log: str) -> set[str]:
+    """The user names of the allocations in a coturn log."""
+    return set(_USER_RE.findall(log))
+
+
 def parse_turn_usage(log: str) -> list[dict[str, int]]:
     return [
         dict(zip(("rp", "rb", "sp", "sb"), map(int, m.groups()), strict=True)) for m in _USAGE_RE.finditer(log)

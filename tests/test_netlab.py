@@ -6,6 +6,7 @@ through the peers they can reach. Real `streamer broadcast` and `viewer watch` p
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_net import Certificates, certificates  # noqa: F401 (fixture)
 from tests.netlab import (
     PUBLIC_IP,
     Lab,
@@ -26,6 +28,7 @@ from tests.netlab import (
     remove_stale_namespaces,
     routes,
     stats_until,
+    turn_usernames,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -162,16 +165,19 @@ async def test_peers_connect_directly_wherever_a_direct_path_exists(lab: Lab) ->
 
 
 async def test_symmetric_nat_peers_connect_through_turn_and_the_relay_carries_the_stream(
-    lab: Lab,  # noqa: F811
+    lab: Lab, certificates: Certificates,  # noqa: F811
 ) -> None:
     """Both ends behind symmetric NATs: no direct path, so every byte of the stream crosses
-    coturn. (This is what failed in the first lab: coturn tore an allocation down, silently,
+    coturn, with the short-lived credentials the hub hands out (no TURN password anywhere on
+    the peers), from a hub that serves https with a certificate the peers verify. (This is what failed in the first lab: coturn tore an allocation down, silently,
     when relaying to a peer's private host candidate failed with "network unreachable";
     deploy/turnserver.conf denies private and special peer ranges, so such a CHANNEL_BIND is
     refused with 403 instead and the allocation lives.)"""
+    lab.hub_tls = (certificates.cert, certificates.key, certificates.ca)
     await lab.start_redis()
     await lab.start_turn()
     await lab.start_hub()
+    assert lab.hub_url.startswith("https://")
     bc = lab.add_host("bc", "sym")
     viewer_host = lab.add_host("v", "sym")
     broadcaster, key = await lab.broadcast(bc, ice="turn", duration=8)
@@ -198,6 +204,11 @@ async def test_symmetric_nat_peers_connect_through_turn_and_the_relay_carries_th
 
     await _until(lambda: relayed() >= stats["bytes_down"] > 0,
                  f"coturn to report relaying the {stats['bytes_down']} bytes the viewer got", 30)
+    # Every allocation used a credential of the hub: "<expiry>:<random id>" (coturn's REST
+    # scheme; deploy/turnserver.conf has no static user).
+    assert lab.turn_log is not None
+    users = turn_usernames(lab.turn_log.read_text(errors="replace"))
+    assert users and all(re.fullmatch(r"\d{10}:[0-9a-f]{16}", u) for u in users), users
 
 
 async def test_a_dead_or_misconfigured_turn_server_is_named_once_and_peers_do_without_it(
