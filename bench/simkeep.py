@@ -85,7 +85,7 @@ class KeepSimulation(Simulation):
 
     def append(self) -> None:
         super().append()
-        if len(self.appended) == self.args.history + int(self.args.seconds / self.args.segment):
+        if len(self.appended) == self.args.history + int(self.args.seconds / self.args.part):
             self._last_append = self.net.now
             self.net.at(self.net.now + self.args.segment, self._departure)
 
@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         rows.append((fetch, report, sim.keep_report()))
     k = args.keep
     print(
-        f"swarm: {args.viewers} viewers, {rows[0][1]['blocks']} blocks of {args.segment:g} s, "
+        f"swarm: {args.viewers} viewers, {rows[0][1]['blocks']} blocks of {args.part:g} s, "
         f"{args.bitrate:g} Mbit/s stream, {args.upload:g} Mbit/s uploads, {args.rtt:g} ms RTT, "
         f"churn {args.churn:.0%}, joins over {args.join_window:g} s after {args.history} blocks "
         f"of history, seed {args.seed}; K = {k}"

@@ -22,6 +22,35 @@ from streamer.core.scheduler import Replicator
 from streamer.core.wire import Data, Request
 
 
+class VerifyCache:
+    """Signature checks shared by every feed of a simulation: each signed root is checked with
+    ed25519 once, then remembered (the same root reaches every viewer; the check itself is real)."""
+
+    def __init__(self) -> None:
+        self._ok: dict[tuple[bytes, int, int, bytes], bool] = {}
+
+    def wrap(self, verifier: CompatVerifier) -> _CachedVerifier:
+        return _CachedVerifier(verifier, self._ok)
+
+
+class _CachedVerifier:
+    def __init__(
+        self, inner: CompatVerifier, ok: dict[tuple[bytes, int, int, bytes], bool]
+    ) -> None:
+        self._inner = inner
+        self._ok = ok
+
+    def sign(self, tree_hash: bytes, length: int, fork: int, secret_key: bytes) -> bytes:
+        return self._inner.sign(tree_hash, length, fork, secret_key)
+
+    def verify(self, tree_hash: bytes, length: int, fork: int, signature: bytes) -> bool:
+        key = (tree_hash, length, fork, bytes(signature))
+        ok = self._ok.get(key)
+        if ok is None:
+            ok = self._ok[key] = self._inner.verify(tree_hash, length, fork, signature)
+        return ok
+
+
 class MemoryFeed:
     """A feed held in memory with the FeedLike API of core.feed.Feed (no persistence).
 
@@ -35,11 +64,16 @@ class MemoryFeed:
         *,
         secret_key: bytes | None = None,
         pool: dict[bytes, bytes] | None = None,
+        cache: VerifyCache | None = None,
     ) -> None:
         self.key = key
         self._secret_key = secret_key
         self._nodes = MemoryNodeStore()
-        self._tree = MerkleTree(self._nodes, CompatVerifier(key))
+        verifier = CompatVerifier(key)
+        self._tree = MerkleTree(
+            self._nodes,
+            verifier if cache is None else cache.wrap(verifier),  # type: ignore[arg-type]
+        )
         self._blocks: dict[int, bytes] = {}
         self._present = RangeSet(limit=1 << 30)
         self._contiguous = 0
@@ -219,6 +253,14 @@ class SimNet:
             if s.control_waiting and not s.mid_message:
                 return s, False
         current = node.current
+        if current is not None and current.mid_message and current in node.links:
+            return current, True
+        for s in node.links:
+            if s.mid_message:
+                return s, True
+        for s in node.links:
+            if s.pushes_waiting:
+                return s, True  # live pushes before answers to requests
         if current is not None and current.mid_message and current in node.links:
             return current, True
         for s in node.links:

@@ -1,10 +1,18 @@
 """Swarm simulator: one broadcaster and N viewers running the real sessions and replicators over an
 in-memory network with a virtual clock, per-node upload bandwidth, latency, joins and departures.
 
-Reports the broadcaster's upload ratio (bytes it uploaded / stream bytes) beside the client/server
-baseline measured in the same run (N x the stream), each viewer's delay behind live (the time from
-a block's append to its verification at the viewer), stalls and duplicate downloads, and draws the
-delay over time to a PNG. Feeds are real (proofs, signatures, verification), kept in memory.
+Real-world peers: mixed uploads (`--upload-mix 0.3:0.5,0.5:2,0.2:5` = share:multiple of the stream
+rate), a share of viewers behind symmetric NATs that connect only to reachable peers
+(`--symmetric 0.2`), a flash crowd (`--flash 10`: all join within 10 s) and churn (`--churn`).
+Blocks are parts (`--part 0.2`: bitrate x part bytes appended every part seconds, every
+`--segment / --part`-th one independent, where a viewer starts).
+
+Reports the broadcaster's upload ratio beside the client/server baseline (N x the stream), each
+viewer's delay behind live (a block's append to its verification at the viewer) with the number of
+relays it passed (hops), the per-hop delay and the theoretical floor (hops x (part / upload) + one
+way delays), stalls, starved viewers and duplicates, and draws the delay over time to a PNG. Feeds
+are real (proofs, signatures, verification), kept in memory. `--no-push` is the same-seed baseline
+without live push (pull only).
 
     python3 bench/simulate.py --viewers 1000 --seconds 60 --bitrate 1.0 --upload 5 --rtt 50
 """
@@ -22,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from simnet import MemoryFeed, SimNet, SimNode  # noqa: E402
+from simnet import MemoryFeed, SimNet, SimNode, VerifyCache  # noqa: E402
 
 from streamer.core import crypto  # noqa: E402
 from streamer.core.replication import BlockVerified, Event, PeerMisbehaved, Session  # noqa: E402
@@ -33,9 +41,11 @@ from streamer.core.scheduler import Replicator, ReplicatorConfig  # noqa: E402
 class Viewer:
     node: SimNode
     joined: float
-    first_block: int  # the live block when it joined: it plays from here
+    first_block: int  # the independent block it starts from (the first appended after it joined)
     arrived: dict[int, float] = field(default_factory=dict)
+    hops: dict[int, int] = field(default_factory=dict)  # relays a block passed to get here
     left: float | None = None
+    symmetric: bool = False  # behind a symmetric NAT: reaches only reachable peers
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,35 +63,78 @@ class Simulation:
         self.pool: dict[bytes, bytes] = {}
         keys = crypto.key_pair(bytes([args.seed % 256]) * 32)
         self.key = keys.public_key
+        self.stream_rate = args.bitrate * 1e6 / 8
         self.upload = args.upload * 1e6 / 8
-        self.latency = args.rtt / 2000
-        writer_feed = MemoryFeed(keys.public_key, secret_key=keys.secret_key, pool=self.pool)
-        self.writer = self.net.add_node(
-            SimNode("writer", Replicator(writer_feed, self._config()), self.upload, self._event)
+        self.mix = (
+            parse_mix(args.upload_mix) if args.upload_mix else [(1.0, args.upload / args.bitrate)]
         )
+        writer_up = args.writer_upload if args.writer_upload else args.upload
+        self.latency = args.rtt / 2000
+        self.verified = VerifyCache()
+        writer_feed = MemoryFeed(
+            keys.public_key, secret_key=keys.secret_key, pool=self.pool, cache=self.verified
+        )
+        wcfg = self._config()
+        wcfg.writer_extra_ratio = max(0.0, args.upload_budget - 1.0)
+        self.writer = self.net.add_node(
+            SimNode("writer", Replicator(writer_feed, wcfg), writer_up * 1e6 / 8, self._event)
+        )
+        self.symmetric: set[SimNode] = set()
+        self.node_hops: dict[SimNode, dict[int, int]] = {self.writer: {}}
         self.viewers: list[Viewer] = []
         self.by_node: dict[SimNode, Viewer] = {}
         self.appended: list[float] = []  # append time of each block
         self.block_bytes: list[int] = []
         self.misbehaved = 0
         self.count = 0
+        self.hop_delays: dict[str, list[float]] = {}
 
     def _config(self) -> ReplicatorConfig:
+        part = self.args.part
         return ReplicatorConfig(
             seed=self.rng.randrange(1 << 30),
-            block_duration=self.args.segment,
-            live_window=4,
-            playback_window=4,
+            block_duration=part,
+            # The same stretch of media ahead, whatever the block size.
+            live_window=max(4, round(4 * self.args.segment / part)),
+            playback_window=max(4, round(4 * self.args.segment / part)),
+            hot_window=max(4, round(4 * self.args.segment / part)),
+            push=not self.args.no_push,
         )
+
+    def _viewer_upload(self) -> float:
+        x = self.rng.random()
+        for share, mult in self.mix:
+            if x < share:
+                return mult * self.stream_rate
+            x -= share
+        return self.mix[-1][1] * self.stream_rate
 
     # ------------------------------------------------------------ events from nodes
 
     def _event(self, node: SimNode, s: Session, event: Event, now: float) -> None:
         if isinstance(event, PeerMisbehaved):
             self.misbehaved += 1
+            if self.args.verbose:
+                print(f"{node.name} dropped {s.name}: {event.reason}", file=sys.stderr)
         elif isinstance(event, BlockVerified):
             viewer = self.by_node.get(node)
             if viewer is not None:
+                link = node.links.get(s)
+                source = self.node_hops.get(link[0]) if link is not None else None
+                hops = 1 + (source.get(event.index, 0) if source is not None else 0)
+                self.node_hops[node][event.index] = hops
+                if self.args.verbose and link is not None:
+                    src = self.by_node.get(link[0])
+                    since = (
+                        src.arrived.get(event.index)
+                        if src is not None
+                        else self.appended[event.index]
+                        if event.index < len(self.appended)
+                        else None
+                    )
+                    if since is not None:
+                        kind = "push" if node.rep._pushed_block_seen else "pull"
+                        self.hop_delays.setdefault(kind, []).append(now - since)
                 viewer.arrived.setdefault(event.index, now)
                 rep = node.rep
                 head = rep.playhead
@@ -101,12 +154,15 @@ class Simulation:
         (without that, late joiners could only reach each other and the swarm became a chain)."""
         alive = self._alive()
         linked = {peer for peer, _, _ in node.links.values()}
+        blocked = node in self.symmetric
         for _ in range(4 * count):
             if count <= 0 or len(linked) + 1 >= len(alive):
                 break
             peer = self.rng.choice(alive)
             if peer is node or peer in linked:
                 continue
+            if blocked and peer in self.symmetric:
+                continue  # two symmetric NATs: no direct path (and no TURN in this swarm)
             if len(peer.links) >= self.args.max_peers and not self._evict(peer):
                 continue
             self.net.connect(node, peer, self.latency * self.rng.uniform(0.8, 1.2))
@@ -127,18 +183,28 @@ class Simulation:
     def join(self) -> None:
         now = self.net.now
         self.count += 1
-        feed = MemoryFeed(self.key, pool=self.pool)
+        feed = MemoryFeed(self.key, pool=self.pool, cache=self.verified)
         rep = Replicator(feed, self._config())
-        node = self.net.add_node(SimNode(f"v{self.count}", rep, self.upload, self._event))
-        first = len(self.appended)  # the next block to be appended: earlier ones are history
+        node = self.net.add_node(SimNode(f"v{self.count}", rep, self._viewer_upload(), self._event))
+        # The next independent block to be appended: earlier ones are history.
+        every = self.independent_every
+        first = -(-len(self.appended) // every) * every
         rep.set_playhead(first, now)
         viewer = Viewer(node, now, first)
+        if self.rng.random() < self.args.symmetric:
+            viewer.symmetric = True
+            self.symmetric.add(node)
         self.viewers.append(viewer)
         self.by_node[node] = viewer
+        self.node_hops[node] = viewer.hops
         self._dial(node, self.args.degree)
         writer_links = len(self.writer.links)
         if writer_links < self.args.writer_degree:
             self.net.connect(self.writer, node, self.latency)
+
+    @property
+    def independent_every(self) -> int:
+        return max(1, round(self.args.segment / self.args.part))
 
     def leave(self) -> None:
         alive = self._alive()
@@ -154,7 +220,7 @@ class Simulation:
             self._dial(self.writer, self.args.writer_degree - len(self.writer.links))
 
     def append(self) -> None:
-        size = int(self.args.bitrate * 1e6 / 8 * self.args.segment * self.rng.uniform(0.8, 1.2))
+        size = int(self.stream_rate * self.args.part * self.rng.uniform(0.8, 1.2))
         value = self.rng.randbytes(size)
         self.appended.append(self.net.now)
         self.block_bytes.append(size)
@@ -166,55 +232,90 @@ class Simulation:
 
     def run(self) -> dict[str, object]:
         args, net = self.args, self.net
-        join_window = min(args.join_window, args.seconds / 2)
+        join_window = min(args.flash or args.join_window, args.seconds / 2)
         for _ in range(args.viewers):
             net.at(self.rng.uniform(0, join_window), self.join)
-        blocks = int(args.seconds / args.segment)
+        blocks = int(args.seconds / args.part)
         for i in range(blocks):
-            net.at(args.segment * (i + 1), self.append)
+            net.at(args.part * (i + 1), self.append)
         departures = int(args.churn * args.viewers)
         for _ in range(departures):
             when = self.rng.uniform(join_window, args.seconds)
             net.at(when, self.leave)
             net.at(when + 0.001, self.join)
         started = time.perf_counter()
-        net.run_until(args.segment * blocks + args.drain)
+        net.run_until(args.part * blocks + args.drain)
         wall = time.perf_counter() - started
         return self.report(wall)
 
     def report(self, wall: float) -> dict[str, object]:
         args = self.args
+        part = args.part
         stream = sum(self.block_bytes)
         writer_up = self.writer.bytes_up
         delays: list[float] = []
+        hops: list[int] = []
+        per_hop: list[float] = []
         per_viewer_p95: list[float] = []
         missing = 0
         stalls = 0
         stall_time = 0.0
-        # Blocks a viewer should have: appended after it joined and at least `drain` before the end.
+        watch_time = 0.0
+        starved = 0
+        # Blocks a viewer should have: appended after it joined, and (if it left) a while before.
         horizon = len(self.appended)
         for v in self.viewers:
             mine: list[float] = []
             end = horizon
             if v.left is not None:
-                end = sum(1 for t in self.appended if t < v.left - 10 * args.segment)
+                end = sum(1 for t in self.appended if t < v.left - 10.0)
+            got = 0
             for i in range(v.first_block, end):
                 t = v.arrived.get(i)
                 if t is None:
                     missing += 1
+                    if args.verbose:
+                        print(
+                            f"{v.node.name} never got block {i} of {horizon} "
+                            f"(joined {v.joined:.1f}, left {v.left}, alive {v.node.alive})",
+                            file=sys.stderr,
+                        )
                     continue
-                mine.append(t - self.appended[i])
+                got += 1
+                d = t - self.appended[i]
+                mine.append(d)
+                h = v.hops.get(i, 1)
+                hops.append(h)
+                per_hop.append(d / h)
             if mine:
                 delays.extend(mine)
                 per_viewer_p95.append(percentile(mine, 0.95))
             s, st = self._stalls(v, end)
             stalls += s
             stall_time += st
+            watched = max(0, end - v.first_block) * part
+            watch_time += watched
+            if watched > 0 and (got < 0.5 * (end - v.first_block) or st > 0.25 * watched):
+                starved += 1
         dupes = sum(n.rep.totals.duplicates for n in self.net.nodes)
         downloads = sum(
             n.rep.totals.blocks_from_peers + n.rep.totals.blocks_from_writer for n in self.net.nodes
         )
         viewer_up = [v.node.bytes_up / stream for v in self.viewers if v.left is None]
+        # The floor: each hop costs one part's transmission over the sender's uplink plus a one-way
+        # delay (the writer's uplink for the first hop, the viewers' mean uplink after that).
+        part_bytes = stream / max(1, len(self.block_bytes))
+        tx_writer = part_bytes / self.writer.upload
+        tx_viewer = part_bytes / statistics.fmean(v.node.upload for v in self.viewers)
+
+        def floor(h: float) -> float:
+            return tx_writer + max(0.0, h - 1) * tx_viewer + h * self.latency
+
+        h50, h95 = (
+            percentile([float(h) for h in hops], 0.5),
+            percentile([float(h) for h in hops], 0.95),
+        )
+        wstats = self.writer.rep.stats(self.net.now)
         return {
             "viewers": args.viewers,
             "blocks": len(self.appended),
@@ -229,21 +330,35 @@ class Simulation:
             "viewer_p95_median": statistics.median(per_viewer_p95)
             if per_viewer_p95
             else float("nan"),
+            "hops_p50": h50,
+            "hops_p95": h95,
+            "hops_mean": statistics.fmean(hops) if hops else float("nan"),
+            "per_hop_delay": statistics.fmean(per_hop) if per_hop else float("nan"),
+            "floor_p50": floor(h50),
+            "floor_p95": floor(h95),
+            "tx_viewer": tx_viewer,
             "missing_blocks": missing,
             "stalls": stalls,
             "stall_seconds": stall_time,
+            "stall_share": stall_time / watch_time if watch_time else 0.0,
+            "starved": starved,
             "duplicates": dupes,
             "duplicate_share": dupes / downloads if downloads else 0.0,
             "viewer_upload_ratio_mean": statistics.fmean(viewer_up) if viewer_up else 0.0,
             "viewer_upload_ratio_max": max(viewer_up) if viewer_up else 0.0,
+            "pushed_share": sum(n.rep.relay.stats.pushes_received for n in self.net.nodes)
+            / downloads
+            if downloads
+            else 0.0,
+            "writer_swarm_short": wstats.swarm_short,
             "misbehaved": self.misbehaved,
             "wall_seconds": wall,
         }
 
     def _stalls(self, v: Viewer, end: int) -> tuple[int, float]:
         """A player that starts `--buffer` seconds after the viewer's first block arrived and plays
-        each block for one segment; a block that has not arrived when its turn comes is a stall."""
-        seg = self.args.segment
+        each block for one part; a block that has not arrived when its turn comes is a stall."""
+        part = self.args.part
         clock: float | None = None
         count, total = 0, 0.0
         for i in range(v.first_block, end):
@@ -256,8 +371,61 @@ class Simulation:
                 count += 1
                 total += t - clock
                 clock = t
-            clock += seg
+            clock += part
         return count, total
+
+    def relay_summary(self) -> None:
+        """How the live-push tree looks at the end (for tuning; --verbose)."""
+        alive = [v.node for v in self.viewers if v.node.alive]
+        with_parent = sum(
+            1
+            for n in alive
+            if n.rep.relay.parent is not None and n.rep.relay.parent.sub_state == "on"
+        )
+        children: dict[int, int] = {}
+        for n in alive:
+            c = n.rep.relay.children
+            children[c] = children.get(c, 0) + 1
+        totals: dict[str, int] = {}
+        for n in self.net.nodes:
+            for k, val in (
+                vars(n.rep.relay.stats).items()
+                if hasattr(n.rep.relay.stats, "__dict__")
+                else ((f, getattr(n.rep.relay.stats, f)) for f in n.rep.relay.stats.__slots__)
+            ):
+                totals[k] = totals.get(k, 0) + val
+        by_session: dict[Session, SimNode] = {}
+        for n in self.net.nodes:
+            for sess, (peer, _, _) in n.links.items():
+                by_session[sess] = peer
+        depths: dict[str, int] = {}
+        for n in alive:
+            d, cur, seen = 0, n, set()
+            while True:
+                p = cur.rep.relay.parent
+                if p is None or p.sub_state != "on":
+                    depths["none"] = depths.get("none", 0) + 1
+                    break
+                cur = by_session[p]
+                d += 1
+                if cur is self.writer:
+                    depths[str(d)] = depths.get(str(d), 0) + 1
+                    break
+                if cur in seen:
+                    depths["cycle"] = depths.get("cycle", 0) + 1
+                    break
+                seen.add(cur)
+        print(f"push tree depth (to the broadcaster): {depths}")
+        for kind, ds in sorted(self.hop_delays.items()):
+            print(
+                f"hop delay by {kind}: n {len(ds)}, p50 {percentile(ds, 0.5):.3f} s, "
+                f"p95 {percentile(ds, 0.95):.3f} s, mean {statistics.fmean(ds):.3f} s"
+            )
+        print(
+            f"relay: {with_parent}/{len(alive)} viewers have a push parent; children "
+            f"{dict(sorted(children.items()))}; writer children {self.writer.rep.relay.children}; "
+            f"{totals}"
+        )
 
     def plot(self, path: Path) -> None:
         import matplotlib
@@ -291,14 +459,49 @@ class Simulation:
         plt.close(fig)
 
 
+def parse_mix(spec: str) -> list[tuple[float, float]]:
+    """`0.3:0.5,0.5:2,0.2:5` -> [(share, multiple of the stream rate)], shares summing to 1."""
+    mix: list[tuple[float, float]] = []
+    try:
+        for item in spec.split(","):
+            share, mult = item.split(":")
+            mix.append((float(share), float(mult)))
+    except ValueError:
+        raise SystemExit(
+            f"--upload-mix {spec!r}: write share:multiple pairs, e.g. 0.3:0.5,0.7:2"
+        ) from None
+    total = sum(s for s, _ in mix)
+    if not mix or abs(total - 1.0) > 1e-6 or any(s < 0 or m <= 0 for s, m in mix):
+        raise SystemExit(f"--upload-mix {spec!r}: shares must be >= 0 and sum to 1, multiples > 0")
+    return mix
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0, help="stream duration simulated")
     parser.add_argument("--bitrate", type=float, default=1.0, help="stream Mbit/s")
     parser.add_argument("--upload", type=float, default=5.0, help="each node's upload Mbit/s")
+    parser.add_argument(
+        "--upload-mix",
+        help="viewers' uploads as share:multiple-of-stream-rate pairs, e.g. 0.3:0.5,0.5:2,0.2:5",
+    )
+    parser.add_argument(
+        "--writer-upload", type=float, help="the broadcaster's upload Mbit/s (default --upload)"
+    )
+    parser.add_argument(
+        "--upload-budget",
+        type=float,
+        default=1.2,
+        help="copies of the stream the broadcaster may upload when the swarm is short",
+    )
     parser.add_argument("--rtt", type=float, default=50.0, help="round-trip time, ms")
-    parser.add_argument("--segment", type=float, default=1.0, help="seconds of media per block")
+    parser.add_argument(
+        "--segment", type=float, default=1.0, help="seconds between independent blocks (GOP)"
+    )
+    parser.add_argument(
+        "--part", type=float, help="seconds of media per block (default --segment: one per GOP)"
+    )
     parser.add_argument("--degree", type=int, default=6, help="neighbours a joining viewer dials")
     parser.add_argument("--min-peers", type=int, default=4)
     parser.add_argument("--max-peers", type=int, default=12)
@@ -306,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         "--writer-degree", type=int, default=4, help="neighbours of the broadcaster"
     )
     parser.add_argument("--join-window", type=float, default=10.0, help="viewers join during this")
+    parser.add_argument("--flash", type=float, help="flash crowd: every viewer joins within S s")
+    parser.add_argument(
+        "--symmetric",
+        type=float,
+        default=0.0,
+        help="share of viewers behind symmetric NATs (they reach only reachable peers)",
+    )
     parser.add_argument(
         "--churn", type=float, default=0.05, help="share of viewers replaced mid-run"
     )
@@ -313,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         "--buffer", type=float, default=2.0, help="player start-up buffer (s) for counting stalls"
     )
     parser.add_argument("--drain", type=float, default=10.0, help="seconds simulated after the end")
+    parser.add_argument("--no-push", action="store_true", help="baseline: pull only, no live push")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--verbose", action="store_true", help="print why peers were dropped")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of the run here")
     parser.add_argument("--png", type=Path, default=Path(__file__).parent / "out" / "simulate.png")
     parser.add_argument(
         "--keep",
@@ -329,23 +542,41 @@ def main(argv: list[str] | None = None) -> int:
         help="with --keep: blocks appended before the first viewer joins (history nobody watched)",
     )
     args = parser.parse_args(argv)
+    if args.viewers < 1 or args.seconds <= 0 or args.bitrate <= 0 or args.upload <= 0:
+        parser.error("viewers, seconds, bitrate and upload must be positive")
+    if args.part is None:
+        args.part = args.segment
+    if args.part <= 0 or args.part > args.segment or not 0 <= args.symmetric <= 1:
+        parser.error("--part must be in (0, --segment]; --symmetric in [0, 1]")
     if args.keep:
         from simkeep import main as keep_main
 
         return keep_main(args)
-    if args.viewers < 1 or args.seconds <= 0 or args.bitrate <= 0 or args.upload <= 0:
-        parser.error("viewers, seconds, bitrate and upload must be positive")
 
     sim = Simulation(args)
-    r = sim.run()
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        r = prof.runcall(sim.run)
+        prof.dump_stats(args.profile)
+    else:
+        r = sim.run()
+    uploads = (
+        f"upload mix {args.upload_mix} x stream"
+        if args.upload_mix
+        else f"{args.upload:g} Mbit/s uploads"
+    )
     print(
-        f"swarm: {r['viewers']} viewers, {r['blocks']} blocks of {args.segment:g} s, "
-        f"{args.bitrate:g} Mbit/s stream, {args.upload:g} Mbit/s uploads, {args.rtt:g} ms RTT, "
-        f"churn {args.churn:.0%}, seed {args.seed}"
+        f"swarm: {r['viewers']} viewers, {r['blocks']} blocks of {args.part:g} s "
+        f"(independent every {args.segment:g} s), {args.bitrate:g} Mbit/s stream, {uploads}, "
+        f"{args.rtt:g} ms RTT, churn {args.churn:.0%}, symmetric NAT {args.symmetric:.0%}, "
+        f"{'flash crowd ' + format(args.flash, 'g') + ' s, ' if args.flash else ''}"
+        f"live push {'off' if args.no_push else 'on'}, seed {args.seed}"
     )
     print(
         f"broadcaster upload: {r['writer_upload_bytes'] / 1e6:.1f} MB = "
-        f"{r['upload_ratio']:.2f} x stream"
+        f"{r['upload_ratio']:.2f} x stream (swarm_short at the end: {r['writer_swarm_short']})"
     )
     print(
         f"client/server baseline (same run): {r['baseline_upload_bytes'] / 1e6:.1f} MB = "
@@ -358,18 +589,30 @@ def main(argv: list[str] | None = None) -> int:
         f"max {r['delay_max']:.2f} s (median viewer's p95 {r['viewer_p95_median']:.2f} s)"
     )
     print(
+        f"hops: p50 {r['hops_p50']:.0f}, p95 {r['hops_p95']:.0f}, mean {r['hops_mean']:.1f}; "
+        f"per-hop delay {r['per_hop_delay']:.3f} s; floor (hops x part/upload + one-way delays): "
+        f"p50 {r['floor_p50']:.2f} s, p95 {r['floor_p95']:.2f} s "
+        f"(one part over a mean viewer uplink {r['tx_viewer']:.3f} s)"
+    )
+    print(
         f"stalls (player with a {args.buffer:g} s start-up buffer): {r['stalls']} "
-        f"({r['stall_seconds']:.1f} s total); blocks never received: "
-        f"{r['missing_blocks']}; duplicate downloads: {r['duplicates']} "
-        f"({r['duplicate_share']:.2%})"
+        f"({r['stall_seconds']:.1f} s total, {r['stall_share']:.3%} of watch time); "
+        f"starved viewers: {r['starved']}; blocks never received: {r['missing_blocks']}; "
+        f"duplicate downloads: {r['duplicates']} ({r['duplicate_share']:.2%}); "
+        f"pushed: {r['pushed_share']:.0%} of downloads"
     )
     print(
         f"viewer upload: mean {r['viewer_upload_ratio_mean']:.2f} x stream, "
         f"max {r['viewer_upload_ratio_max']:.2f} x; peers dropped as misbehaving: {r['misbehaved']}"
     )
+    if args.verbose:
+        sim.relay_summary()
     print(f"simulated {args.seconds + args.drain:g} s in {r['wall_seconds']:.1f} s wall")
-    sim.plot(args.png)
-    print(f"delay plot: {args.png}")
+    try:
+        sim.plot(args.png)
+        print(f"delay plot: {args.png}")
+    except ImportError:
+        print("delay plot skipped: matplotlib is not installed")
     return 0
 
 

@@ -71,7 +71,7 @@ async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
             if proc.returncode is not None:
                 raise AssertionError(f"turnserver exited with {proc.returncode}")
             user, password = server.credentials()
-            return await probe_turn(server.url, user, password, from_hub=True, timeout=1.0) is None
+            return await probe_turn(server.url, user, password, timeout=1.0) is None
 
         await eventually(allocates, "coturn to allocate", timeout=20.0)
         yield server
@@ -88,7 +88,7 @@ async def coturn(tmp_path: Path) -> AsyncIterator[Coturn]:
 @dataclass
 class Certificates:
     ca: Path  # the CA's certificate (PEM): what clients trust
-    cert: Path  # the hub's certificate for 127.0.0.1 and localhost, signed by the CA
+    cert: Path  # the hub's certificate for 127.0.0.1, localhost and 198.18.0.1, signed by the CA
     key: Path  # its private key
     other_key: Path  # a key that belongs to no certificate
 
@@ -134,6 +134,8 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([
             x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            # The NAT lab's public machine (tests/netlab.py PUBLIC_IP), for its https hub.
+            x509.IPAddress(ipaddress.ip_address("198.18.0.1")),
         ]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),

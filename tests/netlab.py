@@ -42,8 +42,7 @@ PUBLIC_IP = f"{INTERNET}.1"  # the public machine: hub, Redis, coturn
 HUB_PORT = 8000
 TURN_PORT = 3478
 REDIS_PORT = 6379
-TURN_USER = "lab"
-TURN_PASSWORD = "lab-secret"
+TURN_SECRET = "lab-0123456789abcdef0123456789abcdef"  # coturn's static-auth-secret
 TURN_REALM = "swarmcast.lab"
 NAT_KINDS = ("public", "eim", "sym")
 _NS_RE = re.compile(r"^swl(\d+)x\d+-")
@@ -151,6 +150,8 @@ class Lab:
     _next_wan: int = 10
     _next_lan: int = 1
     turn_log: Path | None = None
+    turn_secret_file: Path | None = None
+    hub_tls: tuple[Path, Path, Path] | None = None  # (cert, key, CA) when hubs serve https
 
     def _netns(self, name: str) -> str:
         ns = f"{self.prefix}-{name}"
@@ -259,9 +260,13 @@ class Lab:
 
     async def start_turn(self) -> LabProcess:
         """Debian's coturn on the public machine, from deploy/turnserver.conf with the lab's
-        addresses and credentials filled in; verbose log (with per-session byte counts)."""
+        address and shared secret filled in; verbose log (with per-session byte counts). Hubs
+        started after this hand out credentials for it (start_hub)."""
         conf = self.workdir / "turnserver.conf"
-        conf.write_text(turn_config(PUBLIC_IP, TURN_REALM, TURN_USER, TURN_PASSWORD))
+        conf.write_text(turn_config(PUBLIC_IP, TURN_REALM, TURN_SECRET))
+        self.turn_secret_file = self.workdir / "turn.secret"
+        self.turn_secret_file.write_text(TURN_SECRET + "\n")
+        self.turn_secret_file.chmod(0o600)
         self.turn_log = self.workdir / "turnserver-run.log"
         p = await self.spawn(
             self.public, "turnserver",
@@ -274,24 +279,37 @@ class Lab:
         return p
 
     async def start_hub(self, *, redis: bool = True, port: int = HUB_PORT) -> LabProcess:
-        """`streamer hub` on the public machine (sharing the lab's Redis unless redis=False)."""
+        """`streamer hub` on the public machine (sharing the lab's Redis unless redis=False), as
+        docs/deploy.md runs it: handing out the STUN server and short-lived TURN credentials once
+        coturn runs (start_turn), serving https with use_tls()."""
         argv = [sys.executable, "-m", "streamer", "hub", "--host", PUBLIC_IP, "--port", str(port)]
         if redis:
             argv += ["--redis", f"redis://127.0.0.1:{REDIS_PORT}/0"]
+        if self.turn_secret_file is not None:
+            argv += [
+                "--stun", self.stun_url, "--turn", self.turn_url,
+                "--turn", f"{self.turn_url}?transport=tcp",
+                "--turn-secret", str(self.turn_secret_file),
+            ]
+        if self.hub_tls is not None:
+            argv += ["--tls-cert", str(self.hub_tls[0]), "--tls-key", str(self.hub_tls[1])]
         starts = sum(1 for p in self.procs if p.name.startswith(f"hub{port}"))
         p = await self.spawn(self.public, f"hub{port}-{starts}", *argv)
         await p.line()
         return p
 
     def ice(self, mode: str) -> str:
-        """SWARMCAST_ICE_SERVERS for mode "turn" (STUN and TURN), "stun" or "none"; any other
-        string is taken as the setting itself."""
-        return {
-            "turn": f"{self.stun_url},{self.turn_url}", "stun": self.stun_url, "none": "",
-        }.get(mode, mode)
+        """SWARMCAST_ICE_SERVERS for mode "turn" ("": the servers and short-lived credentials
+        the hub hands out), "stun" (STUN only) or "none"; any other string is taken as the
+        setting itself."""
+        return {"turn": "", "stun": self.stun_url, "none": "none"}.get(mode, mode)
 
     def _env(self, ice: str) -> dict[str, str]:
-        return {"SWARMCAST_ICE_SERVERS": self.ice(ice), "XDG_DATA_HOME": str(self.workdir / "xdg")}
+        env = {"SWARMCAST_ICE_SERVERS": self.ice(ice), "XDG_DATA_HOME": str(self.workdir / "xdg")}
+        return env
+
+    def _hub_ca(self) -> list[str]:
+        return ["--hub-ca", str(self.hub_tls[2])] if self.hub_tls is not None else []
 
     async def broadcast(
         self,
@@ -306,7 +324,7 @@ class Lab:
         argv = [
             sys.executable, "-m", "streamer", "broadcast", "test", "--hub", hub or self.hub_url,
             "--size", "320x180", "--fps", "15", "--bitrate", "300k",
-            "--feed", str(self.workdir / f"{name}-feed"),
+            "--feed", str(self.workdir / f"{name}-feed"), *self._hub_ca(),
         ]
         if duration is not None:
             argv += ["--duration", str(duration)]
@@ -321,7 +339,7 @@ class Lab:
             host, name,
             sys.executable, "-m", "viewer", "watch", key, "--hub", hub or self.hub_url,
             "--no-browser",
-            "--port", "0", "--store", str(self.workdir / f"{name}-store"),
+            "--port", "0", "--store", str(self.workdir / f"{name}-store"), *self._hub_ca(),
             env=self._env(ice),
         )
         return p, await p.line(60.0)
@@ -335,9 +353,9 @@ class Lab:
     def hub_url(self) -> str:
         return self.hub_url_on(HUB_PORT)
 
-    @staticmethod
-    def hub_url_on(port: int) -> str:
-        return f"http://{PUBLIC_IP}:{port}"
+    def hub_url_on(self, port: int) -> str:
+        scheme = "https" if self.hub_tls is not None else "http"
+        return f"{scheme}://{PUBLIC_IP}:{port}"
 
     @property
     def stun_url(self) -> str:
@@ -345,7 +363,7 @@ class Lab:
 
     @property
     def turn_url(self) -> str:
-        return f"turn:{TURN_USER}:{TURN_PASSWORD}@{PUBLIC_IP}:{TURN_PORT}"
+        return f"turn:{PUBLIC_IP}:{TURN_PORT}"
 
     async def wait_tcp(self, host: Host, ip: str, port: int, p: LabProcess, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -394,18 +412,24 @@ class Lab:
 _USAGE_RE = re.compile(r"peer usage: realm=<[^>]*>, username=<[^>]*>, rp=(\d+), rb=(\d+), sp=(\d+), sb=(\d+)")
 
 
+_USER_RE = re.compile(r"usage: realm=<[^>]*>, username=<([^>]*)>")
+
+
+def turn_usernames(log: str) -> set[str]:
+    """The user names of the allocations in a coturn log."""
+    return set(_USER_RE.findall(log))
+
+
 def parse_turn_usage(log: str) -> list[dict[str, int]]:
     return [
         dict(zip(("rp", "rb", "sp", "sb"), map(int, m.groups()), strict=True)) for m in _USAGE_RE.finditer(log)
     ]
 
 
-def turn_config(public_ip: str, realm: str, user: str, password: str) -> str:
+def turn_config(public_ip: str, realm: str, secret: str) -> str:
     """deploy/turnserver.conf with its @PLACEHOLDERS@ filled in."""
     text = TURN_TEMPLATE.read_text()
-    for key, value in {
-        "PUBLIC_IP": public_ip, "REALM": realm, "TURN_USER": user, "TURN_PASSWORD": password,
-    }.items():
+    for key, value in {"PUBLIC_IP": public_ip, "REALM": realm, "TURN_SECRET": secret}.items():
         text = text.replace(f"@{key}@", value)
     if "@" in "".join(line for line in text.splitlines() if not line.startswith("#")):
         raise ValueError("deploy/turnserver.conf has a placeholder the lab does not fill")

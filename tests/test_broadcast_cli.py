@@ -187,6 +187,7 @@ BAD_OPTIONS = [
     (["--segment", "0"], "--segment 0 is out of range"),
     (["--duration", "-1"], "--duration -1 is out of range"),
     (["--preset", "warp"], "not an x264 preset"),
+    (["--upload-budget", "0.5"], "--upload-budget '0.5' must be a number of stream copies"),
     (["--timeout", "5"], "--timeout is how long --listen waits for a publisher; add --listen"),
     (["--listen"], "--listen takes rtmp://HOST:PORT/APP/KEY"),
     (["--copy", "--size", "320x180"], "--copy keeps the input's pictures as they are"),

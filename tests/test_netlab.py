@@ -6,6 +6,7 @@ through the peers they can reach. Real `streamer broadcast` and `viewer watch` p
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import time
@@ -13,18 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_net import Certificates, certificates  # noqa: F401 (fixture)
 from tests.netlab import (
     PUBLIC_IP,
     Lab,
     LabProcess,
     Route,
     complete_from_join,
+    http_json,
     in_netns,
     lab,  # noqa: F401 (fixture)
     nat_lab,
     remove_stale_namespaces,
     routes,
     stats_until,
+    turn_usernames,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -161,16 +165,19 @@ async def test_peers_connect_directly_wherever_a_direct_path_exists(lab: Lab) ->
 
 
 async def test_symmetric_nat_peers_connect_through_turn_and_the_relay_carries_the_stream(
-    lab: Lab,  # noqa: F811
+    lab: Lab, certificates: Certificates,  # noqa: F811
 ) -> None:
     """Both ends behind symmetric NATs: no direct path, so every byte of the stream crosses
-    coturn. (This is what failed in the first lab: coturn tore an allocation down, silently,
+    coturn, with the short-lived credentials the hub hands out (no TURN password anywhere on
+    the peers), from a hub that serves https with a certificate the peers verify. (This is what failed in the first lab: coturn tore an allocation down, silently,
     when relaying to a peer's private host candidate failed with "network unreachable";
     deploy/turnserver.conf denies private and special peer ranges, so such a CHANNEL_BIND is
     refused with 403 instead and the allocation lives.)"""
+    lab.hub_tls = (certificates.cert, certificates.key, certificates.ca)
     await lab.start_redis()
     await lab.start_turn()
     await lab.start_hub()
+    assert lab.hub_url.startswith("https://")
     bc = lab.add_host("bc", "sym")
     viewer_host = lab.add_host("v", "sym")
     broadcaster, key = await lab.broadcast(bc, ice="turn", duration=8)
@@ -197,6 +204,11 @@ async def test_symmetric_nat_peers_connect_through_turn_and_the_relay_carries_th
 
     await _until(lambda: relayed() >= stats["bytes_down"] > 0,
                  f"coturn to report relaying the {stats['bytes_down']} bytes the viewer got", 30)
+    # Every allocation used a credential of the hub: "<expiry>:<random id>" (coturn's REST
+    # scheme; deploy/turnserver.conf has no static user).
+    assert lab.turn_log is not None
+    users = turn_usernames(lab.turn_log.read_text(errors="replace"))
+    assert users and all(re.fullmatch(r"\d{10}:[0-9a-f]{16}", u) for u in users), users
 
 
 async def test_a_dead_or_misconfigured_turn_server_is_named_once_and_peers_do_without_it(
@@ -263,27 +275,81 @@ async def test_without_turn_viewers_get_the_whole_stream_through_the_peers_they_
         assert {r.remote_ip for r in routes(proc)} == {open_host.ip}
 
 
-@pytest.mark.xfail(reason="needs membership fixes from signaling work", strict=False)
 async def test_nat_viewers_of_a_full_broadcaster_keep_playing_without_turn(lab: Lab) -> None:  # noqa: F811
     """The first lab's scenario: a public broadcaster with room for three neighbours, four
     viewers behind NATs (two endpoint-independent, two symmetric), STUN only. Every viewer stays
-    up and gets every block: eviction never strands a viewer with no other path, failed dials are
-    given up fast, and a live viewer waits and retries rather than exiting."""
+    up and gets every block: eviction never strands a viewer with no other path, a symmetric
+    viewer whose only path is the broadcaster gets every block from it, failed dials are given
+    up when ICE finds no path (not at the 15 s connect timeout) and the slot reused, and no
+    playing viewer goes without a new block for long because of them."""
     await lab.start_redis()
     await lab.start_turn()
     await lab.start_hub()
     bc = lab.add_host("bc", "public")
     broadcaster, key = await lab.broadcast(bc, ice="stun", duration=30)
     viewers = []
+    sampler = _GapSampler()
     for name, kind in (("eim1", "eim"), ("eim2", "eim"), ("sym1", "sym"), ("sym2", "sym")):
         host = lab.add_host(name, kind)
         viewers.append((host, *await lab.watch(host, key, ice="stun", name=name)))
-    for host, proc, url in viewers:
-        await stats_until(
-            host, url, complete_from_join,
-            f"{proc.name} to have the stream from where it joined to the end", timeout=120,
-            proc=proc, path="timeline",
-        )
+        sampler.watch(host, viewers[-1][2], viewers[-1][1])
+    try:
+        for host, proc, url in viewers:
+            await stats_until(
+                host, url, complete_from_join,
+                f"{proc.name} to have the stream from where it joined to the end", timeout=120,
+                proc=proc, path="timeline",
+            )
+    finally:
+        await sampler.stop()
+    # A symmetric viewer cannot reach the other NAT viewers: those dials fail, and they fail
+    # because ICE gave the path up, never by running into the connect timeout.
+    failed = [
+        line for _, proc, _ in viewers for line in proc.log.read_text().splitlines()
+        if "connecting to" in line and "failed" in line
+    ]
+    assert failed, "expected dials between symmetric and other NAT viewers to fail"
+    assert not [line for line in failed if "within" in line], "\n".join(failed)
+    # The second symmetric viewer found the broadcaster full and still got a slot there.
+    assert {"bc"} <= _direct_to(lab, viewers[3][1])
+    for name, gap in sampler.worst().items():
+        assert gap <= 4.0, f"{name} went {gap:.1f} s without a new block while playing"
+
+
+class _GapSampler:
+    """Polls each viewer's /stats while it plays and keeps the longest time between two
+    increases of its block count (the broadcaster appends one block a second)."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+        self._worst: dict[str, float] = {}
+
+    def watch(self, host, url: str, proc: LabProcess) -> None:  # type: ignore[no-untyped-def]
+        self._tasks.append(asyncio.ensure_future(self._poll(host, url, proc)))
+
+    async def _poll(self, host, url: str, proc: LabProcess) -> None:  # type: ignore[no-untyped-def]
+        have, since = 0, None
+        while proc.running:
+            try:
+                stats = await http_json(host, url + "stats")
+            except OSError:
+                stats = {}
+            now = time.monotonic()
+            if stats.get("blocks_have", 0) > have:
+                if since is not None and have > 0:
+                    self._worst[proc.name] = max(self._worst.get(proc.name, 0.0), now - since)
+                have, since = stats["blocks_have"], now
+            if stats.get("ended") or stats.get("stream_ended"):
+                return
+            await asyncio.sleep(0.25)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def worst(self) -> dict[str, float]:
+        return dict(self._worst)
 
 
 async def test_nat_viewers_keep_playing_through_a_hub_restart_with_a_second_hub_on_redis(

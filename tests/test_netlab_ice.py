@@ -28,18 +28,28 @@ def _error_response(code: int, reason: str) -> stun.Message:
 
 def test_failures_are_put_in_words() -> None:
     refused = stun.TransactionFailed(_error_response(401, "Unauthorized"))
-    assert ice._failure(refused, 0.1, "lab") == (
+    assert ice.describe_failure(refused, 0.1, "lab") == (
         "refused the credentials of user 'lab' (401 Unauthorized): check the user and password"
     )
     quota = stun.TransactionFailed(_error_response(486, "Allocation Quota Reached"))
-    assert ice._failure(quota, 0.1, "lab") == "refused the request (486 Allocation Quota Reached)"
-    assert ice._failure(stun.TransactionTimeout(), 8.0, None) == "did not answer"
-    assert ice._failure(OSError(101, "Network is unreachable"), 0.0, None) == (
+    assert ice.describe_failure(quota, 0.1, "lab") == (
+        "has no allocation left for this user (486 Allocation Quota Reached): raise its user-quota"
+    )
+    # A user name "<expiry>:<id>" is the hub's short-lived credential: expired, or not made with
+    # the TURN server's secret.
+    assert "expired at Unix time 1000 (500 s ago)" in str(
+        ice.describe_failure(refused, 0.1, "1000:ab12", now=1500.0)
+    )
+    assert "the hub's --turn-secret differs" in str(
+        ice.describe_failure(refused, 0.1, "2000:ab12", now=1500.0)
+    )
+    assert ice.describe_failure(stun.TransactionTimeout(), 8.0, None) == "did not answer"
+    assert ice.describe_failure(OSError(101, "Network is unreachable"), 0.0, None) == (
         "cannot be reached (Network is unreachable)"
     )
     # Cut short at aioice's gathering timeout: no answer. Cut short earlier: not the server's fault.
-    assert ice._failure(asyncio.CancelledError(), 5.0, None) == "did not answer within 5 s"
-    assert ice._failure(asyncio.CancelledError(), 0.5, None) is None
+    assert ice.describe_failure(asyncio.CancelledError(), 5.0, None) == "did not answer within 5 s"
+    assert ice.describe_failure(asyncio.CancelledError(), 0.5, None) is None
 
 
 def test_a_failed_server_is_named_once_left_out_then_welcomed_back(

@@ -245,6 +245,41 @@ def test_the_writer_uploads_each_block_about_once_however_many_watch(
     )
 
 
+def test_a_viewer_that_reaches_only_the_writer_gets_every_block_from_it(
+    make: Callable[..., Replicator],
+) -> None:
+    """The NAT lab's stranded viewer: a and b reach the writer and each other, c (behind a
+    symmetric NAT) only the writer. The writer's upload limit (each block once, then a small
+    budget) assumes the viewers pass blocks on; c has nobody to get them from, so once it says it
+    has no other neighbour the writer serves it everything. Without the count it starves."""
+
+    def run(counts: dict[int, int]) -> tuple[Replicator, Replicator]:
+        net = Net()
+        w = net.add(make(writer=True))
+        a, b = net.add(make()), net.add(make())
+        net.link(w, a)
+        net.link(w, b)
+        net.link(a, b)
+        for i in range(5):
+            append(net, w, [block(i, 18000)])
+            net.run(1)
+        c = net.add(make())
+        link = net.link(w, c)
+        names = {id(link.a): counts.get(0)}  # the writer's session with c
+        w.uploads.neighbours_of = lambda s: names.get(id(s))
+        c.want(0, 1, PRIORITY_HIGH, now=net.now)  # the stream header, as a viewer asks first
+        for i in range(5, 25):
+            append(net, w, [block(i, 18000)])
+            net.run(1)
+        return w, c
+
+    _, starved = run({})
+    assert len(held(starved)) < 10  # the writer's small budget of extra copies
+    w, c = run({0: 1})  # c told the writer it has one neighbour: the writer
+    assert c.feed.has(0) and all(c.feed.has(i) for i in range(6, 25))
+    assert w.stats(c.feed.length).blocks_up <= 2 * 25 + 5  # a and b still share the rest
+
+
 def test_a_late_request_is_sent_again_to_another_peer(make: Callable[..., Replicator]) -> None:
     net = Net()
     w = net.add(make(writer=True))
@@ -419,7 +454,7 @@ def test_a_peer_sending_a_tampered_proof_is_dropped(
 ) -> None:
     net = Net()
     w = net.add(make(writer=True))
-    v = net.add(make(archive=True))
+    v = net.add(make(archive=True, push=False))  # answers to requests (pushes: test_relay.py)
     link = net.link(w, v)
     append(net, w, [block(i) for i in range(5)])
     net.run(2)  # v holds 0..4 honestly; the tree has nodes to check against

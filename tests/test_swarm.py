@@ -20,8 +20,9 @@ from streamer.core.signal import SignalAuth, peer_id_of
 from streamer.hub import HubConfig, HubServer, start_hub
 from streamer.net.channel import MessageChannel
 from streamer.net.hubclient import HubClient
+from streamer.net.iceservers import parse_ice_servers
 from streamer.net.loop import run
-from streamer.net.rtc import RtcPeer, parse_ice_servers
+from streamer.net.rtc import RtcPeer
 from streamer.net.swarm import APP, Swarm
 from tests.waiting import eventually
 

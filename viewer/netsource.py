@@ -31,8 +31,8 @@ from streamer.media.format import StreamHeader, Timeline
 from streamer.media.parts import fit_replicator_to_parts
 from streamer.net.aio import Deadline, FeedWakeup, run_until
 from streamer.net.hubclient import HubClient
+from streamer.net.iceservers import ICE_ENV
 from streamer.net.replicator import NetworkReplicator
-from streamer.net.rtc import ICE_ENV
 from streamer.net.swarm import Swarm
 from viewer.source import LocalFeedSource
 

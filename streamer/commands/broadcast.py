@@ -46,6 +46,8 @@ from streamer.net.loop import run as run_loop
 from streamer.net.replicator import NetworkReplicator
 from streamer.net.swarm import Swarm
 
+DEFAULT_UPLOAD_BUDGET = 1.2  # copies of the stream a broadcaster uploads at most by default
+
 log = logging.getLogger("streamer.broadcast")
 
 DEFAULT_FEED = "swarmcast-feed"
@@ -66,6 +68,7 @@ class SwarmPlan:
     name: str | None
     ice: str | None = None
     hub_ca: str | None = None
+    upload_budget: float = DEFAULT_UPLOAD_BUDGET  # --upload-budget: copies of the stream at most
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -264,6 +267,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--stats", metavar="FILE", help="rewrite a JSON stats snapshot here every second"
     )
     parser.add_argument(
+        "--upload-budget",
+        metavar="X",
+        help="copies of the stream the broadcaster may upload when viewers' uploads fall short "
+        f"(default {DEFAULT_UPLOAD_BUDGET:g}: each block once plus 20 %%; e.g. 3 for a fat uplink)",
+    )
+    parser.add_argument(
         "--linger",
         metavar="S",
         help="after the end, stay up to S seconds while some blocks exist only on this disk, "
@@ -275,6 +284,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     options = parse_options(args)
     timeout = parse_seconds("--timeout", args.timeout, 0.1) if args.timeout is not None else None
+    budget = (
+        _parse_budget(args.upload_budget)
+        if args.upload_budget is not None
+        else DEFAULT_UPLOAD_BUDGET
+    )
     kind, _ = parse_source(args.source, args.listen)
     if args.loop and kind != "file":
         raise UsageError("--loop repeats a file; it does not apply to live sources")
@@ -366,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         )
         secret_key = key_pair.secret_key if key_pair else _stored_secret_key(feed_dir)
         swarm_plan = None if args.no_swarm else SwarmPlan(
-            args.hub, secret_key, args.name, args.ice, args.hub_ca
+            args.hub, secret_key, args.name, args.ice, args.hub_ca, budget
         )
         total = None
         if options.fast and source.duration:
@@ -378,6 +392,18 @@ def run(args: argparse.Namespace) -> int:
             broadcaster.pipeline.end_time,
         )
     return 0
+
+
+def _parse_budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1.0 <= value <= 100.0:
+        raise UsageError(
+            f"--upload-budget {text!r} must be a number of stream copies from 1 to 100, e.g. 1.5"
+        )
+    return value
 
 
 async def _linger(replicator: NetworkReplicator, linger: float, leave_now: asyncio.Event) -> None:
@@ -442,7 +468,12 @@ async def _go_live(
             await client.register_name(name, secret_key)
         log.info("registered the name %r on %s", name, hub)
     settings = broadcaster.settings
-    config = fit_replicator_to_parts(ReplicatorConfig(), settings.part or settings.segment)
+    # Each block once for free (live push or the first request), plus extra copies worth
+    # upload_budget - 1 of the stream, spent only on requests no viewer could take.
+    config = fit_replicator_to_parts(
+        ReplicatorConfig(writer_extra_ratio=plan.upload_budget - 1.0),
+        settings.part or settings.segment,
+    )
     replicator = NetworkReplicator(feed, swarm, config=config)
     broadcaster.stats_providers.append(replicator.stats_fields)
     await replicator.start()

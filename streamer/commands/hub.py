@@ -122,7 +122,7 @@ async def _check_turn(ice: IceConfig) -> None:
 
     server = ice.answer(time.time())["iceServers"][-1]
     for url in server["urls"]:
-        problem = await probe_turn(url, server["username"], server["credential"], from_hub=True)
+        problem = await probe_turn(url, server["username"], server["credential"])
         if problem is None:
             log.info("TURN server %s accepts the hub's credentials", url)
         else:

@@ -5,13 +5,15 @@ answer and tells it when the answer starts or is dropped). A viewer keeps short 
 uplink, shorter for old blocks than for new ones; a writer serves each block `writer_copies` times
 freely, avoids handing consecutive new blocks first to the same peers, and serves extra copies
 only from a budget worth `writer_extra_ratio` of the stream's bytes, so its upload stays near one
-copy of the stream however many viewers ask.
+copy of the stream however many viewers ask. The exception is a peer for which the writer is the
+only neighbour (behind a NAT that lets it reach nobody else): it has no one to get a block from
+but the writer, so the writer serves it every block it asks for (at most one copy per neighbour).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from streamer.core.replication import FeedLike
@@ -35,12 +37,26 @@ class AdmissionLimits(Protocol):
     writer_extra_burst: int
 
 
-class UploadAdmission:
-    """Decides, for every session of one feed, which block requests are answered now."""
+def _unknown(peer: Hashable) -> int | None:
+    return None
 
-    def __init__(self, feed: FeedLike, limits: AdmissionLimits) -> None:
+
+class UploadAdmission:
+    """Decides, for every session of one feed, which block requests are answered now.
+
+    `neighbours_of(peer)` is how many neighbours `peer` last said it has (None: not known); the
+    swarm's membership hears it (count reports), and a writer reads it to spot a peer that has
+    no path but the writer."""
+
+    def __init__(
+        self,
+        feed: FeedLike,
+        limits: AdmissionLimits,
+        neighbours_of: Callable[[Hashable], int | None] = _unknown,
+    ) -> None:
         self.feed = feed
         self.limits = limits
+        self.neighbours_of = neighbours_of
         self.refused = 0  # block requests declined as busy (or over the writer's budget)
         self.waiting = 0  # admitted answers not yet being sent
         self._peers = 0
@@ -49,6 +65,9 @@ class UploadAdmission:
         self._roots: deque[Hashable] = deque()  # writer: who got the newest blocks' first copies
         self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
         self._seen_bytes = feed.byte_length
+        self.over_budget_at: float | None = None  # writer: last refusal for lack of extra budget
+        # Live pushes wait for our uplink (core.relay): new blocks are then refused to pullers.
+        self.pushing: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------ told by the replicator
 
@@ -73,12 +92,22 @@ class UploadAdmission:
                 limits.writer_extra_burst * average,
             )
 
+    def only_through_us(self, peer: Hashable) -> bool:
+        """Whether `peer` said it has no neighbour but us (a count of 0 is an announcement made
+        before it connected to us)."""
+        count = self.neighbours_of(peer)
+        return count is not None and count <= 1
+
     # ------------------------------------------------------------ asked by the sessions
 
     def admit(self, peer: Hashable, block: int, now: float) -> bool:
         """May `peer`'s request for `block` be answered now? False: the session answers busy."""
         limits, feed = self.limits, self.feed
-        if feed.writable:
+        if feed.writable and self.only_through_us(peer):
+            # Nobody else can pass blocks to it: held back, it would starve, not ask elsewhere.
+            # (Its copies are not counted: it passes them on to nobody.)
+            pass
+        elif feed.writable:
             copies = self._copies.get(block, 0)
             if copies == 0 and peer in self._roots and self._peers > len(self._roots):
                 # A peer that got one of the last new blocks first is busy passing it on: let
@@ -91,6 +120,8 @@ class UploadAdmission:
                 average = feed.byte_length / max(feed.length, 1)
                 if self._tokens < average or self.waiting >= limits.max_queued_uploads:
                     self.refused += 1
+                    if self._tokens < average:
+                        self.over_budget_at = now
                     return False
                 self._tokens -= average
             if copies == 0:
@@ -107,7 +138,8 @@ class UploadAdmission:
         elif block >= feed.length - limits.hot_window:
             # Everyone near wants a new block at once: keep only a short queue for it, so a peer
             # we cannot serve soon asks one that just got it (that is how a block spreads fast).
-            if self.waiting >= limits.max_queued_relays:
+            # Live pushes waiting for our uplink take one of those places.
+            if self.waiting >= limits.max_queued_relays - (1 if self.pushing() else 0):
                 self.refused += 1
                 return False
         elif self.waiting >= limits.max_queued_history:
@@ -115,6 +147,17 @@ class UploadAdmission:
             return False
         self.waiting += 1
         return True
+
+    def pushed(self, peer: Hashable, block: int) -> None:
+        """A writer pushed `block` to `peer` (live push): that is the block's first copy."""
+        if not self.feed.writable:
+            return
+        copies = self._copies.get(block, 0)
+        if copies == 0:
+            self._roots.append(peer)
+            while len(self._roots) > max(1, self._peers // 2):
+                self._roots.popleft()
+        self._copies[block] = copies + 1
 
     def started(self) -> None:
         """An admitted answer is being sent now."""

@@ -27,10 +27,12 @@ from streamer.core.errors import (
     WireError,
 )
 from streamer.core.feed import ApplyResult
+from streamer.core.flat_tree import depth, full_roots, left_span, right_span
 from streamer.core.handshake import Handshaker
 from streamer.core.stats import PeerStats
 from streamer.core.wire import (
     MAX_CHUNK,
+    PUSH_REQUEST_ID,
     Bitfield,
     Cancel,
     Data,
@@ -43,6 +45,7 @@ from streamer.core.wire import (
     Request,
     RequestBlock,
     RequestUpgrade,
+    Subscribe,
     Sync,
     Unwant,
     Want,
@@ -60,11 +63,14 @@ __all__ = [
     "NO_DATA_MISSING",
     "OutRequest",
     "PeerMisbehaved",
+    "Pushed",
     "RangeSet",
     "RemoteSynced",
     "RequestAnswered",
     "RequestRefused",
     "Session",
+    "SubscribeAsked",
+    "SubscriptionChanged",
     "UploadPolicy",
     "Upgraded",
     "is_local_error",
@@ -81,6 +87,9 @@ MAX_BITFIELD_WORDS = 1024  # u32 words in one bitfield message: one hypercore pa
 MAX_BLOCK_INDEX = 1 << 48  # beyond any real stream; larger indexes are hostile
 MAX_EVENTS = 1024  # unread events kept; the oldest are dropped (a closing event is also a state)
 RECENT_CANCELLED = 256  # cancelled requests whose late answers we still verify and use
+ANNOUNCED_MEMORY = 32  # newest single-block announcements of a peer whose arrival time we keep
+MAX_PUSHES = 64  # pushes queued to one subscriber; older ones are dropped (it pulls them)
+MAX_DEPTH = 64  # relays from the broadcaster on the push tree; this many or more means no path
 
 _HANDSHAKE, _OPEN, _CLOSED = "handshake", "open", "closed"
 LOCAL_ERROR_REASON = "replication stopped by a local error"
@@ -171,6 +180,34 @@ class RequestRefused:
     busy: bool  # it holds the block but its uplink is full; else it lacks it
 
 
+@dataclass(frozen=True, slots=True)
+class SubscribeAsked:
+    """The peer asks us to push it blocks >= start as they verify here (the replicator answers with
+    accept_push or refuse_push); `start` None: it withdrew its subscription (already acknowledged)."""
+
+    start: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionChanged:
+    """The peer answered our subscription: it pushes to us from now on (`on`), or refused or stopped."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A block the peer pushed to us arrived (for the scheduler; comes before the Upgraded and
+    BlockVerified it caused). `duplicate`: we held it already; `unusable`: it was built for a length
+    we no longer have and did not verify against ours, so it was dropped unread (not the peer's
+    fault: our length moved while it was on the way)."""
+
+    index: int
+    size: int
+    duplicate: bool = False
+    unusable: bool = False
+
+
 Event = (
     HandshakeComplete
     | RemoteSynced
@@ -180,6 +217,9 @@ Event = (
     | LocalError
     | RequestAnswered
     | RequestRefused
+    | SubscribeAsked
+    | SubscriptionChanged
+    | Pushed
 )
 
 
@@ -223,6 +263,7 @@ class UploadPolicy(Protocol):
     def admit(self, peer: Hashable, block: int, now: float) -> bool: ...
     def started(self) -> None: ...
     def dropped(self, block: int) -> None: ...
+    def pushed(self, peer: Hashable, block: int) -> None: ...
 
 
 class AdmitAll:
@@ -235,6 +276,9 @@ class AdmitAll:
         return None
 
     def dropped(self, block: int) -> None:
+        return None
+
+    def pushed(self, peer: Hashable, block: int) -> None:
         return None
 
 
@@ -345,8 +389,25 @@ class Session:
         self._reassembler = Reassembler()
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._announced_length = 0
+        # Live push (docs/wire.md#11-subscribe). Ours of the peer's pushes: None, "asked", "on", or
+        # "closing" (we said stop; pushes may still arrive until its answer does).
+        self.sub_state: str | None = None
+        self.sub_start = 0
+        # The peer's of ours: whether we push to it, from which block, and what waits to be pushed.
+        self.push_on = False
+        self.push_start = 0
+        self._pushes: deque[int] = deque()
+        self._pushed_length = 0  # the length our last push with an upgrade took the peer to
+        # Relays between the broadcaster and the peer on the push tree (its notice; None: no path).
+        self.remote_depth: int | None = None
+        self._told_depth: int | None = -1  # what we last told the peer of our own (-1: nothing)
+        # When the peer announced each of its newest single blocks (how early it gets new blocks).
+        self.announced: dict[int, float] = {}
         self.stats = PeerStats()
         self.close_reason: str | None = None
+        # Called with this session when it emits an event or closes (the replicator's dirty set).
+        self.notify: Callable[[Session], None] | None = None
+        self.changes = 0  # counts received messages that may change what we ask of the peer
         if handshake is not None:
             self._state = _HANDSHAKE
             self._queue(handshake.message)
@@ -431,7 +492,19 @@ class Session:
 
     def wants_to_send(self) -> bool:
         """True if datagrams_to_send would return something now."""
-        return self._state != _CLOSED and bool(self._outbox or self._control or self._uploads)
+        return self._state != _CLOSED and bool(
+            self._outbox or self._control or self._pushes or self._uploads
+        )
+
+    @property
+    def pushes_waiting(self) -> int:
+        """Blocks queued to be pushed to the peer, not yet serialized."""
+        return len(self._pushes)
+
+    @property
+    def oldest_push(self) -> int | None:
+        """The oldest block queued to be pushed to the peer, if any."""
+        return self._pushes[0] if self._pushes else None
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -446,8 +519,13 @@ class Session:
             return
         self._state = _CLOSED
         self.close_reason = reason
+        if self.notify is not None:
+            self.notify(self)
         self._outbox.clear()
         self._control.clear()
+        self._pushes.clear()
+        self.push_on = False
+        self.sub_state = None
         for req in self._uploads:
             assert req.block is not None
             self._uploads_policy.dropped(req.block.index)
@@ -509,6 +587,54 @@ class Session:
             )
         )
 
+    # ------------------------------------------------------------ live push (used by the replicator)
+
+    def subscribe(self, start: int) -> None:
+        """Ask the peer to push us every block >= start the moment it verifies there."""
+        if self._state == _OPEN and self.sub_state is None:
+            self.sub_state = "asked"
+            self.sub_start = start
+            self._queue(Subscribe(True, start))
+
+    def unsubscribe(self) -> None:
+        """Ask the peer to stop pushing; its pushes are accepted until it acknowledges."""
+        if self._state == _OPEN and self.sub_state in ("asked", "on"):
+            self.sub_state = "closing"
+            self._queue(Subscribe(False))
+
+    def accept_push(self, start: int) -> None:
+        """Answer the peer's subscription: we push it blocks >= start from now on."""
+        if self._state == _OPEN:
+            self.push_on = True
+            self.push_start = start
+            self._queue(Subscribe(True, start, answer=True))
+
+    def refuse_push(self) -> None:
+        """Answer the peer's subscription with no, or stop pushing to it (shedding a subscriber)."""
+        if self._state == _OPEN:
+            self.push_on = False
+            self._pushes.clear()
+            self._queue(Subscribe(False, answer=True))
+
+    def tell_depth(self, depth: int | None) -> None:
+        """Tell the peer how many relays we are from the broadcaster (None: no push path)."""
+        if self._state == _OPEN and depth != self._told_depth:
+            self._told_depth = depth
+            self._queue(Subscribe(False, depth=MAX_DEPTH if depth is None else depth))
+
+    def push(self, block: int) -> bool:
+        """Queue a verified block to be pushed to the subscribed peer (skipped at send time if the
+        peer announced it meanwhile); False if the peer is not subscribed from that block."""
+        if not self.push_on or block < self.push_start or block in self.remote_has:
+            return False
+        pushes = self._pushes
+        if block in pushes:
+            return False
+        pushes.append(block)
+        if len(pushes) > MAX_PUSHES:
+            pushes.popleft()
+        return True
+
     # ------------------------------------------------------------ internals
 
     def _queue(self, msg: Message) -> None:
@@ -521,11 +647,21 @@ class Session:
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
+        if self.notify is not None:
+            self.notify(self)
 
     def _next_message(self) -> bool:
         """Move the next whole message into the outbox as chunks; False if there is none."""
         if self._control:
             self._outbox.extend(self._framer.frame(self._control.popleft()))
+            return True
+        while self._pushes:
+            push = self._build_push(self._pushes.popleft())
+            if push is None:
+                if self._state == _CLOSED:
+                    return False
+                continue
+            self._outbox.extend(self._framer.frame(encode_message(push)))
             return True
         if self._uploads:
             req = self._uploads.popleft()
@@ -552,6 +688,42 @@ class Session:
             self.stats.block_bytes_up += len(data.block.value)
         return data
 
+    def _build_push(self, block: int) -> Data | None:
+        """The push of one block, built now for the length the peer last announced: with an upgrade
+        to our length when the block lies beyond it. None when the peer holds it meanwhile, is on
+        another fork or ahead of us (it will pull), or our feed failed."""
+        feed = self._feed
+        if block in self.remote_has or self.remote_fork != feed.fork or not feed.has(block):
+            return None
+        # What the peer holds once it read our earlier pushes (the channel is ordered, and it applies
+        # a push's upgrade even when it held the block).
+        known, length = max(self.remote_length, self._pushed_length), feed.length
+        if known > length or block >= length:
+            return None
+        req = Request(id=PUSH_REQUEST_ID, fork=feed.fork)
+        if block >= known:
+            req.block = RequestBlock(block, 0)
+            req.upgrade = RequestUpgrade(known, length - known)
+        else:
+            req.block = RequestBlock(block, _steps_to_root(block, known))
+        try:
+            data = self._feed.proof(req)
+        except BlockNotFoundError:
+            return None
+        except (FeedError, OSError) as e:
+            self._local_error(e)
+            return None
+        assert data.block is not None
+        if data.upgrade is not None:
+            self._pushed_length = length
+        # Counted when it goes out, not when queued: a queued push may still be dropped.
+        self._uploads_policy.pushed(self, block)
+        self.stats.blocks_up += 1
+        self.stats.block_bytes_up += len(data.block.value)
+        self.stats.blocks_pushed += 1
+        self.remote_has.add(block, block + 1)
+        return data
+
     def _misbehaved(self, reason: str) -> None:
         if self._state == _CLOSED:
             return
@@ -576,7 +748,10 @@ class Session:
             self.announce(start, end)
 
     def _handle(self, msg: Message, now: float) -> None:
-        handler = _HANDLERS.get(type(msg))
+        kind = type(msg)
+        if kind is not Request and kind is not Cancel:
+            self.changes += 1  # what we know of the peer, or our requests to it, may have moved
+        handler = _HANDLERS.get(kind)
         if handler is None:
             raise ProtocolViolation(f"unexpected {type(msg).__name__} message after the handshake")
         handler(self, msg, now)
@@ -594,6 +769,89 @@ class Session:
         if changed:
             self._emit(RemoteSynced(msg.length, msg.fork))
 
+    def _on_subscribe(self, msg: Subscribe, now: float) -> None:
+        if msg.depth is not None:
+            self.remote_depth = msg.depth if msg.depth < MAX_DEPTH else None
+            return
+        if msg.start > MAX_BLOCK_INDEX:
+            raise ProtocolViolation(f"subscription from block {msg.start} is beyond any stream")
+        if not msg.answer:
+            if msg.on:
+                self._emit(SubscribeAsked(msg.start))
+                return
+            # It stops: acknowledge, so it knows no push follows.
+            was_on = self.push_on
+            self.push_on = False
+            self._pushes.clear()
+            self._queue(Subscribe(False, answer=True))
+            if was_on:
+                self._emit(SubscribeAsked(None))
+            return
+        state = self.sub_state
+        if msg.on:
+            if state == "asked":
+                self.sub_state = "on"
+                self._emit(SubscriptionChanged(True))
+        elif state is not None:
+            self.sub_state = None
+            if state != "closing":
+                self._emit(SubscriptionChanged(False))
+
+    def _on_push(self, msg: Data, now: float) -> None:
+        """A block the peer pushed: accepted only while we are subscribed, and verified like any
+        answer before it is stored, announced or pushed on."""
+        if self.sub_state is None:
+            raise ProtocolViolation("data pushed to us without a subscription")
+        if msg.hash is not None or msg.seek is not None or msg.manifest is not None:
+            raise ProtocolViolation("a push carries a hash, seek or manifest proof")
+        block = msg.block
+        if block is None:
+            raise ProtocolViolation("a push carries no block")
+        if block.index < self.sub_start:
+            raise ProtocolViolation(f"pushed block {block.index} is before our subscription")
+        feed = self._feed
+        size = len(block.value)
+        self.remote_has.add(block.index, block.index + 1)
+        if msg.fork != feed.fork:
+            self._emit(Pushed(block.index, size, unusable=True))
+            return
+        had = feed.has(block.index)
+        up = msg.upgrade
+        old_length = feed.length
+        if up is not None and up.start != old_length:
+            # Built for a length other than ours: we grew meanwhile, or the pusher counted on an
+            # earlier push having upgraded us. Use the block alone if its proof fits our tree.
+            if had:
+                self.stats.duplicates += 1
+                self._emit(Pushed(block.index, size, duplicate=True))
+                return
+            msg.upgrade = None
+            up = None
+        if had and up is None:
+            self.stats.duplicates += 1
+            self._emit(Pushed(block.index, size, duplicate=True))
+            return
+        if up is None and not _reaches_our_tree(feed, block.index, len(block.nodes)):
+            # Its proof stops short of, or climbs past, the nodes we hold: it was built for
+            # another length. Unusable, not hostile; anything that can be checked is checked.
+            self._emit(Pushed(block.index, size, unusable=True))
+            return
+        feed.verify_and_apply(msg)
+        if had:
+            # A copy we held, but its upgrade verified and applied: the pusher counts on it.
+            self.stats.duplicates += 1
+            self._emit(Pushed(block.index, size, duplicate=True))
+            if feed.length > old_length:
+                self._emit(Upgraded(feed.length))
+            return
+        self.stats.blocks_down += 1
+        self.stats.block_bytes_down += size
+        self.stats.pushes_received += 1
+        self._emit(Pushed(block.index, size))
+        if feed.length > old_length:
+            self._emit(Upgraded(feed.length))
+        self._emit(BlockVerified(block.index, self.remote_is_writer))
+
     def _on_request(self, msg: Request, now: float) -> None:
         if len(self._uploads) >= MAX_REMOTE_REQUESTS:
             raise ProtocolViolation(
@@ -608,6 +866,10 @@ class Session:
             return
         if msg.block is not None and not feed.has(msg.block.index):
             self._queue(NoData(msg.id, NO_DATA_MISSING))
+            return
+        if msg.block is not None and msg.upgrade is None and msg.block.index in self._pushes:
+            # Its push is queued already: that is the answer; ask nobody else meanwhile.
+            self._queue(NoData(msg.id, NO_DATA_BUSY))
             return
         if msg.block is not None and not self._uploads_policy.admit(self, msg.block.index, now):
             if msg.upgrade is None:
@@ -632,6 +894,9 @@ class Session:
                 return
 
     def _on_data(self, msg: Data, now: float) -> None:
+        if msg.request == PUSH_REQUEST_ID:
+            self._on_push(msg, now)
+            return
         out = self.inflight.pop(msg.request, None)
         stale = out is None
         if out is None:
@@ -667,6 +932,10 @@ class Session:
             return
         had = out.block is not None and feed.has(out.block)
         old_length = feed.length
+        if data.upgrade is not None and data.upgrade.start < old_length and data.block is None:
+            # An upgrade answer overtaken by a push that upgraded us first: nothing to verify.
+            self._emit(RequestAnswered(out, stale, ignored=True))
+            return
         feed.verify_and_apply(data)
         size = None if data.block is None else len(data.block.value)
         declined = data.block is None and out.block is not None
@@ -704,6 +973,11 @@ class Session:
             self.remote_has.remove(msg.start, end)
         else:
             self.remote_has.add(msg.start, end)
+            if msg.length == 1:
+                announced = self.announced
+                announced[msg.start] = now
+                if len(announced) > ANNOUNCED_MEMORY:
+                    del announced[next(iter(announced))]
 
     def _on_bitfield(self, msg: Bitfield, now: float) -> None:
         if msg.start % 32 or len(msg.bitfield) > MAX_BITFIELD_WORDS:
@@ -740,4 +1014,22 @@ _HANDLERS: dict[type, Callable[[Session, Message, float], None]] = {
     Want: Session._on_ignored,  # type: ignore[dict-item]
     Unwant: Session._on_ignored,  # type: ignore[dict-item]
     Extension: Session._on_ignored,  # type: ignore[dict-item]
+    Subscribe: Session._on_subscribe,  # type: ignore[dict-item]
 }
+
+
+def _reaches_our_tree(feed: FeedLike, block: int, nodes: int) -> bool:
+    """Whether a proof of `nodes` nodes for `block`, without an upgrade, ends at a node we hold
+    and can trust (so that failing to verify means the peer lied)."""
+    if block >= feed.length:
+        return False
+    return feed.missing_nodes(block) <= nodes <= _steps_to_root(block, feed.length)
+
+
+def _steps_to_root(block: int, length: int) -> int:
+    """Proof nodes from a block's leaf up to the root of a `length`-block tree that covers it."""
+    leaf = 2 * block
+    for root in full_roots(2 * length):
+        if left_span(root) <= leaf <= right_span(root):
+            return depth(root)
+    raise BlockNotFoundError(f"block {block} is beyond length {length}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from streamer.core.admission import UploadAdmission
 from streamer.core.backfill import Backfill, Safety, missing_runs, to_runs, unavailable_runs
 from streamer.core.handshake import Handshaker
+from streamer.core.relay import LiveRelay
 from streamer.core.replication import (
     MAX_EVENTS,
     BlockVerified,
@@ -27,9 +28,13 @@ from streamer.core.replication import (
     LocalError,
     OutRequest,
     PeerMisbehaved,
+    Pushed,
+    RemoteSynced,
     RequestAnswered,
     RequestRefused,
     Session,
+    SubscribeAsked,
+    SubscriptionChanged,
     Upgraded,
 )
 from streamer.core.stats import NeighbourStats, PeerStats, RateMeter, ReplicationStats
@@ -49,7 +54,10 @@ REVEALED_MEMORY = 64  # newest blocks whose reveal time is kept, for playback de
 class ReplicatorConfig:
     """How one node replicates one feed. Times in seconds, sizes in blocks unless noted."""
 
-    max_inflight_per_peer: int = 16  # our requests waiting at one peer
+    max_inflight_per_peer: int = 16  # our requests waiting at one peer, at least...
+    # ...and as many more as fit in this many bytes of average blocks: small blocks need more in
+    # flight to keep a channel busy over a round trip (16 x 16 KiB starved a local aiortc link).
+    max_inflight_bytes_per_peer: int = 1024 * 1024
     max_queued_uploads: int = 1  # a writer's extra copies waiting for its uplink; more: NoData(busy)
     # A viewer's answers of new blocks waiting for its uplink (more: NoData(busy)). Two, not one:
     # the next copy is already queued when one finishes, so the uplink never idles for a request's
@@ -76,6 +84,22 @@ class ReplicatorConfig:
     writer_extra_burst: int = 4  # ...saving up at most this many average blocks of extra copies
     scan_limit: int = 256  # wanted blocks examined per scheduling pass
     chunk_size: int = MAX_CHUNK  # bytes per data-channel message (smaller: less head-of-line wait)
+    # Live push (core.relay, docs/replication.md#live-push-relay-at-the-live-edge): a viewer
+    # subscribes to one neighbour, which pushes it each new block as soon as it verifies; pulls
+    # are the fallback. Off by default: in bench/simulate.py the single push tree measured worse
+    # than the pull mesh (1,000 viewers, 2.5 Mbit/s on 5 Mbit/s uplinks: p95 4.4 s vs 3.0 s).
+    push: bool = False
+    max_push_children: int = 3  # subscribers a viewer pushes to (fewer once its uplink falls behind)
+    writer_push_children: int = 1  # subscribers a writer pushes to: each block about once
+    # Hold a pull of a new length or block for the push at least push_grace_min and at most
+    # push_grace_max seconds (1.5x the usual push delay + 50 ms in between). Short: a push that
+    # is late must not make the pull late too (a longer hold measured worse in bench/simulate.py).
+    push_grace_min: float = 0.0
+    push_grace_max: float = 0.3
+    switch_every: int = 10  # move parents at most once per this many new blocks...
+    switch_depth: int = 2  # ...to a neighbour this many relays nearer the broadcaster
+    refused_backoff: float = 5.0  # do not ask a neighbour that refused or that we left for this long
+    shed_cooldown: float = 10.0  # after shedding a subscriber, take no new one for this long
     seed: int | None = None  # for the random tie-breaks (tests and the simulator fix it)
 
 
@@ -125,8 +149,14 @@ class Replicator:
         self.totals = ReplicatorTotals()
         self._closed = PeerStats()  # the traffic of sessions that closed
         self.uploads = UploadAdmission(feed, self.config)
+        self._pushed_block = False  # the BlockVerified being handled came by push
+        self._hold_until: float | None = None  # the first block pull held for a push ends then
+        self._pushed_block_seen = False  # the last verified block came by push (for the simulator)
         self._events: deque[tuple[Session, Event]] = deque(maxlen=MAX_EVENTS)
         self._rates = RateMeter()
+        self._dirty: set[Session] = set()  # sessions with unread events, or closed
+        self._stale = True  # something changed that may call for a request since the last pass
+        self._archive_cursor = 0  # blocks below this are held (see _archive_start)
         self._rng = random.Random(self.config.seed)
         self._inflight: dict[int, list[tuple[Session, OutRequest]]] = {}
         self._upgrade: tuple[Session, OutRequest] | None = None
@@ -139,8 +169,10 @@ class Replicator:
         self._revealed_to = feed.length  # the length whose blocks' reveal times are known
         self._now = 0.0  # the latest time passed in
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
-        self._unavailable = 0  # wanted blocks no neighbour has, at the last full scheduling pass
         self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
+        self.relay = LiveRelay(feed, self.config, self._rng)
+        self.uploads.pushing = self.relay.pushing
+        self._appended: deque[tuple[float, int]] = deque()  # writer: (time, byte_length) samples
         # Our own feed failed (a full disk, say): replication is over, whoever sent the data.
         self.failure: Exception | None = None
         # History for the swarm's sake (core.backfill): off until a viewer turns it on.
@@ -166,11 +198,14 @@ class Replicator:
             handshake=handshake,
             remote_is_writer=remote_is_writer,
         )
+        session.notify = self._dirty.add
         if self.failure is not None:
             session.close("replication stopped by a local error")
+        self._stale = True
         if not session.closed:
             self.sessions.append(session)
             self.uploads.peer_added()
+            self.relay.session_added(session)
         self._consume(session)
         return session
 
@@ -192,9 +227,14 @@ class Replicator:
         """One data-channel message from `session`'s peer: the session checks and applies it, and
         the replicator acts on what came of it and sends the requests that should go out now."""
         self._now = now
+        before = session.changes
         session.receive(data, now)
         self._consume(session)
-        self.schedule(now)
+        if self._stale or session.changes != before:
+            self.schedule(now)
+        else:
+            # A request or cancel for our uplink changes nothing we would ask for.
+            self._consume_all()
         self._sample(now)
 
     def next_event(self) -> tuple[Session, Event] | None:
@@ -207,22 +247,24 @@ class Replicator:
     # ------------------------------------------------------------ session events
 
     def _consume_all(self) -> None:
-        """Read what every session has to say (calls into one session may close another)."""
-        while True:
-            pending = [s for s in self.sessions if s.has_events or s.closed]
-            if not pending:
-                return
-            for s in pending:
-                self._consume(s)
-
+        """Read what every session has to say (calls into one session may close another); the
+        sessions mark themselves in `_dirty` when they emit an event or close."""
+        dirty = self._dirty
+        while dirty:
+            self._consume(dirty.pop())
 
     def _consume(self, s: Session) -> None:
+        self._dirty.discard(s)
         while (event := s.next_event()) is not None:
             self._on_event(s, event)
         if s.closed and s in self.sessions:
             self._session_closed(s)
 
     def _on_event(self, s: Session, event: Event) -> None:
+        self._stale = True
+        if isinstance(event, (Pushed, SubscribeAsked, SubscriptionChanged)):
+            self._on_relay_event(s, event)
+            return
         if isinstance(event, RequestAnswered):
             self._answered(s, event)
             return
@@ -239,6 +281,7 @@ class Replicator:
                 self._revealed.pop(next(iter(self._revealed)))
             for t in self.sessions:
                 t.announce_length()
+            self.relay.upgraded(self._now, self._longest())
         elif isinstance(event, BlockVerified):
             block = event.index
             for t, other in self._inflight.pop(block, []):
@@ -249,11 +292,50 @@ class Replicator:
             # (core.backfill), the broadcaster too.
             for t in self.sessions:
                 t.announce(block, block + 1)
+            self._relay_block(s, block)
+        elif isinstance(event, RemoteSynced):
+            self.relay.remote_synced(event.length, self._now)
         elif isinstance(event, PeerMisbehaved):
             self.totals.peers_dropped += 1
         elif isinstance(event, LocalError):
             self._stop(event.error)
         self._events.append((s, event))
+
+    # ------------------------------------------------------------ live push (core.relay)
+
+    def _on_relay_event(
+        self, s: Session, event: Pushed | SubscribeAsked | SubscriptionChanged
+    ) -> None:
+        relay, now = self.relay, self._now
+        if isinstance(event, SubscribeAsked):
+            relay.subscribe_asked(s, event.start, now)
+        elif isinstance(event, SubscriptionChanged):
+            relay.subscription_changed(s, event.on, now)
+        else:
+            relay.pushed(s, event)
+            self._pushed_block = not (event.duplicate or event.unusable)
+            if event.duplicate:
+                self.totals.duplicates += 1
+                self.totals.duplicate_bytes += event.size
+            elif event.unusable:
+                pass
+            elif s.remote_is_writer:
+                self.totals.blocks_from_writer += 1
+                self.totals.block_bytes_from_writer += event.size
+            else:
+                self.totals.blocks_from_peers += 1
+                self.totals.block_bytes_from_peers += event.size
+
+    def _relay_block(self, s: Session, block: int) -> None:
+        """A block verified from `s`: learn who is early, push it on to our subscribers."""
+        pushed, self._pushed_block = self._pushed_block, False
+        self._pushed_block_seen = pushed
+        relay = self.relay
+        relay.block_verified(block, s, self.sessions, self._now, pushed)
+        relay.have(block, s, self._now)
+
+    def _longest(self) -> int:
+        return max((t.remote_length for t in self.sessions if t.is_open), default=0)
 
     # ------------------------------------------------------------ what to fetch
 
@@ -266,6 +348,7 @@ class Replicator:
             return
         self._want_seq += 1
         self._wants.append(_Want(start, end, priority, self._want_seq))
+        self._stale = True
         if len(self._wants) > MAX_WANTS:
             self._wants.pop(0)
         self._wants.sort(key=lambda w: (-w.priority, w.seq))
@@ -289,26 +372,45 @@ class Replicator:
 
     def set_archive(self, archive: bool) -> None:
         self.config.archive = archive
+        self._stale = True
 
     def _wanted(self) -> Iterator[int]:
         cfg, length = self.config, self.feed.length
-        if self._playhead is not None:
-            yield from range(
-                max(self._playhead, 0), min(self._playhead + cfg.playback_window, length)
-            )
+        head = self._playhead
+        played = (0, 0)  # the playback window, which the live edge need not repeat
+        if head is not None:
+            played = (max(head, 0), min(head + cfg.playback_window, length))
+            yield from range(*played)
         for w in self._wants:
             if w.priority >= PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.live:
-            yield from range(max(0, length - cfg.live_window), length)
+            live = max(0, length - cfg.live_window)
+            if played[1] > played[0]:
+                yield from range(live, min(length, played[0]))
+                yield from range(max(live, played[1]), length)
+            else:
+                yield from range(live, length)
         for w in self._wants:
             if w.priority < PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.archive:
             # The blocks we lack, not everything from the first gap: a block nobody holds must
-            # not hide the ones after it from the scan limit.
+            # not hide the ones after it from the scan limit; none below the first we lack.
+            first = self._archive_start()
             for start, end in missing_runs(length, self.feed.present_ranges()):
-                yield from range(start, end)
+                yield from range(max(start, first), end)
+
+    def _archive_start(self) -> int:
+        """The first block we lack from the start (the feed's contiguous length moves only when
+        it flushes; this follows what verified since, so a pass never rescans those)."""
+        feed = self.feed
+        c = max(self._archive_cursor, feed.contiguous_length)
+        length = feed.length
+        while c < length and feed.has(c):
+            c += 1
+        self._archive_cursor = c
+        return c
 
     def _deadline(self, block: int) -> float | None:
         """When a block in the playback window is due: counted from when the playhead moved or,
@@ -330,9 +432,14 @@ class Replicator:
         start = self._seen_length
         self.uploads.feed_grew()
         self._seen_length = feed.length
+        self._appended.append((now, feed.byte_length))
+        while len(self._appended) > 2 and now - self._appended[1][0] >= 10.0:
+            self._appended.popleft()
         for s in self.sessions:
             s.announce_length()
             s.announce(start, feed.length)
+        for block in range(start, feed.length):
+            self.relay.have(block, None, now)
         self._consume_all()
 
     # ------------------------------------------------------------ scheduling
@@ -340,6 +447,9 @@ class Replicator:
     def schedule(self, now: float) -> None:
         """Send the requests that should be in flight now (run after every input)."""
         self._now = now
+        self._stale = False
+        if self.failure is None:
+            self.relay.tick(self.sessions, now)
         if not self.feed.writable and self.failure is None:
             self._request_upgrade(now)
             self._request_blocks(now)
@@ -347,7 +457,16 @@ class Replicator:
             self._consume_all()  # what this and the input before it did to the other sessions
 
     def _capacity(self, s: Session) -> bool:
-        return s.is_open and len(s.inflight) < self.config.max_inflight_per_peer
+        return s.is_open and len(s.inflight) < self._inflight_limit()
+
+    def _inflight_limit(self) -> int:
+        """Requests we keep waiting at one peer: a count, raised for small blocks so that about
+        max_inflight_bytes_per_peer is in flight (capped below the peer's MAX_REMOTE_REQUESTS)."""
+        cfg, feed = self.config, self.feed
+        if feed.length == 0:
+            return cfg.max_inflight_per_peer
+        average = max(1, feed.byte_length // feed.length)
+        return max(cfg.max_inflight_per_peer, min(128, cfg.max_inflight_bytes_per_peer // average))
 
     def _blocked(self, s: Session, key: int, now: float) -> bool:
         until = self._refusals.get((s, key))
@@ -358,6 +477,9 @@ class Replicator:
         is answered at once even by a peer whose uplink is busy, and block requests need it first."""
         if self._upgrade is not None:
             return
+        held = self.relay.upgrade_held_until()
+        if held is not None and now < held:
+            return  # our push parent brings the new length with the block
         feed = self.feed
         best: Session | None = None
         best_key: tuple[int, bool, int, float] | None = None
@@ -376,7 +498,7 @@ class Replicator:
         self._upgrade = (best, out)
 
     def _request_blocks(self, now: float) -> None:
-        limit = self.config.max_inflight_per_peer
+        limit = self._inflight_limit()
         fork = self.feed.fork
         ready = [
             s
@@ -387,26 +509,45 @@ class Replicator:
             return
         feed = self.feed
         scanned = 0
-        unavailable = 0
+        revealed = self._revealed
+        # While our push parent is on, blocks from its subscription start come by push: pull one
+        # only if it has not come `grace` after it was revealed.
+        hold_from, grace = self.relay.hold_blocks()
+        self._hold_until = None
+        inflight = self._inflight
         for block in self._wanted():
             scanned += 1
             if scanned > self.config.scan_limit:
                 break
-            if block in self._inflight or feed.has(block):
+            if block in inflight or feed.has(block):
                 continue
+            if hold_from is not None and block >= hold_from:
+                at = revealed.get(block)
+                if at is not None and now < at + grace:
+                    if self._hold_until is None or at + grace < self._hold_until:
+                        self._hold_until = at + grace
+                    continue
             s = self._pick(block, now, ready)
             if s is None:
-                if not any(block in t.remote_has for t in self.sessions):
-                    unavailable += 1
                 continue
             out = s.request(now, block=block)
+            self.relay.note("req", now)
             self._inflight[block] = [(s, out)]
             self._mark_checks(out)
             if len(s.inflight) >= limit:
                 ready.remove(s)
                 if not ready:
                     return
-        self._unavailable = unavailable
+
+    def _count_unavailable(self) -> int:
+        """Wanted blocks that no neighbour holds (for stats)."""
+        feed, count = self.feed, 0
+        for scanned, block in enumerate(self._wanted()):
+            if scanned >= self.config.scan_limit:
+                break
+            if not feed.has(block) and not any(block in t.remote_has for t in self.sessions):
+                count += 1
+        return count
 
     def _pick(
         self, block: int, now: float, ready: list[Session], exclude: Session | None = None
@@ -562,6 +703,8 @@ class Replicator:
     def dropped(self, blocks: list[int]) -> None:
         """We no longer hold these blocks (evicted): tell every neighbour."""
         self.backfill.evicted += len(blocks)
+        if blocks:
+            self._archive_cursor = min(self._archive_cursor, min(blocks))
         for start, end in to_runs(blocks):
             for s in self.sessions:
                 s.announce_drop(start, end)
@@ -585,6 +728,17 @@ class Replicator:
         for (_, key), until in self._refusals.items():
             if (key < 0 or not self.feed.has(key)) and (best is None or until < best):
                 best = until
+        hold = self._hold_until
+        if hold is not None and hold > self._now and (best is None or hold < best):
+            best = hold
+        held = self.relay.upgrade_held_until()
+        if (
+            held is not None
+            and held > self._now
+            and self._upgrade is None
+            and (best is None or held < best)
+        ):
+            best = held
         return self._backfill_timer(best)
 
     def handle_timer(self, now: float) -> None:
@@ -662,6 +816,8 @@ class Replicator:
     def _refused(self, s: Session, out: OutRequest, busy: bool) -> None:
         cfg, now = self.config, self._now
         backoff = cfg.busy_backoff if busy else cfg.missing_backoff
+        if busy and out.block is not None:
+            self.relay.note("busy", now)
         if self._upgrade is not None and self._upgrade[1] is out:
             self._upgrade = None
             self._refuse(s, -1, now + backoff)
@@ -683,9 +839,11 @@ class Replicator:
             s.close("replication stopped by a local error")
 
     def _session_closed(self, s: Session) -> None:
+        self._stale = True
         if s in self.sessions:
             self.sessions.remove(s)
             self.uploads.peer_closed(s)
+            self.relay.session_closed(s)
         closed, traffic = self._closed, s.stats
         closed.bytes_up += traffic.bytes_up
         closed.bytes_down += traffic.bytes_down
@@ -707,7 +865,24 @@ class Replicator:
         self._sample(now)
         snapshot = self._snapshot()
         snapshot.up_rate, snapshot.down_rate = self._rates.rates
+        self._relay_stats(snapshot, now)
         return snapshot
+
+    def _relay_stats(self, out: ReplicationStats, now: float) -> None:
+        relay = self.relay
+        out.pushes_sent = relay.stats.pushes_sent
+        out.pushes_received = relay.stats.pushes_received
+        out.push_children = relay.children
+        out.push_parent = relay.parent is not None and relay.parent.sub_state == "on"
+        out.parent_switches = relay.stats.parent_switches
+        out.swarm_short = relay.swarm_short(now, self.uploads.over_budget_at)
+        if self.feed.writable:
+            samples = self._appended
+            if len(samples) >= 2 and samples[-1][1] > samples[0][1]:
+                rate = (samples[-1][1] - samples[0][1]) / max(samples[-1][0] - samples[0][0], 1e-9)
+                out.upload_capacity_ratio = round(out.up_rate / rate, 3)
+        elif out.down_rate > 0:
+            out.upload_capacity_ratio = round(out.up_rate / out.down_rate, 3)
 
     def _sample(self, now: float) -> None:
         if self._rates.due(now):
@@ -739,7 +914,7 @@ class Replicator:
             uploads_refused=self.uploads.refused,
             peers_dropped=t.peers_dropped,
             inflight=sum(len(e) for e in self._inflight.values()),
-            unavailable=self._unavailable,
+            unavailable=self._count_unavailable(),
             peers=self.peers,
             writer_connected=self.writer_connected,
         )

@@ -27,6 +27,8 @@ class PeerStats:
     block_bytes_down: int = 0
     duplicates: int = 0  # blocks this peer sent that we already had (after re-requests)
     refused: int = 0  # our block requests it declined (busy or missing)
+    blocks_pushed: int = 0  # blocks we pushed to it (live push; counted in blocks_up too)
+    pushes_received: int = 0  # blocks it pushed to us that verified (counted in blocks_down)
 
 
 @dataclass(slots=True)
@@ -82,6 +84,19 @@ class ReplicationStats:
     unreplicated_blocks: int = 0
     backfill_requests: int = 0  # history fetched for the swarm's sake (requests sent)
     evicted: int = 0  # blocks dropped from a bounded store
+    # Live push (core.relay): blocks pushed to subscribers and received by push, subscribers now,
+    # whether a push parent is set, and the short-swarm signals.
+    pushes_sent: int = 0
+    pushes_received: int = 0
+    push_children: int = 0
+    push_parent: bool = False
+    parent_switches: int = 0
+    # Viewers' uploads do not carry the stream: a writer refused copies over its --upload-budget in
+    # the last 10 s; a viewer saw at least half of its recent block requests answered busy.
+    swarm_short: bool = False
+    # Upload over the last few seconds divided by what it carries: a viewer's up/down bytes (below
+    # 1 it gives back less than it takes), a writer's up bytes per appended byte (copies it sends).
+    upload_capacity_ratio: float | None = None
     neighbours: list[NeighbourStats] = field(default_factory=list)
 
     @property

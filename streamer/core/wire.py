@@ -161,6 +161,19 @@ class Extension:
 
 
 @dataclass(slots=True)
+class Subscribe:
+    """Live push (our extension, type 11). From a subscriber: `on` asks the peer to push every block
+    with index >= start the moment it verifies there (False: stop). From the pusher, `answer` set:
+    `on` accepted, else refused or ended; no push follows an answer with `on` False. With `depth`
+    set it is only a notice: the sender is `depth` relays from the broadcaster on the push tree."""
+
+    on: bool
+    start: int = 0
+    answer: bool = False
+    depth: int | None = None
+
+
+@dataclass(slots=True)
 class Handshake:
     capability: bytes  # 32 bytes, crypto.replication_capability
     seeks: bool = True
@@ -179,11 +192,14 @@ Message = (
     | Range
     | Extension
     | Handshake
+    | Subscribe
 )
 
 SYNC, REQUEST, CANCEL, DATA, NO_DATA, WANT, UNWANT, BITFIELD, RANGE, EXTENSION, HANDSHAKE = range(
     11
 )
+SUBSCRIBE = 11
+PUSH_REQUEST_ID = 0  # a `data` with this request id is a push (requests count from 1)
 
 # ---------------------------------------------------------------- encoder
 
@@ -350,6 +366,15 @@ def _enc_handshake(out: bytearray, m: Handshake) -> None:
         _fixed(out, m.writer_signature, 64)
 
 
+def _enc_subscribe(out: bytearray, m: Subscribe) -> None:
+    if m.depth is not None:
+        _uint(out, 4)
+        _uint(out, m.depth)
+        return
+    _uint(out, (1 if m.on else 0) | (2 if m.answer else 0))
+    _uint(out, m.start)
+
+
 _ENCODERS: dict[type, tuple[int, object]] = {
     Sync: (SYNC, _enc_sync),
     Request: (REQUEST, _enc_request),
@@ -362,6 +387,7 @@ _ENCODERS: dict[type, tuple[int, object]] = {
     Range: (RANGE, _enc_range),
     Extension: (EXTENSION, _enc_extension),
     Handshake: (HANDSHAKE, _enc_handshake),
+    Subscribe: (SUBSCRIBE, _enc_subscribe),
 }
 
 
@@ -570,6 +596,15 @@ def _dec_handshake(r: _Reader) -> Handshake:
     return Handshake(capability, bool(flags & 1), signature)
 
 
+def _dec_subscribe(r: _Reader) -> Subscribe:
+    flags = r.uint()
+    if flags == 4:
+        return Subscribe(False, depth=r.uint())
+    if flags > 3:
+        raise WireError(f"subscribe flags {flags} are unknown; the peer sent a bad message")
+    return Subscribe(bool(flags & 1), r.uint(), bool(flags & 2))
+
+
 _DECODERS = (
     _dec_sync,
     _dec_request,
@@ -582,6 +617,7 @@ _DECODERS = (
     _dec_range,
     _dec_extension,
     _dec_handshake,
+    _dec_subscribe,
 )
 
 

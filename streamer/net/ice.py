@@ -1,6 +1,7 @@
 """ICE as swarmcast uses it on top of aiortc/aioice: which route a connection took (direct or
 relayed through a TURN server), and runtime patches of aioice (patch_aioice(); aioice itself is
-not modified on disk) that make it prefer direct routes and stop waiting on dead ICE servers.
+not modified on disk) that make it prefer direct routes, give up a path that does not answer
+within seconds, and stop waiting on dead ICE servers.
 
 Prefer direct routes: aioice nominates aggressively (the controlling agent puts USE-CANDIDATE on every
 check), so the first candidate pair whose check succeeds carries the connection for its whole
@@ -10,6 +11,14 @@ behind NATs ended up relayed to a broadcaster with a public address. The patch h
 checks of pairs that involve a relay candidate for RELAY_GRACE_S after checks begin, so a direct
 pair that works is nominated first; when none works, the relay pair follows that much later.
 Responses to the remote peer's checks are never delayed.
+
+Paths that do not answer: aioice retransmits a connectivity check 6 times with a doubling
+timeout (0.5 s to 32 s), so a candidate pair with no path behind it failed only after 63.5 s and
+a dial to a peer nobody can reach (two symmetric NATs without TURN) ran into the swarm's 15 s
+connect timeout, holding a neighbour slot and, for a viewer with no neighbour yet, delaying its
+request for room. Checks now retransmit CHECK_RETRANSMISSIONS times: a pair that gets no answer
+fails after 7.5 s, and a dial with no working pair fails then (a check that arrives from the
+other side later still revives its pair, as RFC 8445 says, so a late peer still connects).
 
 Dead ICE servers: aioice gives every connection's STUN and TURN queries up to 5 s and drops
 failures silently, so an unreachable TURN server added 5 s to each side of every connection
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 RELAY_GRACE_S = 1.0  # one STUN retransmission (500 ms) plus margin for a hole to open
 SERVER_RETRY_S = 60.0  # a failed STUN/TURN server is left out this long
 GATHER_TIMEOUT_S = 5.0  # aioice's wait for STUN/TURN answers while gathering
+CHECK_RETRANSMISSIONS = 3  # a connectivity check is sent at 0, 0.5, 1.5 and 3.5 s, failed at 7.5 s
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ def patch_aioice() -> bool:
     needed = ("connect", "check_start", "_check_periodic", "check_start_task", "gather_candidates")
     if (
         not all(hasattr(connection_cls, n) for n in needed)
+        or not hasattr(getattr(aioice_ice, "StunProtocol", None), "request")
         or getattr(aioice_ice.CandidatePair, "State", None) is None
         or not hasattr(aioice_ice, "relayed_candidate")
         or not hasattr(aioice_ice, "server_reflexive_candidate")
@@ -109,6 +120,7 @@ def patch_aioice() -> bool:
                     "direct path exists, and a dead STUN/TURN server slows every connection")
         return False
     _prefer_direct_routes(connection_cls)
+    _fail_unanswered_checks(aioice_ice.StunProtocol)
     _skip_dead_servers(connection_cls)
     setattr(connection_cls, "_swarmcast_patched", True)  # noqa: B010 (a foreign class)
     return True
@@ -153,6 +165,27 @@ def _prefer_direct_routes(connection_cls: Any) -> None:
     connection_cls._check_periodic = check_periodic
 
 
+# -- paths that do not answer ------------------------------------------------------------------
+
+
+def _fail_unanswered_checks(protocol_cls: Any) -> None:
+    original_request = protocol_cls.request
+
+    async def request(
+        self: Any, request: Any, addr: Any, integrity_key: bytes | None = None,
+        retransmissions: int | None = None,
+    ) -> Any:
+        # Connectivity checks are the requests signed with the peer's ICE password (gathering
+        # asks STUN servers unsigned; consent checks set their own count).
+        if integrity_key is not None and retransmissions is None:
+            retransmissions = CHECK_RETRANSMISSIONS
+        return await original_request(
+            self, request, addr, integrity_key=integrity_key, retransmissions=retransmissions
+        )
+
+    protocol_cls.request = request
+
+
 # -- dead STUN/TURN servers ---------------------------------------------------------------------
 
 _down_until: dict[tuple[str, str, int], float] = {}  # (STUN|TURN, host, port) -> monotonic time
@@ -189,23 +222,48 @@ def server_is_down(kind: str, server: Any) -> bool:
     return until is not None and until > time.monotonic()
 
 
-def _failure(exc: BaseException, elapsed: float, username: str | None) -> str | None:
-    """Why a STUN/TURN query failed, in words; None if it was only cut short by its caller."""
+def describe_failure(
+    exc: BaseException, elapsed: float, username: str | None, *,
+    timeout: float = GATHER_TIMEOUT_S, now: float | None = None,
+) -> str | None:
+    """Why a STUN/TURN query (or a TURN allocation) failed, in words that follow "TURN server
+    HOST:PORT"; None if it was only cut short by its caller. The one wording of such failures,
+    at gathering time (the patches below) and in the checks of streamer.net.iceservers."""
     if isinstance(exc, asyncio.CancelledError):
         # aioice cancels what has not answered when its gathering timeout ends.
-        return None if elapsed < GATHER_TIMEOUT_S * 0.9 else (
-            f"did not answer within {GATHER_TIMEOUT_S:.0f} s"
-        )
+        return None if elapsed < timeout * 0.9 else f"did not answer within {timeout:.0f} s"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"did not answer within {timeout:.0f} s"
     if isinstance(exc, aioice_stun.TransactionFailed):
         code, why = exc.response.attributes.get("ERROR-CODE", (0, "error"))
         if code == 401:
-            return f"refused the credentials of user {username!r} (401 {why}): check the user and password"
+            return _credentials_refused(username, why, time.time() if now is None else now)
+        if code == 486:
+            return f"has no allocation left for this user ({code} {why}): raise its user-quota"
         return f"refused the request ({code} {why})"
     if isinstance(exc, aioice_stun.TransactionTimeout):
         return "did not answer"
     if isinstance(exc, OSError):
         return f"cannot be reached ({exc.strerror or exc})"
     return f"failed ({exc.__class__.__name__}: {exc})"
+
+
+def _credentials_refused(username: str | None, why: str, now: float) -> str:
+    """A 401: a user name "<expiry>:<id>" is a short-lived credential of the hub (coturn's
+    use-auth-secret scheme), any other one the user's own."""
+    head = (username or "").split(":", 1)[0]
+    if not head.isdigit():
+        return f"refused the credentials of user {username!r} (401 {why}): check the user and password"
+    expiry = int(head)
+    if expiry <= now:
+        return (
+            f"refused the credential: it expired at Unix time {expiry} ({int(now - expiry)} s "
+            f"ago); check the clocks of the hub and this machine"
+        )
+    return (
+        f"refused the hub's credentials (401 {why}): the hub's --turn-secret differs from the "
+        "TURN server's static-auth-secret, or their clocks differ"
+    )
 
 
 def _skip_dead_servers(connection_cls: Any) -> None:
@@ -238,7 +296,7 @@ def _skip_dead_servers(connection_cls: Any) -> None:
         try:
             result = await original_relayed(**kwargs)
         except BaseException as e:
-            reason = _failure(e, time.monotonic() - started, kwargs.get("turn_username"))
+            reason = describe_failure(e, time.monotonic() - started, kwargs.get("turn_username"))
             if reason is not None:
                 server_down("TURN", server, reason)
             raise
@@ -251,7 +309,7 @@ def _skip_dead_servers(connection_cls: Any) -> None:
         try:
             result = await original_reflexive(protocol, stun_server)
         except BaseException as e:
-            reason = _failure(e, time.monotonic() - started, None)
+            reason = describe_failure(e, time.monotonic() - started, None)
             if reason is not None:
                 _stun_failures[key] = reason
             raise

@@ -1,35 +1,85 @@
 """Which STUN/TURN servers a node's peer connections use: the user's (--ice or
 SWARMCAST_ICE_SERVERS) if set, otherwise the ones its hub hands out at GET /v1/ice, with TURN
-credentials refreshed before they expire; and a check of each TURN server, so that one that
-refuses its credentials or does not answer is named in one log line and left out of new dials
-(waiting for it would delay every dial) while STUN and direct paths keep working.
+credentials refreshed before they expire; and a check of each TURN server (one allocation) before
+it is handed to new dials, so that one that refuses its credentials or does not answer is left
+out while STUN and direct paths keep working.
+
+How aioice then uses the servers is streamer.net.ice's: the wording of a server's failure
+(describe_failure), the one log line per server and cause, and how long a failed server is left
+out (server_down, SERVER_RETRY_S) are its rules, used here as they are at gathering time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from aioice import stun, turn
 from aiortc import RTCIceServer
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
-from streamer.core.errors import NetworkError
-from streamer.net.rtc import ICE_ENV, parse_ice_servers
+from streamer.core.errors import NetworkError, UsageError
+from streamer.net import ice
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 5.0  # a TURN server that has not allocated within this is left out
-RETRY_S = 30.0  # a hub that gave no ICE answer (or a TURN server that failed) is asked again
+PROBE_TIMEOUT_S = ice.GATHER_TIMEOUT_S  # a TURN server that has not allocated within this is left out
+RETRY_S = 30.0  # a hub that gave no ICE answer is asked again this often
 NONE = "none"  # --ice none / SWARMCAST_ICE_SERVERS=none: no STUN/TURN at all, even from the hub
 
+ICE_ENV = "SWARMCAST_ICE_SERVERS"
+
 FetchIce = Callable[[], Awaitable[dict[str, Any] | None]]
+
+
+def parse_ice_servers(spec: str) -> list[RTCIceServer]:
+    """ICE servers from a JSON list (of URL strings or {"urls", "username", "credential"} objects)
+    or a comma-separated list of `stun:host:port` / `turn:user:pass@host:port` URLs."""
+    spec = spec.strip()
+    if not spec:
+        return []
+    if spec.startswith("["):
+        try:
+            items = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise UsageError(
+                f"ICE server list is not valid JSON ({e.msg}); fix {ICE_ENV}"
+            ) from None
+        return [_ice_server_from_json(item) for item in items]
+    return [_ice_server_from_url(url.strip()) for url in spec.split(",") if url.strip()]
+
+
+def _ice_server_from_json(item: object) -> RTCIceServer:
+    if isinstance(item, str):
+        return _ice_server_from_url(item)
+    if isinstance(item, dict) and isinstance(item.get("urls"), (str, list)):
+        return RTCIceServer(
+            urls=item["urls"], username=item.get("username"), credential=item.get("credential")
+        )
+    raise UsageError(f"ICE server entry {item!r} needs a 'urls' field; fix {ICE_ENV}")
+
+
+def _ice_server_from_url(url: str) -> RTCIceServer:
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme not in ("stun", "stuns", "turn", "turns") or not rest:
+        raise UsageError(
+            f"ICE server {url!r} must look like stun:host:port or turn:user:pass@host:port"
+        )
+    if "@" in rest:
+        cred, _, hostport = rest.rpartition("@")
+        user, _, password = cred.partition(":")
+        return RTCIceServer(
+            urls=f"{scheme}:{hostport}", username=unquote(user), credential=unquote(password)
+        )
+    return RTCIceServer(urls=url)
 
 
 def user_ice_servers(spec: str | None) -> list[RTCIceServer] | None:
@@ -73,84 +123,66 @@ def _urls(server: RTCIceServer) -> list[str]:
 
 
 async def probe_turn(
-    url: str, username: str | None, credential: str | None, *, from_hub: bool,
+    url: str, username: str | None, credential: str | None, *,
     timeout: float = PROBE_TIMEOUT_S, now: float | None = None,
 ) -> str | None:
     """Try one allocation on the TURN server `url` with these credentials and release it.
-    None if it worked, else one line naming the cause."""
+    None if it worked, else one line naming the server and the cause."""
+    server, problem = await _probe(url, username, credential, timeout=timeout, now=now)
+    if problem is None or server is None:
+        return problem
+    return f"TURN server {server[0]}:{server[1]} {problem}"
+
+
+async def _probe(
+    url: str, username: str | None, credential: str | None, *, timeout: float,
+    now: float | None = None,
+) -> tuple[tuple[str, int] | None, str | None]:
     try:
         parsed = parse_stun_turn_uri(url)
     except ValueError:
-        return f"TURN server {url!r} is not a turn: or turns: URL"
-    server = (parsed["host"], parsed["port"])
-    secure = parsed["scheme"] == "turns"
+        return None, f"TURN server {url!r} is not a turn: or turns: URL"
+    server = (str(parsed["host"]), int(parsed["port"]))
+    started = time.monotonic()
     try:
         transport, _ = await asyncio.wait_for(
             turn.create_turn_endpoint(
                 asyncio.DatagramProtocol, server, username, credential,
-                ssl=secure, transport=parsed["transport"],
+                ssl=parsed["scheme"] == "turns", transport=parsed["transport"],
             ),
             timeout,
         )
-    except stun.TransactionFailed as exc:
-        code, reason = exc.response.attributes.get("ERROR-CODE", (0, "error"))
-        if code == 401:
-            return _unauthorized(url, username, from_hub, time.time() if now is None else now)
-        if code == 486:
-            return f"TURN server {url} has no allocation left for this user (486 {reason}); "\
-                "raise its user-quota"
-        return f"TURN server {url} refused an allocation ({code} {reason})"
-    except (asyncio.TimeoutError, stun.TransactionTimeout):
-        return (
-            f"TURN server {url} did not answer within {timeout:.0f} s; check that it runs and "
-            f"that {parsed['transport'].upper()} port {server[1]} is reachable"
+    except (stun.TransactionFailed, stun.TransactionTimeout, asyncio.TimeoutError, OSError,
+            ConnectionError, ValueError) as exc:
+        reason = ice.describe_failure(
+            exc, time.monotonic() - started, username, timeout=timeout, now=now
         )
-    except OSError as exc:
-        return f"TURN server {url} is unreachable ({exc.strerror or exc})"
-    except (ConnectionError, ValueError) as exc:
-        return f"TURN server {url} failed ({exc})"
+        return server, reason or "failed"
     transport.close()
-    return None
+    return server, None
 
 
-def _unauthorized(url: str, username: str | None, from_hub: bool, now: float) -> str:
-    expiry = None
-    if username:
-        head = username.split(":", 1)[0]
-        expiry = int(head) if head.isdigit() else None
-    if expiry is not None and expiry <= now:
-        return (
-            f"TURN server {url} refused the credential: it expired at Unix time {expiry} "
-            f"({int(now - expiry)} s ago); check the clocks of the hub and this machine"
-        )
-    if from_hub:
-        return (
-            f"TURN server {url} refused the hub's credentials (401): the hub's --turn-secret "
-            "differs from the TURN server's static-auth-secret, or their clocks differ"
-        )
-    return f"TURN server {url} refused user {username!r} (401); check the user and password"
-
-
-async def usable(
-    servers: list[RTCIceServer], *, from_hub: bool, warned: set[str],
-) -> list[RTCIceServer]:
-    """`servers` without the TURN URLs that fail a probe (each failure logged once per cause)."""
+async def usable(servers: list[RTCIceServer]) -> list[RTCIceServer]:
+    """`servers` without the TURN URLs that fail a check; each failure goes to
+    streamer.net.ice.server_down (named once per server and cause, left out of gathering)."""
     kept: list[RTCIceServer] = []
     for server in servers:
         urls = _urls(server)
         turn_urls = [u for u in urls if u.startswith(("turn:", "turns:"))]
         good = [u for u in urls if u not in turn_urls]
         results = await asyncio.gather(*(
-            probe_turn(u, server.username, server.credential, from_hub=from_hub)
+            _probe(u, server.username, server.credential, timeout=PROBE_TIMEOUT_S)
             for u in turn_urls
         ))
-        for url, problem in zip(turn_urls, results, strict=True):
+        for url, (address, problem) in zip(turn_urls, results, strict=True):
             if problem is None:
+                if address is not None:
+                    ice.server_up("TURN", address)
                 good.append(url)
-            elif problem not in warned:
-                warned.add(problem)
-                log.warning("%s; relaying through it is off, direct and STUN paths still work",
-                            problem)
+            elif address is None:
+                log.warning("%s; left out", problem)
+            else:
+                ice.server_down("TURN", address, problem)
         if good:
             kept.append(RTCIceServer(urls=good, username=server.username,
                                      credential=server.credential))
@@ -171,7 +203,6 @@ class IceServers:
         self._servers: list[RTCIceServer] = []
         self._refresh_at = 0.0  # monotonic time of the next hub fetch (0: now)
         self._task: asyncio.Task[None] | None = None
-        self._warned: set[str] = set()
         self._ready = asyncio.Event()
 
     @property
@@ -198,7 +229,7 @@ class IceServers:
 
     async def _update(self) -> None:
         if self._user is not None:
-            self._servers = await usable(self._user, from_hub=False, warned=self._warned)
+            self._servers = await usable(self._user)
             self._refresh_at = float("inf")
             self._ready.set()
             return
@@ -210,7 +241,7 @@ class IceServers:
             log.debug("no ICE servers from the hub (%s); asking again in %.0f s", exc, RETRY_S)
             self._refresh_at = time.monotonic() + RETRY_S
             return
-        self._servers = await usable(servers, from_hub=True, warned=self._warned)
+        self._servers = await usable(servers)
         dropped = sum(map(len, map(_urls, servers))) - sum(map(len, map(_urls, self._servers)))
         lifetime = (expires - time.time()) if expires is not None else None
         if lifetime is None:
@@ -219,7 +250,8 @@ class IceServers:
             # Half-way through the credentials' life, with jitter so a swarm does not ask at once.
             self._refresh_at = time.monotonic() + max(RETRY_S, lifetime / 2 * random.uniform(0.8, 1))
         if dropped:
-            # A TURN server that failed may be fixed or started later: check again soon.
-            self._refresh_at = min(self._refresh_at, time.monotonic() + 2 * RETRY_S)
+            # A TURN server that failed may be fixed or started later: check it again when
+            # streamer.net.ice would try it again.
+            self._refresh_at = min(self._refresh_at, time.monotonic() + ice.SERVER_RETRY_S)
         self._ready.set()
 

@@ -78,6 +78,11 @@ class NetworkReplicator:
         self.feed = feed
         self.swarm = swarm
         self.replicator = Replicator(feed, config)
+        if swarm is not None:
+            # A writer serves every block to a neighbour that can reach nobody else.
+            self.replicator.uploads.neighbours_of = lambda s: swarm.neighbour_count(
+                getattr(s, "name", "")
+            )
         self._peers: dict[Session, _Peer] = {}
         self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -1,5 +1,6 @@
 """One aiortc RTCPeerConnection per neighbour, its one reliable ordered data channel wrapped as a
-MessageChannel (with end-to-end backpressure and keepalive), and the ICE server configuration.
+MessageChannel (with end-to-end backpressure and keepalive). Which ICE servers it uses is
+streamer.net.iceservers', how aioice uses them streamer.net.ice's.
 It never looks inside the caller's binary messages and never trickles ICE (SDP travels whole).
 """
 
@@ -11,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
-import os
-from urllib.parse import unquote
 
 from aiortc import (
     RTCConfiguration,
@@ -24,7 +22,7 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription
 
-from streamer.core.errors import ChannelClosed, NetworkError, UsageError
+from streamer.core.errors import ChannelClosed, NetworkError
 from streamer.core.membership import MAX_SDP
 from streamer.net.channel import (
     DEFAULT_WINDOW,
@@ -33,57 +31,9 @@ from streamer.net.channel import (
     CreditedChannel,
 )
 
-ICE_ENV = "SWARMCAST_ICE_SERVERS"
 LABEL = "swarmcast"
 HIGH_WATER = 1024 * 1024  # bytes queued in aiortc above which send() waits ...
 LOW_WATER = 256 * 1024  # ... until the queue drains below this (bufferedamountlow)
-
-
-def parse_ice_servers(spec: str) -> list[RTCIceServer]:
-    """ICE servers from a JSON list (of URL strings or {"urls", "username", "credential"} objects)
-    or a comma-separated list of `stun:host:port` / `turn:user:pass@host:port` URLs."""
-    spec = spec.strip()
-    if not spec:
-        return []
-    if spec.startswith("["):
-        try:
-            items = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise UsageError(
-                f"ICE server list is not valid JSON ({e.msg}); fix {ICE_ENV}"
-            ) from None
-        return [_ice_server_from_json(item) for item in items]
-    return [_ice_server_from_url(url.strip()) for url in spec.split(",") if url.strip()]
-
-
-def _ice_server_from_json(item: object) -> RTCIceServer:
-    if isinstance(item, str):
-        return _ice_server_from_url(item)
-    if isinstance(item, dict) and isinstance(item.get("urls"), (str, list)):
-        return RTCIceServer(
-            urls=item["urls"], username=item.get("username"), credential=item.get("credential")
-        )
-    raise UsageError(f"ICE server entry {item!r} needs a 'urls' field; fix {ICE_ENV}")
-
-
-def _ice_server_from_url(url: str) -> RTCIceServer:
-    scheme, sep, rest = url.partition(":")
-    if not sep or scheme not in ("stun", "stuns", "turn", "turns") or not rest:
-        raise UsageError(
-            f"ICE server {url!r} must look like stun:host:port or turn:user:pass@host:port"
-        )
-    if "@" in rest:
-        cred, _, hostport = rest.rpartition("@")
-        user, _, password = cred.partition(":")
-        return RTCIceServer(
-            urls=f"{scheme}:{hostport}", username=unquote(user), credential=unquote(password)
-        )
-    return RTCIceServer(urls=url)
-
-
-def ice_servers_from_env() -> list[RTCIceServer]:
-    """The ICE servers named by SWARMCAST_ICE_SERVERS (none when unset: fine on a LAN)."""
-    return parse_ice_servers(os.environ.get(ICE_ENV, ""))
 
 
 def _sha256_fingerprint(fingerprints: list) -> bytes:

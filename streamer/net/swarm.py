@@ -164,6 +164,10 @@ class Swarm:
             self.stats.closed_bytes_received + sum(c.stats.bytes_received for c in live),
         )
 
+    def neighbour_count(self, peer_id: str) -> int | None:
+        """How many neighbours `peer_id` last said it has (None: not heard)."""
+        return self._membership.neighbour_count(peer_id)
+
     def is_banned(self, peer_id: str) -> bool:
         return self._membership.is_banned(peer_id, time.monotonic())
 

@@ -510,6 +510,14 @@ export class Replicator {
       unreplicated_blocks: 0,
       backfill_requests: 0,
       evicted: 0,
+      // core/stats.py's live push keys (core/relay.py): a tab neither pushes nor subscribes.
+      pushes_sent: 0,
+      pushes_received: 0,
+      push_children: 0,
+      push_parent: false,
+      parent_switches: 0,
+      swarm_short: false,
+      upload_capacity_ratio: null,
       share_from_peers: shareFromPeers(t.block_bytes_from_writer, t.block_bytes_from_peers),
       neighbours: [],
     }

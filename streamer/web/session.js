@@ -98,6 +98,8 @@ export class PeerStats {
     this.block_bytes_down = 0
     this.duplicates = 0 // blocks this peer sent that we already had
     this.refused = 0 // our block requests it declined (busy or missing)
+    this.blocks_pushed = 0 // live push (core/relay.py): a tab never pushes
+    this.pushes_received = 0 // nor subscribes, so it receives no pushes
   }
 }
 
