@@ -96,6 +96,11 @@ def test_lines_for_live_and_import() -> None:
     assert status.status_line(stats, 75) == (
         "live 0:01:15 | 2.00 Mbit/s | copy 1.00x | 3 peers | upload 2.00x | 11 blocks"
     )
+    stats["unreplicated_blocks"] = 2  # the swarm's view of blocks only the broadcaster holds
+    assert status.status_line(stats, 75) == (
+        "live 0:01:15 | 2.00 Mbit/s | copy 1.00x | 3 peers | upload 2.00x "
+        "| 2 blocks held by no viewer | 11 blocks"
+    )
     assert status.import_line({"stream_time_s": 30.0}, 60.0, 10.0) == (
         "import 30.0/60.0 s (50%) at 3.00x realtime, ETA 0:00:10"
     )

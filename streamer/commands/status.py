@@ -49,8 +49,8 @@ def status_line(stats: dict[str, Any], uptime: float) -> str:
     ]
     if byte_length:
         parts.append(f"upload {stats.get('bytes_up', 0) / byte_length:.2f}x")
-    if "blocks_unheld" in stats:  # shown when the swarm stats say it
-        parts.append(f"{stats['blocks_unheld']} blocks held by no viewer")
+    if "unreplicated_blocks" in stats:  # core.stats: blocks no neighbour holds yet
+        parts.append(f"{stats['unreplicated_blocks']} blocks held by no viewer")
     parts.append(f"{stats.get('length', 0)} blocks")
     return " | ".join(parts)
 
