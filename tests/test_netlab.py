@@ -276,9 +276,9 @@ async def test_without_turn_viewers_get_the_whole_stream_through_the_peers_they_
 
 
 @pytest.mark.xfail(
-    reason="passes on the code it was written for (one block per GOP); since 0.2 s parts (five "
-    "times the blocks) the second symmetric viewer behind a full broadcaster misses blocks: "
-    "open in issue 12",
+    reason="passed on the code it was written for (one block per GOP); since 0.2 s parts (five "
+    "times the blocks) the second symmetric viewer behind a full broadcaster sometimes misses "
+    "blocks: open in issue 12",
     strict=False,
 )
 async def test_nat_viewers_of_a_full_broadcaster_keep_playing_without_turn(lab: Lab) -> None:  # noqa: F811
