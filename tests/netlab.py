@@ -531,15 +531,20 @@ async def stats_until(
 
 
 def complete_from_join(timeline: dict, at_least: int = 3) -> bool:
-    """A viewer's /timeline shows an ended stream it holds from the first block it fetched (a
-    live viewer starts at the newest) to the last, with nothing missing: at least `at_least`."""
+    """A viewer's /timeline shows an ended stream it holds from the block where it started
+    playing (`join_block`) to the last, with nothing missing: at least `at_least` blocks. Blocks
+    before the join may be held too (history fetched for the swarm's archive), or not."""
     # A row is [index, pts, duration, flags, known] or an object with a "known" field.
-    known = [
-        int(row["known"] if isinstance(row, dict) else row[4]) for row in timeline.get("blocks", [])
+    rows = [
+        (int(row["index"]), bool(row["known"]))
+        if isinstance(row, dict)
+        else (int(row[0]), bool(row[4]))
+        for row in timeline.get("blocks", [])
     ]
-    if not timeline.get("ended") or 1 not in known:
+    join = timeline.get("join_block")
+    if not timeline.get("ended") or join is None:
         return False
-    held = known[known.index(1):]
+    held = [known for index, known in rows if index >= join]
     return all(held) and len(held) >= at_least
 
 

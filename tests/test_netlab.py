@@ -275,12 +275,6 @@ async def test_without_turn_viewers_get_the_whole_stream_through_the_peers_they_
         assert {r.remote_ip for r in routes(proc)} == {open_host.ip}
 
 
-@pytest.mark.xfail(
-    reason="passed on the code it was written for (one block per GOP); since 0.2 s parts (five "
-    "times the blocks) the second symmetric viewer behind a full broadcaster sometimes misses "
-    "blocks: open in issue 12",
-    strict=False,
-)
 async def test_nat_viewers_of_a_full_broadcaster_keep_playing_without_turn(lab: Lab) -> None:  # noqa: F811
     """The first lab's scenario: a public broadcaster with room for three neighbours, four
     viewers behind NATs (two endpoint-independent, two symmetric), STUN only. Every viewer stays
@@ -324,7 +318,7 @@ async def test_nat_viewers_of_a_full_broadcaster_keep_playing_without_turn(lab: 
 
 class _GapSampler:
     """Polls each viewer's /stats while it plays and keeps the longest time between two
-    increases of its block count (the broadcaster appends one block a second)."""
+    increases of its block count (the broadcaster appends a block every part, 0.2 s)."""
 
     def __init__(self) -> None:
         self._tasks: list[asyncio.Task[None]] = []

@@ -243,6 +243,8 @@ class NetworkSource(LocalFeedSource):
         join = timeline.join_point(index)
         if join != index:
             timeline.add_block(join, await self.get(join, timeout))
+        if self.join_block is None:
+            self.join_block = join
         return join
 
     def _swarm_stats(self) -> ReplicationStats:

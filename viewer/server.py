@@ -202,6 +202,9 @@ async def _timeline(request: web.Request) -> web.Response:
             "length": state.source.length,
             "ended": state.source.ended,
             "live_edge": live_edge,
+            # Where this viewer started playing (null for a local feed): history before it may
+            # be held too, fetched for the swarm's archive (--keep), not watched.
+            "join_block": state.source.stats().get("join_block"),
             # One object per media block from `from` on (TimelineEntry's fields).
             "blocks": [_entry_json(entry) for entry in rows],
         }

@@ -92,6 +92,7 @@ class LocalFeedSource(BlockSource):
         self._feed = feed
         self._changes = FeedWakeup(feed)
         self._playhead = 0
+        self.join_block: int | None = None  # where playback started (a network source sets it)
         self._ended = False
         self._newest_wall_clock: float | None = None
         self._newest_checked = -1
@@ -149,7 +150,7 @@ class LocalFeedSource(BlockSource):
             ended=self._ended,
             swarm=self._swarm_stats(),
         )
-        return {**node.as_json(), "playhead": self._playhead}
+        return {**node.as_json(), "playhead": self._playhead, "join_block": self.join_block}
 
     def _swarm_stats(self) -> ReplicationStats:
         """This node's replication (a network source's; none for a feed in this process)."""
