@@ -84,6 +84,14 @@ def test_import_a_file_fast_then_resume_it(tmp_path: Path) -> None:
     assert [s.pts for s in segments if s.independent] == pytest.approx([0, 1, 2, 3, 4])
     assert len(segments) == 15 + 1 + 10 + 1
     assert segments[16].discontinuity and segments[16].independent and segments[-1].end
+    # Both runs export as one MP4: the end marker between them carries no media and is skipped.
+    exported = subprocess.run(
+        [sys.executable, "-m", "viewer", "export", str(feed_dir), str(tmp_path / "all.mp4")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert exported.returncode == 0, exported.stderr
+    with av.open(str(tmp_path / "all.mp4")) as mp4:
+        assert mp4.duration / 1e6 == pytest.approx(5.0, abs=0.1)
     refused = streamer("broadcast", str(SAMPLE), "--feed", str(feed_dir), "--part", "0.5")
     assert refused.returncode != 0 and "--part 0.2" in refused.stderr
 

@@ -14,6 +14,7 @@ from streamer.media.format import (
     FLAG_END,
     FLAG_INDEPENDENT,
     SEGMENT_HEADER_SIZE,
+    Grid,
     Segment,
     SegmentHeader,
     Timeline,
@@ -96,11 +97,14 @@ def test_timeline_maps_time_to_the_held_blocks_for_export() -> None:
     for index in (1, 2, 3, 5, 6):
         timeline.add_block(index, seg(100.0 + index - 1))
     timeline.add_block(7, end(106.0))
-    timeline.add_block(8, seg(106.0))  # after an end marker: not media of this run
+    timeline.add_block(8, seg(106.0, flags=FLAG_DISCONTINUITY))  # resumed after the marker
     assert timeline.origin() == 100.0
     assert [e.index for e in timeline.overlapping(101.5, 104.5)] == [2, 3, 5]
+    assert [e.index for e in timeline.overlapping(105.5, 107.0)] == [6, 8]
+    assert list(timeline.known_entries()) == [1, 2, 3, 5, 6, 8]
     assert timeline.run_from(2, 104.5) == 3  # block 4 is missing
-    assert timeline.run_from(5, float("inf")) == 6
+    assert timeline.run_from(5, float("inf")) == 8  # on past the resume's end marker (7)
+    assert timeline.run_from(5, 106.0) == 6
     assert timeline.run_from(1, 101.0) == 1
 
 
@@ -126,6 +130,41 @@ def test_seeking_starts_on_the_grid_and_settles_on_the_covering_block() -> None:
     assert timeline.newest_media(length) == 9
 
 
+def test_a_resumed_stream_goes_on_past_the_end_marker_in_its_middle() -> None:
+    # Blocks 1-3, a clean stop (4), a resume (5, 6), then the final stop (7); length 8.
+    timeline = Timeline()
+    for index, block in (
+        (1, seg(0.0)), (3, seg(2.0)), (4, end(3.0)), (5, seg(3.0, flags=FLAG_DISCONTINUITY)),
+        (7, end(5.0)),
+    ):
+        timeline.add_block(index, block)
+    rows = timeline.entries(8, 1.0)
+    assert [(e.index, e.pts, e.known) for e in rows] == [
+        (1, 0.0, True), (2, 1.0, False), (3, 2.0, True), (5, 3.0, True), (6, 4.0, False)
+    ]
+    assert rows[3].discontinuity and rows[3].independent
+    assert timeline.entries(8, 1.0, 5) == rows[3:]
+    assert timeline.entries(8, 1.0, 7) == []
+    assert list(timeline.known_entries()) == [1, 3, 5]
+    # Seeking to a time after the resume settles past the marker, from either side of it.
+    timeline.add_block(2, seg(1.0))
+    timeline.add_block(6, seg(4.0))
+    for start in (2, 4, 7):
+        index = start
+        for _ in range(8):
+            if (step := timeline.seek_step(index, 4.5, 8)) == index:
+                break
+            index = step
+        assert index == 6, start
+    assert timeline.seek_step(4, 3.0, 8) == 5  # the marker's own time: the resume's first block
+    # Without the resume's blocks known yet, the unknown block after a marker starts a segment.
+    lone = Timeline()
+    lone.add_block(2, end(2.0))
+    assert [(e.index, e.pts, e.independent) for e in lone.entries(5, Grid(1.0, 0.5, 2))] == [
+        (1, 0.0, True), (3, 2.0, True), (4, 2.5, False)
+    ]
+
+
 def test_entries_from_a_later_block_match_the_whole_list() -> None:
     timeline = Timeline()
     for index in (1, 2, 5, 9):
@@ -133,6 +172,11 @@ def test_entries_from_a_later_block_match_the_whole_list() -> None:
     whole = timeline.entries(12, 1.0)
     for first in range(1, 13):
         assert timeline.entries(12, 1.0, first) == whole[first - 1 :]
-    timeline.add_block(6, end(15.0))
-    assert timeline.entries(12, 1.0, 8) == []
+    timeline.add_block(6, end(15.0))  # stopped and resumed: block 6 is no media
+    resumed = timeline.entries(12, 1.0)
+    assert [e.index for e in resumed] == [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
+    for first in range(1, 13):
+        assert timeline.entries(12, 1.0, first) == [e for e in resumed if e.index >= first]
+    timeline.add_block(11, end(20.0))  # the final stop: media ends before block 11
+    assert timeline.entries(12, 1.0, 11) == [] and timeline.entries(12, 1.0, 12) == []
     assert timeline.entries(12, 1.0, 3) == timeline.entries(12, 1.0)[2:]

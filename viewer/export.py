@@ -75,8 +75,7 @@ def _plan(
     held = [i for i in range(1, length) if has(i)]
     timeline = Timeline()
     for index in held:
-        if timeline.add_block(index, read(index)).end:
-            break
+        timeline.add_block(index, read(index))  # end markers too: the timeline skips them
     timing = timeline.known_entries()
     if not timing:
         raise ExportError("the archive holds no media blocks yet; nothing to export")
@@ -130,10 +129,17 @@ def _remux(init: bytes, blocks: Iterator[bytes], tmp_path: str) -> None:
         )
         try:
             mapping = {s.index: sink.add_stream_from_template(s) for s in source.streams}
+            last_dts: dict[int, int] = {}
             for packet in source.demux():
                 if packet.dts is None:  # the demuxer's empty flush packets
                     continue
-                packet.stream = mapping[packet.stream.index]
+                index = packet.stream.index
+                if index in last_dts and packet.dts <= last_dts[index]:
+                    # Where a stream was resumed, the first run's last audio frame can reach a
+                    # few ms past the point the next run starts at: keep the earlier frame.
+                    continue
+                last_dts[index] = packet.dts
+                packet.stream = mapping[index]
                 sink.mux(packet)
         finally:
             sink.close()

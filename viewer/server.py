@@ -69,9 +69,7 @@ class PlayerState:
                     # A first look at a long archive reads many blocks: let other requests
                     # (block fetches, peers) run between batches.
                     await asyncio.sleep(0)
-                known = await self.held_timing(index)
-            if known is not None and known.end:
-                break
+                await self.held_timing(index)
         return timeline.entries(length, header.grid, first)
 
     async def held_timing(self, index: int) -> SegmentHeader | None:

@@ -336,7 +336,9 @@ class Timeline:
     places blocks in time (the page's timeline, HLS segments and parts, export, where playback
     starts for a time).
 
-    Media blocks run from block 1 up to the first end marker known. A block whose header was not
+    Media blocks run from block 1 to the end. An end marker that is not the last block (the
+    stream was resumed after it) carries no media and is skipped; the block after it is
+    independent and continues the timeline where the marker says. A block whose header was not
     read is placed on the grid (Grid: segments cut into parts) after the nearest known block
     before it. In a v2 stream a block is a part; only independent parts (FLAG_INDEPENDENT) are
     join and seek points, and a dependent part's header says how far back its independent part
@@ -380,13 +382,15 @@ class Timeline:
             start = first - 1
             while start > 1 and start not in self._headers:
                 start -= 1
-            if any(i < start for i in self._ends):
+            if length - 1 in self._ends and length - 1 < start:
                 return []  # media ended before `first`
         for index in range(start, length):
             known = self._headers.get(index)
             if known is not None:
                 if known.end:
-                    break
+                    # Skipped: the stream ended here, or stopped and was resumed after it.
+                    next_pts, position = known.pts, 0
+                    continue
                 rows.append(
                     TimelineEntry(index, known.pts, known.duration, known.flags, True, known.back)
                 )
@@ -400,16 +404,15 @@ class Timeline:
                 rows.append(TimelineEntry(index, next_pts, duration, flags, False, position))
                 next_pts += duration
                 position = position + 1 if position + 1 < g.parts else 0
-        return rows[first - start :] if first > start else rows
+        return [row for row in rows if row.index >= first] if first > start else rows
 
     def known_entries(self) -> dict[int, TimelineEntry]:
-        """The media blocks whose header is known (before the first known end marker), by index."""
+        """The media blocks whose header is known (end markers skipped), by index."""
         known: dict[int, TimelineEntry] = {}
         for index in sorted(self._headers):
             h = self._headers[index]
-            if h.end:
-                break
-            known[index] = TimelineEntry(index, h.pts, h.duration, h.flags, True, h.back)
+            if not h.end:
+                known[index] = TimelineEntry(index, h.pts, h.duration, h.flags, True, h.back)
         return known
 
     def origin(self) -> float:
@@ -423,12 +426,16 @@ class Timeline:
 
     def run_from(self, first: int, before: float) -> int:
         """The last block of the run of known media blocks from `first` on, without a missing
-        one between, that start before stream time `before`."""
+        one between (a resume's end marker is no gap), that start before stream time `before`."""
         known = self.known_entries()
-        last = first
-        while last + 1 in known and known[last + 1].pts < before:
-            last += 1
-        return last
+        last = index = first
+        while True:
+            index += 1
+            if index in self._ends:
+                continue
+            if index not in known or known[index].pts >= before:
+                return last
+            last = index
 
     def join_point(self, index: int) -> int:
         """The independent block that block `index` (header added) decodes from: itself, or the
@@ -451,12 +458,16 @@ class Timeline:
         header = self._headers[index]
         lo, hi = 1, length - 1
         for i, h in self._headers.items():
-            if not h.end and h.stop <= t:
-                lo = max(lo, min(i + 1, length - 1))  # the answer lies after block i
-            elif (h.end or h.pts > t) and i > 1:
+            if h.end and i >= length - 1:
+                hi = min(hi, i - 1)  # the final end marker: the answer lies before it
+            elif h.stop <= t:
+                lo = max(lo, min(i + 1, length - 1))  # ... after block i (or a resume's marker)
+            elif h.pts > t and i > 1:
                 hi = min(hi, i - 1)  # ... or before it
         size = header.duration if header.duration > 0 else 0.0
-        if header.end or (t < header.pts and index > 1):
+        if header.end and index < length - 1 and t >= header.pts:
+            target = index + 1  # a resume's marker: the media goes on after it
+        elif header.end or (t < header.pts and index > 1):
             jump = 1 if header.end or not size else max(1, int((header.pts - t) // size) + 1)
             target = index - jump
         elif t >= header.stop and index < length - 1:
