@@ -180,6 +180,8 @@ def test_a_publisher_goes_live_reconnects_and_the_stream_continues(
     assert _stats(stats)["length"] == 16
     publish(url, 2, bframes=bframes)
     run.wait_for("the publisher disconnected", timeout=30, nth=2)
+    # Under load the encoder may still be finishing the tail: stop once it is appended.
+    wait_until(lambda: _stats(stats).get("stream_time_s", 0) >= 5.0 - 0.05, "the second run's end")
     run.proc.send_signal(signal.SIGINT)
     assert run.finish() == 0, run.stderr
     assert "Traceback" not in run.stderr
