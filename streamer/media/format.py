@@ -160,8 +160,25 @@ class StreamHeader:
         return header
 
 
+class _Flagged:
+    """The flags both a segment and its header answer by name."""
+
+    __slots__ = ()
+    flags: int
+
+    @property
+    def discontinuity(self) -> bool:
+        """The first block after a broadcaster restart (the stream was resumed)."""
+        return bool(self.flags & FLAG_DISCONTINUITY)
+
+    @property
+    def end(self) -> bool:
+        """This block is the end marker (it carries no media)."""
+        return bool(self.flags & FLAG_END)
+
+
 @dataclass(frozen=True, slots=True)
-class SegmentHeader:
+class SegmentHeader(_Flagged):
     """The fixed header of a segment block, by name: enough to place it on the timeline and to
     tell a join point (an independent part) from a dependent one."""
 
@@ -171,15 +188,6 @@ class SegmentHeader:
     wall_clock: float
     back: int = 0  # blocks back to the independent part this one decodes from (0: itself)
     version: int = FORMAT_VERSION
-
-    @property
-    def discontinuity(self) -> bool:
-        return bool(self.flags & FLAG_DISCONTINUITY)
-
-    @property
-    def end(self) -> bool:
-        """This block is the end marker (it carries no media)."""
-        return bool(self.flags & FLAG_END)
 
     @property
     def independent(self) -> bool:
@@ -219,7 +227,7 @@ def is_independent(block: bytes) -> bool:
 
 
 @dataclass
-class Segment:
+class Segment(_Flagged):
     """One CMAF fragment with its timing; blocks 1.. of a stream feed. In v2 a part (one or more
     frames; `independent` when it starts with a keyframe, else `back` blocks after the part it
     decodes from), in v1 a whole keyframe-aligned GOP."""
@@ -232,14 +240,6 @@ class Segment:
     independent: bool = True
     back: int = 0
     version: int = FORMAT_VERSION
-
-    @property
-    def discontinuity(self) -> bool:
-        return bool(self.flags & FLAG_DISCONTINUITY)
-
-    @property
-    def end(self) -> bool:
-        return bool(self.flags & FLAG_END)
 
     def encode(self) -> bytes:
         flags = self.flags & ~FLAG_INDEPENDENT
