@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import free_port, percentile, read_stats
 from playwright.async_api import async_playwright
 
 from streamer.media.testpattern import read_time_code, time_code_strip
@@ -85,22 +84,7 @@ PAGE_PROBE = r"""
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def _stats(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _popen(*cmd: str, pipe: bool = False) -> subprocess.Popen:
@@ -176,7 +160,7 @@ async def run_once(args: argparse.Namespace, part: float) -> list[dict]:
     size = tuple(int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = _free_port()
+        port = free_port()
         hub = f"http://127.0.0.1:{port}"
         procs: list[subprocess.Popen] = []
         try:
@@ -187,8 +171,8 @@ async def run_once(args: argparse.Namespace, part: float) -> list[dict]:
                 "--fps", "30", "--bitrate", args.bitrate, "--segment", str(args.segment),
                 "--part", str(part), "--feed", str(root / "feed"), "--stats", str(stats),
             ))
-            await _wait_for(lambda: _stats(stats).get("length", 0) >= 3, 60, "the broadcast")
-            key = _stats(stats)["key"]
+            await _wait_for(lambda: read_stats(stats).get("length", 0) >= 3, 60, "the broadcast")
+            key = read_stats(stats)["key"]
             urls = []
             for i in range(VIEWERS):
                 proc = _popen(
@@ -227,9 +211,9 @@ def _line(name: str, results: list[dict]) -> str:
     stalls = sum(r["stalls"] for r in results)
     return (
         f"{name}: glass-to-glass p50 {statistics.median(glass) * 1000:.0f} ms, "
-        f"p95 {_p(glass, 0.95) * 1000:.0f} ms ({len(glass)} frames, "
+        f"p95 {percentile(glass, 0.95) * 1000:.0f} ms ({len(glass)} frames, "
         f"{sum(r['unread'] for r in results)} unread); delivery (block wall clock -> page) "
-        f"p50 {statistics.median(delivery) * 1000:.0f} ms, p95 {_p(delivery, 0.95) * 1000:.0f} ms; "
+        f"p50 {statistics.median(delivery) * 1000:.0f} ms, p95 {percentile(delivery, 0.95) * 1000:.0f} ms; "
         f"stalls {stalls}; live offset held {results[0]['hold']:.2f} s"
     )
 

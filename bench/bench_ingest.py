@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchutil import free_port
 
 from streamer.broadcast import Broadcaster, BroadcastOptions, plan_settings
 from streamer.core.feed import Feed
@@ -114,16 +115,11 @@ def _open_ingest(width: int, height: int, fps: int, seconds: float) -> IngestSou
         )
         _publisher_done.set()
 
-    port = _free_port()
+    port = free_port()
     port_box.append(port)
     threading.Thread(target=push, daemon=True).start()
     return IngestSource(f"rtmp://127.0.0.1:{port}/live/bench", timeout=2.0)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], p: int) -> float:

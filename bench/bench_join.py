@@ -13,17 +13,14 @@ import asyncio
 import statistics
 import time
 
+from benchutil import percentile
+
 from streamer.core import crypto
 from streamer.hub import HubConfig, start_hub
 from streamer.net.channel import MessageChannel
 from streamer.net.loop import run
 from streamer.net.rtc import RtcPeer
 from streamer.net.swarm import Swarm
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def _bare_setup() -> float:
@@ -73,7 +70,7 @@ async def main(peers: int, rounds: int) -> None:
         await hub.stop()
     print(f"{rounds} rounds of {peers} peers joining one after another, one hub, one process")
     for name, values in (("bare aiortc connection (baseline)", bare), ("swarm join -> first verified neighbour", joins)):
-        print(f"{name:40}: p50 {_p(values, 0.5) * 1000:6.1f} ms  p95 {_p(values, 0.95) * 1000:6.1f} ms"
+        print(f"{name:40}: p50 {percentile(values, 0.5) * 1000:6.1f} ms  p95 {percentile(values, 0.95) * 1000:6.1f} ms"
               f"  (n={len(values)})")
     print(f"ratio join / bare p50: {statistics.median(joins) / statistics.median(bare):.1f}x "
           "(the difference: hub round trips, the handshake, making room when all are full)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchutil import free_port, percentile, read_stats
 from playwright.async_api import Browser, Page, async_playwright
 
 PY = sys.executable
@@ -37,22 +37,7 @@ CHROMIUM_ARGS = [
 FIRST_FRAME = "window.swarmcast && swarmcast.stats && swarmcast.stats().first_frame_ms !== null"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def _stats(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 async def _until(predicate, timeout: float, what: str) -> None:
@@ -83,7 +68,7 @@ class Stream:
 
     def __init__(self, root: Path, size: str, seconds: float | None) -> None:
         self.root = root
-        port = _free_port()
+        port = free_port()
         self.hub = f"http://127.0.0.1:{port}"
         self.stats_path = root / "writer.json"
         self.procs = [subprocess.Popen(
@@ -100,8 +85,8 @@ class Stream:
         self.procs.append(self.writer)
 
     async def started(self) -> str:
-        await _until(lambda: _stats(self.stats_path).get("length", 0) >= 3, 60, "the broadcast")
-        return _stats(self.stats_path)["key"]
+        await _until(lambda: read_stats(self.stats_path).get("length", 0) >= 3, 60, "the broadcast")
+        return read_stats(self.stats_path)["key"]
 
     def viewer(self, key: str, name: str) -> tuple[subprocess.Popen, str, float]:
         start = time.perf_counter()
@@ -153,8 +138,8 @@ async def joins(browser: Browser, size: str, rounds: int) -> None:
                 await page.context.close()
         finally:
             stream.close()
-    t50, t95 = statistics.median(tab_joins), _p(tab_joins, 0.95)
-    p50, p95 = statistics.median(py_joins), _p(py_joins, 0.95)
+    t50, t95 = statistics.median(tab_joins), percentile(tab_joins, 0.95)
+    p50, p95 = statistics.median(py_joins), percentile(py_joins, 0.95)
     print(f"tab join (goto -> first frame shown): p50 {t50 * 1000:.0f} ms, p95 {t95 * 1000:.0f} ms "
           "(target p95 <= 1500 ms)")
     print(f"viewer watch join (start -> first frame playable), same run: p50 {p50 * 1000:.0f} ms, "
@@ -175,7 +160,7 @@ async def upload(browser: Browser, size: str, seconds: float, tabs: int, viewers
                 procs.append((proc, url))
             await asyncio.to_thread(stream.writer.wait, seconds + 60)
             await asyncio.sleep(2)  # the last block reaches everyone
-            w = _stats(stream.stats_path)
+            w = read_stats(stream.stats_path)
             watchers = [await p.evaluate("swarmcast.stats()") for p in pages]
             for _, url in procs:
                 watchers.append(await asyncio.to_thread(_get_json, url + "stats"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,18 +21,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchutil import free_port, percentile, read_stats
+
 PY = sys.executable
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -44,12 +36,6 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
     raise SystemExit(f"timed out waiting for {what}")
 
-
-def _stats(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -98,7 +84,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = _free_port()
+        port = free_port()
         hub = f"http://127.0.0.1:{port}"
         procs: list[subprocess.Popen] = []
         try:
@@ -113,8 +99,8 @@ def main() -> None:
                  "--stats", str(stats)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
-            _wait_for(lambda: _stats(stats).get("length", 0) >= 4, 60, "the broadcast to start")
-            key = _stats(stats)["key"]
+            _wait_for(lambda: read_stats(stats).get("length", 0) >= 4, 60, "the broadcast to start")
+            key = read_stats(stats)["key"]
 
             first, url, _ = _watch(key, hub, root / "v0")  # stays up: a peer and the baseline server
             procs.append(first)
@@ -129,8 +115,8 @@ def main() -> None:
             for proc in reversed(procs):
                 _stop(proc)
 
-    p50, p95 = statistics.median(joins), _p(joins, 0.95)
-    b50, b95 = statistics.median(baseline), _p(baseline, 0.95)
+    p50, p95 = statistics.median(joins), percentile(joins, 0.95)
+    b50, b95 = statistics.median(baseline), percentile(baseline, 0.95)
     print(f"viewer watch join (start -> first frame playable): p50 {p50 * 1000:.0f} ms, "
           f"p95 {p95 * 1000:.0f} ms (target p95 <= 1500 ms)")
     print(f"client/server baseline (fresh process, HTTP fetch of init + newest block): "
