@@ -2,11 +2,12 @@
 the same bytes in the same run.
 
 The writer (a Feed of --mb MB in --block-size blocks (64 KiB; a 0.2 s part of an 800 kbit/s
-stream is 20 KB), served by NetworkReplicator) runs in this process;
+stream is 20 KB), served by NetworkReplicator) runs in this process; it is opened without its
+secret key, so it serves as a viewer serves history (upload admission's max_queued_history);
 the reader (a sparse Feed fetching everything, archive mode, verifying and storing each block) in
-a child process; SDP goes over a pipe. The raw run sends the same number of 64 KiB messages with
-aiortc's bufferedAmountLowThreshold pattern. Both on uvloop, timed from channel open to the
-receiver holding the last byte. Prints MB/s of each and the ratio (target >= 0.8), and the CPU
+a child process; SDP goes over a pipe. The raw run sends the same number of --block-size
+messages with aiortc's bufferedAmountLowThreshold pattern. Both on uvloop, timed from channel open
+to the receiver holding the last byte. Prints MB/s of each and the ratio (target >= 0.8), and the CPU
 seconds per MB both processes used (user + system, from the OS), raw beside replication.
 With --profile DIR each replication process writes cProfile stats there.
 Usage: python3 bench/bench_replication.py [--mb 30] [--runs 3] [--block-size 65536]

@@ -265,6 +265,11 @@ class NetworkReplicator:
                 self._pump()
                 if session.closed:
                     break
+                if peer.wake.is_set():
+                    # Let the sender take what this message queued before the next one is read:
+                    # an answer admitted a moment ago is otherwise still "waiting for our uplink"
+                    # when the rest of a burst of requests arrives, and those are refused busy.
+                    await asyncio.sleep(0)
         finally:
             self._drop(peer)
 
