@@ -78,6 +78,7 @@ class MemoryFeed:
         self._present = RangeSet(limit=1 << 30)
         self._contiguous = 0
         self._pool = pool if pool is not None else {}
+        self._byte_length = (0, 0)  # (signed length, its byte length)
 
     @property
     def writable(self) -> bool:
@@ -93,7 +94,11 @@ class MemoryFeed:
 
     @property
     def byte_length(self) -> int:
-        return self._tree.byte_length
+        # The sum over the roots, asked for on every scheduling pass: kept per signed length.
+        length = self._tree.length
+        if self._byte_length[0] != length:
+            self._byte_length = (length, self._tree.byte_length)
+        return self._byte_length[1]
 
     @property
     def contiguous_length(self) -> int:
@@ -225,15 +230,21 @@ class SimNet:
         """After anything happened at a node: read events, drop bad peers, send, rearm its timer."""
         if not node.alive:
             return
-        while (item := node.rep.next_event()) is not None:
+        rep = node.rep
+        links = node.links
+        while (item := rep.next_event()) is not None:
             s, event = item
-            if s in node.links:
+            if s in links:
                 node.on_event(node, s, event, self.now)
-        for s in list(node.links):
-            if s.closed:
-                self.disconnect(node, s)
-        self._send(node)
-        timer = node.rep.get_timer()
+        # The replicator forgets a session once it closed (next_event read its close), so a
+        # closed one among our links shows as a count mismatch: scan only then.
+        if len(links) != len(rep.sessions):
+            for s in list(links):
+                if s.closed:
+                    self.disconnect(node, s)
+        if not node.busy:
+            self._send(node)
+        timer = rep.get_timer()
         if timer is not None and timer != node.timer_at:
             node.timer_at = timer
             self.at(max(timer, self.now), lambda: self._timer(node, timer))
@@ -245,58 +256,67 @@ class SimNet:
         node.rep.handle_timer(self.now)
         self.touch(node)
 
-    def _pick(self, node: SimNode) -> tuple[Session, bool] | None:
-        """The channel to send the next chunk on, and whether it carries a block answer. Small
-        messages of any channel go first, then the rest of the answer going out, then a new answer:
-        one at a time, since finishing one copy before starting the next spreads a block fastest."""
-        for s in node.links:
-            if s.control_waiting and not s.mid_message:
-                return s, False
+    def _pick(self, node: SimNode) -> Session | None:
+        """The channel whose block answer goes out next: the rest of the answer going out, then
+        any other answer part-sent, then live pushes, then a new answer; one at a time, since
+        finishing one copy before starting the next spreads a block fastest."""
         current = node.current
         if current is not None and current.mid_message and current in node.links:
-            return current, True
+            return current
+        pushing = waiting = None
         for s in node.links:
             if s.mid_message:
-                return s, True
-        for s in node.links:
-            if s.pushes_waiting:
-                return s, True  # live pushes before answers to requests
-        if current is not None and current.mid_message and current in node.links:
-            return current, True
-        for s in node.links:
-            if s.mid_message:
-                return s, True
-        for s in node.links:
-            if s.wants_to_send():
-                return s, True
-        return None
+                return s
+            if pushing is None and s.pushes_waiting:
+                pushing = s  # live pushes before answers to requests
+            elif waiting is None and s.wants_to_send():
+                waiting = s
+        return pushing if pushing is not None else waiting
 
     def _send(self, node: SimNode) -> None:
-        if node.busy:
-            return
-        picked = self._pick(node)
-        if picked is None:
-            return
-        s, data = picked
-        chunks = s.datagrams_to_send(self.now, max_bytes=1)
-        if not chunks:
-            return
-        if data:
+        """Start the next transmission on an idle uplink. Small messages of any channel go first,
+        all that wait in one go (each channel's in order, each arriving when its own last byte
+        would have: the same times as one by one), then one chunk of a block answer."""
+        now, upload = self.now, node.upload
+        done = now
+        for s, (peer, remote, latency) in node.links.items():
+            if not s.control_waiting or s.mid_message:
+                continue
+            batch: list[bytes] = []
+            while s.control_waiting and not s.mid_message:
+                chunks = s.datagrams_to_send(now, max_bytes=1)
+                if not chunks:
+                    break
+                batch.extend(chunks)
+            if batch:
+                size = sum(len(c) for c in batch)
+                node.bytes_up += size
+                done += size / upload
+                self.at(done + latency, lambda p=peer, r=remote, b=batch: self._deliver(p, r, b))
+        if done == now:
+            s = self._pick(node)
+            if s is None:
+                return
+            chunks = s.datagrams_to_send(now, max_bytes=1)
+            if not chunks:
+                return
             node.current = s
-        chunk = chunks[0]
+            peer, remote, latency = node.links[s]
+            chunk = chunks[0]
+            node.bytes_up += len(chunk)
+            done = now + len(chunk) / upload
+            self.at(done + latency, lambda: self._deliver(peer, remote, chunks))
         node.busy = True
-        node.bytes_up += len(chunk)
-        done = self.now + len(chunk) / node.upload
-        peer, remote, latency = node.links[s]
         self.at(done, lambda: self._uplink_free(node))
-        self.at(done + latency, lambda: self._deliver(peer, remote, chunk))
 
     def _uplink_free(self, node: SimNode) -> None:
         node.busy = False
         self.touch(node)
 
-    def _deliver(self, node: SimNode, s: Session, chunk: bytes) -> None:
+    def _deliver(self, node: SimNode, s: Session, chunks: list[bytes]) -> None:
         if not node.alive or s not in node.links:
             return
-        node.rep.receive(s, chunk, self.now)
+        rep, now = node.rep, self.now
+        for chunk in chunks:
+            rep.receive(s, chunk, now)
         self.touch(node)

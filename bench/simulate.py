@@ -82,6 +82,7 @@ class Simulation:
         self.symmetric: set[SimNode] = set()
         self.node_hops: dict[SimNode, dict[int, int]] = {self.writer: {}}
         self.viewers: list[Viewer] = []
+        self.alive: list[SimNode] = []  # viewers online, in the order they joined
         self.by_node: dict[SimNode, Viewer] = {}
         self.appended: list[float] = []  # append time of each block
         self.block_bytes: list[int] = []
@@ -145,14 +146,11 @@ class Simulation:
 
     # ------------------------------------------------------------ swarm dynamics
 
-    def _alive(self) -> list[SimNode]:
-        return [v.node for v in self.viewers if v.node.alive]
-
     def _dial(self, node: SimNode, count: int) -> None:
         """Connect to `count` random live viewers. A full one makes room by dropping a random
         neighbour that keeps enough others, so the graph stays random however viewers join
         (without that, late joiners could only reach each other and the swarm became a chain)."""
-        alive = self._alive()
+        alive = self.alive
         linked = {peer for peer, _, _ in node.links.values()}
         blocked = node in self.symmetric
         for _ in range(4 * count):
@@ -195,6 +193,7 @@ class Simulation:
             viewer.symmetric = True
             self.symmetric.add(node)
         self.viewers.append(viewer)
+        self.alive.append(node)
         self.by_node[node] = viewer
         self.node_hops[node] = viewer.hops
         self._dial(node, self.args.degree)
@@ -207,13 +206,14 @@ class Simulation:
         return max(1, round(self.args.segment / self.args.part))
 
     def leave(self) -> None:
-        alive = self._alive()
+        alive = self.alive
         if not alive:
             return
         node = self.rng.choice(alive)
         self.by_node[node].left = self.net.now
+        alive.remove(node)
         self.net.leave(node)
-        for peer in self._alive():
+        for peer in alive:
             if len(peer.links) < self.args.min_peers:
                 self._dial(peer, self.args.degree - len(peer.links))
         if len(self.writer.links) < self.args.writer_degree:
@@ -243,12 +243,12 @@ class Simulation:
             when = self.rng.uniform(join_window, args.seconds)
             net.at(when, self.leave)
             net.at(when + 0.001, self.join)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         net.run_until(args.part * blocks + args.drain)
-        wall = time.perf_counter() - started
-        return self.report(wall)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return self.report(wall, cpu)
 
-    def report(self, wall: float) -> dict[str, object]:
+    def report(self, wall: float, cpu: float = float("nan")) -> dict[str, object]:
         args = self.args
         part = args.part
         stream = sum(self.block_bytes)
@@ -353,6 +353,7 @@ class Simulation:
             "writer_swarm_short": wstats.swarm_short,
             "misbehaved": self.misbehaved,
             "wall_seconds": wall,
+            "cpu_seconds": cpu,
         }
 
     def _stalls(self, v: Viewer, end: int) -> tuple[int, float]:
@@ -607,7 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.verbose:
         sim.relay_summary()
-    print(f"simulated {args.seconds + args.drain:g} s in {r['wall_seconds']:.1f} s wall")
+    print(
+        f"simulated {args.seconds + args.drain:g} s in {r['wall_seconds']:.1f} s wall, "
+        f"{r['cpu_seconds']:.1f} s CPU"
+    )
     try:
         sim.plot(args.png)
         print(f"delay plot: {args.png}")
