@@ -244,9 +244,42 @@ class Simulation:
             net.at(when, self.leave)
             net.at(when + 0.001, self.join)
         started, cpu = time.perf_counter(), time.process_time()
-        net.run_until(args.part * blocks + args.drain)
+        end = args.part * blocks + args.drain
+        step = args.progress or end
+        t = 0.0
+        while t < end:
+            t = min(end, t + step)
+            net.run_until(t)
+            if args.progress:
+                self.progress(t, step, time.perf_counter() - started, time.process_time() - cpu)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         return self.report(wall, cpu)
+
+    def progress(self, t: float, step: float, wall: float, cpu: float) -> None:
+        """One line on stderr (--progress): the run's pace, and the delay of the blocks appended
+        between 2 and 1 steps ago at the viewers online that watch them."""
+        lo, hi = t - 2 * step, t - step
+        blocks = [i for i, at in enumerate(self.appended) if lo <= at < hi]
+        delays: list[float] = []
+        missing = 0
+        for v in self.viewers:
+            if v.left is not None:
+                continue
+            for i in blocks:
+                if i >= v.first_block:
+                    got = v.arrived.get(i)
+                    if got is None:
+                        missing += 1
+                    else:
+                        delays.append(got - self.appended[i])
+        print(
+            f"[{t:5.1f} s simulated: {wall:7.1f} s wall, {cpu:7.1f} s CPU; {len(self.alive)} "
+            f"online; blocks of {max(lo, 0):.0f}-{max(hi, 0):.0f} s: delay p50 "
+            f"{percentile(delays, 0.5):.2f} s, p95 {percentile(delays, 0.95):.2f} s, "
+            f"{missing} copies not there]",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def report(self, wall: float, cpu: float = float("nan")) -> dict[str, object]:
         args = self.args
@@ -528,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--verbose", action="store_true", help="print why peers were dropped")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the run here")
+    parser.add_argument(
+        "--progress", type=float, help="every S simulated seconds, print the pace and the delay"
+    )
     parser.add_argument("--png", type=Path, default=Path(__file__).parent / "out" / "simulate.png")
     parser.add_argument(
         "--keep",
