@@ -256,30 +256,33 @@ class SimNet:
         node.rep.handle_timer(self.now)
         self.touch(node)
 
-    def _pick(self, node: SimNode) -> Session | None:
-        """The channel whose block answer goes out next: the rest of the answer going out, then
-        any other answer part-sent, then live pushes, then a new answer; one at a time, since
-        finishing one copy before starting the next spreads a block fastest."""
+    @staticmethod
+    def _pick(node: SimNode, wanting: list[Session]) -> Session | None:
+        """The channel whose block answer goes out next, among those with something to send:
+        the rest of the answer going out, then any other answer part-sent, then live pushes,
+        then a new answer; one at a time, since finishing one copy before starting the next
+        spreads a block fastest."""
         current = node.current
-        if current is not None and current.mid_message and current in node.links:
+        if current is not None and current in wanting and current.mid_message:
             return current
-        pushing = waiting = None
-        for s in node.links:
+        pushing = None
+        for s in wanting:
             if s.mid_message:
                 return s
             if pushing is None and s.pushes_waiting:
                 pushing = s  # live pushes before answers to requests
-            elif waiting is None and s.wants_to_send():
-                waiting = s
-        return pushing if pushing is not None else waiting
+        return pushing if pushing is not None else wanting[0]
 
     def _send(self, node: SimNode) -> None:
         """Start the next transmission on an idle uplink. Small messages of any channel go first,
         all that wait in one go (each channel's in order, each arriving when its own last byte
         would have: the same times as one by one), then one chunk of a block answer."""
-        now, upload = self.now, node.upload
+        wanting = [s for s in node.links if s.wants_to_send()]
+        if not wanting:
+            return
+        now, upload, links = self.now, node.upload, node.links
         done = now
-        for s, (peer, remote, latency) in node.links.items():
+        for s in wanting:
             if not s.control_waiting or s.mid_message:
                 continue
             batch: list[bytes] = []
@@ -292,16 +295,19 @@ class SimNet:
                 size = sum(len(c) for c in batch)
                 node.bytes_up += size
                 done += size / upload
+                peer, remote, latency = links[s]
                 self.at(done + latency, lambda p=peer, r=remote, b=batch: self._deliver(p, r, b))
         if done == now:
-            s = self._pick(node)
-            if s is None:
+            # Nothing small was waiting: one chunk of a block answer, if any still wants to go.
+            wanting = [s for s in wanting if s.wants_to_send()]
+            if not wanting:
                 return
+            s = self._pick(node, wanting)
             chunks = s.datagrams_to_send(now, max_bytes=1)
             if not chunks:
                 return
             node.current = s
-            peer, remote, latency = node.links[s]
+            peer, remote, latency = links[s]
             chunk = chunks[0]
             node.bytes_up += len(chunk)
             done = now + len(chunk) / upload
