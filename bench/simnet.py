@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamer.core import crypto
 from streamer.core.errors import BlockNotFoundError, ForkMismatchError
@@ -178,19 +179,20 @@ class SimNet:
 
     def __init__(self) -> None:
         self.now = 0.0
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        # (when, sequence, action, its arguments): no closure per event
+        self._heap: list[tuple[Any, ...]] = []
         self._seq = itertools.count()
         self.nodes: list[SimNode] = []
 
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), action))
+    def at(self, when: float, action: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), action, *args))
 
     def run_until(self, end: float) -> None:
-        heap = self._heap
+        heap, pop = self._heap, heapq.heappop
         while heap and heap[0][0] <= end:
-            when, _, action = heapq.heappop(heap)
-            self.now = when
-            action()
+            item = pop(heap)
+            self.now = item[0]
+            item[2](*item[3:])
         self.now = end
 
     # ------------------------------------------------------------ topology
@@ -247,7 +249,7 @@ class SimNet:
         timer = rep.get_timer()
         if timer is not None and timer != node.timer_at:
             node.timer_at = timer
-            self.at(max(timer, self.now), lambda: self._timer(node, timer))
+            self.at(max(timer, self.now), self._timer, node, timer)
 
     def _timer(self, node: SimNode, when: float) -> None:
         if not node.alive or node.timer_at != when:
@@ -275,8 +277,9 @@ class SimNet:
 
     def _send(self, node: SimNode) -> None:
         """Start the next transmission on an idle uplink. Small messages of any channel go first,
-        all that wait in one go (each channel's in order, each arriving when its own last byte
-        would have: the same times as one by one), then one chunk of a block answer."""
+        all that wait in one go, channel by channel, each channel's batch arriving when its last
+        message would have one by one (the others of the batch by so much later: at 5 Mbit/s,
+        some 20 us per message); otherwise one chunk of a block answer."""
         wanting = [s for s in node.links if s.wants_to_send()]
         if not wanting:
             return
@@ -296,7 +299,7 @@ class SimNet:
                 node.bytes_up += size
                 done += size / upload
                 peer, remote, latency = links[s]
-                self.at(done + latency, lambda p=peer, r=remote, b=batch: self._deliver(p, r, b))
+                self.at(done + latency, self._deliver, peer, remote, batch)
         if done == now:
             # Nothing small was waiting: one chunk of a block answer, if any still wants to go.
             wanting = [s for s in wanting if s.wants_to_send()]
@@ -311,9 +314,9 @@ class SimNet:
             chunk = chunks[0]
             node.bytes_up += len(chunk)
             done = now + len(chunk) / upload
-            self.at(done + latency, lambda: self._deliver(peer, remote, chunks))
+            self.at(done + latency, self._deliver, peer, remote, chunks)
         node.busy = True
-        self.at(done, lambda: self._uplink_free(node))
+        self.at(done, self._uplink_free, node)
 
     def _uplink_free(self, node: SimNode) -> None:
         node.busy = False
