@@ -537,10 +537,9 @@ class Replicator:
                 if not ready:
                     self._hold_until = hold_until
                     return
-        if ready is None and hold_until != self._hold_until and not self._ready(
-            self._inflight_limit()
-        ):
-            return  # with no peer to ask, a pass leaves the hold as it was
+        if ready is None and hold_until != self._hold_until:
+            if not self._ready(self._inflight_limit()):
+                return  # with no peer to ask, a pass leaves the hold as it was
         self._hold_until = hold_until
 
     def _ready(self, limit: int) -> list[Session]:
