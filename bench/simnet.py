@@ -170,7 +170,8 @@ class SimNode:
     alive: bool = True
     busy: bool = False
     current: Session | None = None  # the session whose message is going out
-    timer_at: float | None = None
+    timer_at: float | None = None  # when the replicator's timer is due
+    wake_at: float | None = None  # the earliest wake-up on the event heap for it
     bytes_up: int = 0
 
 
@@ -249,10 +250,23 @@ class SimNet:
         timer = rep.get_timer()
         if timer is not None and timer != node.timer_at:
             node.timer_at = timer
-            self.at(max(timer, self.now), self._timer, node, timer)
+            self._wake(node, max(timer, self.now))
+
+    def _wake(self, node: SimNode, when: float) -> None:
+        """Have _timer run at `when` unless a wake-up at or before it is on the heap already: a
+        timer that moves later waits for that one, so stale wake-ups do not pile up."""
+        if node.wake_at is None or when < node.wake_at:
+            node.wake_at = when
+            self.at(when, self._timer, node, when)
 
     def _timer(self, node: SimNode, when: float) -> None:
-        if not node.alive or node.timer_at != when:
+        if node.wake_at == when:
+            node.wake_at = None
+        due = node.timer_at
+        if not node.alive or due is None:
+            return
+        if due > self.now:
+            self._wake(node, due)  # the timer moved later since this wake-up was set
             return
         node.timer_at = None
         node.rep.handle_timer(self.now)
