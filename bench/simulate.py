@@ -14,6 +14,16 @@ way delays), stalls, starved viewers and duplicates, and draws the delay over ti
 are real (proofs, signatures, verification), kept in memory. `--no-push` is the same-seed baseline
 without live push (pull only).
 
+Cost: every data-channel message still goes through the real Session and Replicator (decode, the
+proof checks, a scheduling pass), so CPU grows with viewers x simulated seconds x messages, and a
+little faster than linearly (a bigger event heap, colder caches). What the simulator adds is kept
+small: the small messages waiting on an idle uplink leave in one go, each channel's batch arriving
+when its last message would have one by one (the others of the batch some 20 us late at 5 Mbit/s);
+a node keeps at most one timer wake-up on the heap; signed roots are checked with ed25519 once
+and the answer shared (VerifyCache; every feed still runs its own verification path). It prints
+its wall and CPU time; `--progress S` prints the pace and the recent delay every S simulated
+seconds, for runs too long to wait for; `--profile FILE` writes cProfile stats.
+
     python3 bench/simulate.py --viewers 1000 --seconds 60 --bitrate 1.0 --upload 5 --rtt 50
 """
 
