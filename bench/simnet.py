@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamer.core import crypto
 from streamer.core.errors import BlockNotFoundError, ForkMismatchError
@@ -78,6 +79,7 @@ class MemoryFeed:
         self._present = RangeSet(limit=1 << 30)
         self._contiguous = 0
         self._pool = pool if pool is not None else {}
+        self._byte_length = (0, 0)  # (signed length, its byte length)
 
     @property
     def writable(self) -> bool:
@@ -93,7 +95,11 @@ class MemoryFeed:
 
     @property
     def byte_length(self) -> int:
-        return self._tree.byte_length
+        # The sum over the roots, asked for on every scheduling pass: kept per signed length.
+        length = self._tree.length
+        if self._byte_length[0] != length:
+            self._byte_length = (length, self._tree.byte_length)
+        return self._byte_length[1]
 
     @property
     def contiguous_length(self) -> int:
@@ -164,7 +170,8 @@ class SimNode:
     alive: bool = True
     busy: bool = False
     current: Session | None = None  # the session whose message is going out
-    timer_at: float | None = None
+    timer_at: float | None = None  # when the replicator's timer is due
+    wake_at: float | None = None  # the earliest wake-up on the event heap for it
     bytes_up: int = 0
 
 
@@ -173,19 +180,20 @@ class SimNet:
 
     def __init__(self) -> None:
         self.now = 0.0
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        # (when, sequence, action, its arguments): no closure per event
+        self._heap: list[tuple[Any, ...]] = []
         self._seq = itertools.count()
         self.nodes: list[SimNode] = []
 
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), action))
+    def at(self, when: float, action: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), action, *args))
 
     def run_until(self, end: float) -> None:
-        heap = self._heap
+        heap, pop = self._heap, heapq.heappop
         while heap and heap[0][0] <= end:
-            when, _, action = heapq.heappop(heap)
-            self.now = when
-            action()
+            item = pop(heap)
+            self.now = item[0]
+            item[2](*item[3:])
         self.now = end
 
     # ------------------------------------------------------------ topology
@@ -225,78 +233,113 @@ class SimNet:
         """After anything happened at a node: read events, drop bad peers, send, rearm its timer."""
         if not node.alive:
             return
-        while (item := node.rep.next_event()) is not None:
+        rep = node.rep
+        links = node.links
+        while (item := rep.next_event()) is not None:
             s, event = item
-            if s in node.links:
+            if s in links:
                 node.on_event(node, s, event, self.now)
-        for s in list(node.links):
-            if s.closed:
-                self.disconnect(node, s)
-        self._send(node)
-        timer = node.rep.get_timer()
+        # The replicator forgets a session once it closed (next_event read its close), so a
+        # closed one among our links shows as a count mismatch: scan only then.
+        if len(links) != len(rep.sessions):
+            for s in list(links):
+                if s.closed:
+                    self.disconnect(node, s)
+        if not node.busy:
+            self._send(node)
+        timer = rep.get_timer()
         if timer is not None and timer != node.timer_at:
             node.timer_at = timer
-            self.at(max(timer, self.now), lambda: self._timer(node, timer))
+            self._wake(node, max(timer, self.now))
+
+    def _wake(self, node: SimNode, when: float) -> None:
+        """Have _timer run at `when` unless a wake-up at or before it is on the heap already: a
+        timer that moves later waits for that one, so stale wake-ups do not pile up."""
+        if node.wake_at is None or when < node.wake_at:
+            node.wake_at = when
+            self.at(when, self._timer, node, when)
 
     def _timer(self, node: SimNode, when: float) -> None:
-        if not node.alive or node.timer_at != when:
+        if node.wake_at == when:
+            node.wake_at = None
+        due = node.timer_at
+        if not node.alive or due is None:
+            return
+        if due > self.now:
+            self._wake(node, due)  # the timer moved later since this wake-up was set
             return
         node.timer_at = None
         node.rep.handle_timer(self.now)
         self.touch(node)
 
-    def _pick(self, node: SimNode) -> tuple[Session, bool] | None:
-        """The channel to send the next chunk on, and whether it carries a block answer. Small
-        messages of any channel go first, then the rest of the answer going out, then a new answer:
-        one at a time, since finishing one copy before starting the next spreads a block fastest."""
-        for s in node.links:
-            if s.control_waiting and not s.mid_message:
-                return s, False
+    @staticmethod
+    def _pick(node: SimNode, wanting: list[Session]) -> Session | None:
+        """The channel whose block answer goes out next, among those with something to send:
+        the rest of the answer going out, then any other answer part-sent, then live pushes,
+        then a new answer; one at a time, since finishing one copy before starting the next
+        spreads a block fastest."""
         current = node.current
-        if current is not None and current.mid_message and current in node.links:
-            return current, True
-        for s in node.links:
+        if current is not None and current in wanting and current.mid_message:
+            return current
+        pushing = None
+        for s in wanting:
             if s.mid_message:
-                return s, True
-        for s in node.links:
-            if s.pushes_waiting:
-                return s, True  # live pushes before answers to requests
-        if current is not None and current.mid_message and current in node.links:
-            return current, True
-        for s in node.links:
-            if s.mid_message:
-                return s, True
-        for s in node.links:
-            if s.wants_to_send():
-                return s, True
-        return None
+                return s
+            if pushing is None and s.pushes_waiting:
+                pushing = s  # live pushes before answers to requests
+        return pushing if pushing is not None else wanting[0]
 
     def _send(self, node: SimNode) -> None:
-        if node.busy:
+        """Start the next transmission on an idle uplink. Small messages of any channel go first,
+        all that wait in one go, channel by channel, each channel's batch arriving when its last
+        message would have one by one (the others of the batch by so much later: at 5 Mbit/s,
+        some 20 us per message); otherwise one chunk of a block answer."""
+        wanting = [s for s in node.links if s.wants_to_send()]
+        if not wanting:
             return
-        picked = self._pick(node)
-        if picked is None:
-            return
-        s, data = picked
-        chunks = s.datagrams_to_send(self.now, max_bytes=1)
-        if not chunks:
-            return
-        if data:
+        now, upload, links = self.now, node.upload, node.links
+        done = now
+        for s in wanting:
+            if not s.control_waiting or s.mid_message:
+                continue
+            batch: list[bytes] = []
+            while s.control_waiting and not s.mid_message:
+                chunks = s.datagrams_to_send(now, max_bytes=1)
+                if not chunks:
+                    break
+                batch.extend(chunks)
+            if batch:
+                size = sum(len(c) for c in batch)
+                node.bytes_up += size
+                done += size / upload
+                peer, remote, latency = links[s]
+                self.at(done + latency, self._deliver, peer, remote, batch)
+        if done == now:
+            # Nothing small was waiting: one chunk of a block answer, if any still wants to go.
+            wanting = [s for s in wanting if s.wants_to_send()]
+            if not wanting:
+                return
+            s = self._pick(node, wanting)
+            chunks = s.datagrams_to_send(now, max_bytes=1)
+            if not chunks:
+                return
             node.current = s
-        chunk = chunks[0]
+            peer, remote, latency = links[s]
+            chunk = chunks[0]
+            node.bytes_up += len(chunk)
+            done = now + len(chunk) / upload
+            self.at(done + latency, self._deliver, peer, remote, chunks)
         node.busy = True
-        node.bytes_up += len(chunk)
-        done = self.now + len(chunk) / node.upload
-        peer, remote, latency = node.links[s]
-        self.at(done, lambda: self._uplink_free(node))
-        self.at(done + latency, lambda: self._deliver(peer, remote, chunk))
+        self.at(done, self._uplink_free, node)
 
     def _uplink_free(self, node: SimNode) -> None:
         node.busy = False
         self.touch(node)
 
-    def _deliver(self, node: SimNode, s: Session, chunk: bytes) -> None:
+    def _deliver(self, node: SimNode, s: Session, chunks: list[bytes]) -> None:
         if not node.alive or s not in node.links:
             return
-        node.rep.receive(s, chunk, self.now)
+        rep, now = node.rep, self.now
+        for chunk in chunks:
+            rep.receive(s, chunk, now)
         self.touch(node)

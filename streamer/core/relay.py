@@ -245,10 +245,13 @@ class LiveRelay:
         if parent is not None:
             if self._since_switch < self.limits.switch_every and parent.remote_depth is not None:
                 return
-            best = self._best(sessions, now, exclude=parent)
+            here = parent.remote_depth
+            # Only a neighbour switch_depth nearer can win unless ours keeps missing: look at
+            # no other (the same choice, without a tie-break draw per neighbour on every pass).
+            nearer = None if here is None or self._misses >= 5 else here - self.limits.switch_depth
+            best = self._best(sessions, now, exclude=parent, max_depth=nearer)
             if best is None or best.remote_depth is None:
                 return
-            here = parent.remote_depth
             if here is None or best.remote_depth + self.limits.switch_depth <= here or self._misses >= 5:
                 parent.unsubscribe()
                 self.stats.parent_switches += 1
@@ -269,15 +272,24 @@ class LiveRelay:
         self._since_switch = 0
         self._misses = 0
 
-    def _best(self, sessions: list[Session], now: float, exclude: Session | None) -> Session | None:
-        """The neighbour nearest to the broadcaster (then the one that gets blocks earliest)."""
+    def _best(
+        self,
+        sessions: list[Session],
+        now: float,
+        exclude: Session | None,
+        max_depth: int | None = None,
+    ) -> Session | None:
+        """The neighbour nearest to the broadcaster (then the one that gets blocks earliest), at
+        most `max_depth` relays from it if given."""
         best: Session | None = None
         best_key: tuple[int, float, float] | None = None
         refused = self._refused_until
         fork = self.feed.fork
         for s in sessions:
             depth = s.remote_depth
-            if depth is None or s is exclude or not s.is_open or s.remote_fork != fork:
+            if depth is None or (max_depth is not None and depth > max_depth):
+                continue
+            if s is exclude or not s.is_open or s.remote_fork != fork:
                 continue
             if s.push_on or s.sub_state is not None:  # our subscriber, or one we are leaving
                 continue

@@ -487,7 +487,7 @@ class Session:
             chunk = self._outbox.popleft()
             out.append(chunk)
             budget -= len(chunk)
-        self.stats.bytes_up += sum(len(c) for c in out)
+        self.stats.bytes_up += sum(map(len, out))
         return out
 
     def wants_to_send(self) -> bool:

@@ -498,22 +498,15 @@ class Replicator:
         self._upgrade = (best, out)
 
     def _request_blocks(self, now: float) -> None:
-        limit = self._inflight_limit()
-        fork = self.feed.fork
-        ready = [
-            s
-            for s in self.sessions
-            if s.is_open and len(s.inflight) < limit and s.remote_fork == fork
-        ]
-        if not ready:
-            return
         feed = self.feed
+        ready: list[Session] | None = None  # peers with room, found once a block needs one
+        limit = 0
         scanned = 0
         revealed = self._revealed
         # While our push parent is on, blocks from its subscription start come by push: pull one
         # only if it has not come `grace` after it was revealed.
         hold_from, grace = self.relay.hold_blocks()
-        self._hold_until = None
+        hold_until: float | None = None
         inflight = self._inflight
         for block in self._wanted():
             scanned += 1
@@ -524,9 +517,14 @@ class Replicator:
             if hold_from is not None and block >= hold_from:
                 at = revealed.get(block)
                 if at is not None and now < at + grace:
-                    if self._hold_until is None or at + grace < self._hold_until:
-                        self._hold_until = at + grace
+                    if hold_until is None or at + grace < hold_until:
+                        hold_until = at + grace
                     continue
+            if ready is None:
+                limit = self._inflight_limit()
+                ready = self._ready(limit)
+                if not ready:
+                    return
             s = self._pick(block, now, ready)
             if s is None:
                 continue
@@ -537,7 +535,21 @@ class Replicator:
             if len(s.inflight) >= limit:
                 ready.remove(s)
                 if not ready:
+                    self._hold_until = hold_until
                     return
+        if ready is None and hold_until != self._hold_until:
+            if not self._ready(self._inflight_limit()):
+                return  # with no peer to ask, a pass leaves the hold as it was
+        self._hold_until = hold_until
+
+    def _ready(self, limit: int) -> list[Session]:
+        """Open sessions on our fork with room for another request."""
+        fork = self.feed.fork
+        return [
+            s
+            for s in self.sessions
+            if s.is_open and len(s.inflight) < limit and s.remote_fork == fork
+        ]
 
     def _count_unavailable(self) -> int:
         """Wanted blocks that no neighbour holds (for stats)."""
