@@ -24,7 +24,6 @@ from pathlib import Path
 
 from streamer.core import crypto
 from streamer.core.feed import Feed
-from streamer.core.replication import Session
 from streamer.core.scheduler import Replicator, ReplicatorConfig
 
 KEY = crypto.key_pair(b"\x0c" * 32)
@@ -51,25 +50,33 @@ def _run(source: Path, work: Path, blocks: int, profile: cProfile.Profile | None
     now = 0.0
     clock = time.process_time
 
-    def timed(fn: Callable[[], object]) -> object:
+    def timed(
+        fn: Callable[[float, bytes | None], list[bytes]], now: float, data: bytes | None = None
+    ) -> list[bytes]:
         nonlocal spent
         if profile is not None:
             profile.enable()
         t0 = clock()
-        result = fn()
+        result = fn(now, data)
         spent += clock() - t0
         if profile is not None:
             profile.disable()
         return result
 
-    def reader_out() -> list[bytes]:
+    def reader_step(now: float, data: bytes | None) -> list[bytes]:
+        # What NetworkReplicator does per received message (or timer): feed it, read the events,
+        # send what the session queued, re-arm the timer.
+        if data is None:
+            reader.handle_timer(now)
+        else:
+            reader.receive(r_side, data, now)
         while reader.next_event() is not None:
             pass
         out = r_side.datagrams_to_send(now)
         reader.get_timer()
         return out
 
-    to_server: list[bytes] = list(timed(reader_out))  # type: ignore[arg-type]
+    to_server = r_side.datagrams_to_send(now)
     while server.next_event() is not None:
         pass
     to_reader: list[bytes] = s_side.datagrams_to_send(now)
@@ -89,14 +96,9 @@ def _run(source: Path, work: Path, blocks: int, profile: cProfile.Profile | None
         batch, to_reader = to_reader, []
         due = reader.get_timer()
         if due is not None and due <= now:
-            to_server += timed(lambda: (reader.handle_timer(now), reader_out())[1])  # type: ignore[operator]
+            to_server += timed(reader_step, now)
         for data in batch:
-
-            def step(data: bytes = data) -> list[bytes]:
-                reader.receive(r_side, data, now)
-                return reader_out()
-
-            to_server += timed(step)  # type: ignore[operator]
+            to_server += timed(reader_step, now, data)
         if reader_feed.flush_due and reader_feed.blocks_present % 256 == 0:
             reader_feed.flush()  # off the timed path, as the adapter's worker thread does
     server_feed.close()
