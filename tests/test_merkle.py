@@ -637,9 +637,7 @@ def test_hostile_requests_only_raise_block_not_found() -> None:
 def _full_path_proof(w: MerkleTree, blocks: list[bytes], i: int, reader: MerkleTree) -> wire.Data:
     """A proof of block i carrying its whole path up to the reader's root, as a request sent
     before an earlier answer delivered part of that path brings it."""
-    root = next(
-        r for r in full_roots(2 * reader.length) if left_span(r) <= 2 * i <= right_span(r)
-    )
+    root = next(r for r in full_roots(2 * reader.length) if left_span(r) <= 2 * i <= right_span(r))
     data = w.proof(wire.Request(1, 0, block=wire.RequestBlock(i, depth(root))))
     assert data.block is not None and len(data.block.nodes) == depth(root)
     data.block.value = blocks[i]
