@@ -282,10 +282,17 @@ class MerkleTree:
             return 0
         count = 0
         roots = {r.index for r in self.roots}
-        while not _contains(index, head) and not self._anchored(index, roots):
+        get = self.reader.get_node
+        # Hot (once per block request): flat_tree arithmetic inline. `low` = 2^depth(index); a node
+        # above the leaf contains `head` when its right span (index + low - 1) reaches it.
+        while True:
+            low = (index + 1) & ~index
+            if index + low - 1 >= head:
+                return count
+            if get(index) is not None and (index in roots or get(index ^ (low << 1)) is not None):
+                return count  # _anchored: held, and a root or its sibling held
             count += 1
-            index = parent(index)
-        return count
+            index = (index & ~(low << 1)) | low  # parent
 
     def _anchored(self, index: int, roots: set[int]) -> bool:
         """Whether a proof may stop at node index: we hold it and it is a root, or we hold its
@@ -622,7 +629,9 @@ class MerkleTree:
             out.append(cur)
         i = 0
         while i < len(path) or extra is not None:
-            want = sibling(cur.index)
+            index = cur.index
+            low = (index + 1) & ~index  # 2^depth: flat_tree's sibling and parent, inline (hot)
+            want = index ^ (low << 1)
             if extra is not None and extra.index == want:
                 node, extra = extra, None
             elif i < len(path) and path[i].index == want:
@@ -633,7 +642,7 @@ class MerkleTree:
                 raise ProofError(f"expected node {want}, got {got}; the peer sent a bad proof")
             if trusted:
                 held = get(want)
-                above = get(parent(want)) if held is not None else None
+                above = get((index & ~(low << 1)) | low) if held is not None else None
                 if held is not None and above is not None:
                     if held != node:
                         raise ProofError(

@@ -463,11 +463,37 @@ class _Reader:
         return n
 
     def nodes(self) -> list[Node]:
+        # Hot (every proof node received): the uint and fixed reads inline, bounds checked once.
+        # A read past the end either indexes past it (IndexError) or leaves pos beyond it.
+        n = self.count(NODE_MIN_BYTES)
+        buf, pos = self.buf, self.pos
+        from_bytes = int.from_bytes
         out = []
-        for _ in range(self.count(NODE_MIN_BYTES)):
-            index = self.uint()
-            size = self.uint()
-            out.append(Node(index, size, self.fixed(32)))
+        try:
+            for _ in range(n):
+                a = buf[pos]
+                if a <= 0xFC:
+                    index = a
+                    pos += 1
+                else:
+                    w = 2 if a == 0xFD else 4 if a == 0xFE else 8
+                    index = from_bytes(buf[pos + 1 : pos + 1 + w], "little")
+                    pos += 1 + w
+                a = buf[pos]
+                if a <= 0xFC:
+                    size = a
+                    pos += 1
+                else:
+                    w = 2 if a == 0xFD else 4 if a == 0xFE else 8
+                    size = from_bytes(buf[pos + 1 : pos + 1 + w], "little")
+                    pos += 1 + w
+                out.append(Node(index, size, bytes(buf[pos : pos + 32])))
+                pos += 32
+        except IndexError:
+            pos = self.end + 1
+        if pos > self.end:
+            raise WireError("message truncated inside a proof node; the peer sent a bad message")
+        self.pos = pos
         return out
 
     def rest(self) -> bytes:
