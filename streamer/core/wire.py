@@ -419,9 +419,9 @@ class _Reader:
 
     __slots__ = ("buf", "pos", "end")
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes, pos: int = 0) -> None:
         self.buf = buf
-        self.pos = 0
+        self.pos = pos
         self.end = len(buf)
 
     def uint(self) -> int:
@@ -649,9 +649,12 @@ _DECODERS = (
 
 def decode_payload(mtype: int, data: bytes) -> Message:
     """Decode one message body of a known type; WireError on anything malformed."""
+    return _decode_from(mtype, _Reader(data))
+
+
+def _decode_from(mtype: int, r: _Reader) -> Message:
     if not 0 <= mtype < len(_DECODERS):
         raise WireError(f"unknown message type {mtype}; the peer speaks another protocol version")
-    r = _Reader(data)
     msg = _DECODERS[mtype](r)
     r.done()
     return msg
@@ -661,10 +664,9 @@ def decode_message(data: bytes) -> Message:
     """Decode `uint type || payload`; WireError on anything malformed, never another exception."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("a wire message must be bytes")
-    data = bytes(data)
-    r = _Reader(data)
-    mtype = r.uint()
-    return decode_payload(mtype, data[r.pos :])
+    r = _Reader(bytes(data))
+    # The payload is read in place, after the type (no copy of a block-sized message).
+    return _decode_from(r.uint(), r)
 
 
 # ---------------------------------------------------------------- framing
