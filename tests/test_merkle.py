@@ -11,7 +11,7 @@ import pytest
 
 from streamer.core import crypto, wire
 from streamer.core.errors import BlockNotFoundError, ForkMismatchError, ProofError
-from streamer.core.flat_tree import full_roots
+from streamer.core.flat_tree import depth, full_roots, left_span, right_span
 from streamer.core.merkle import (
     CompatVerifier,
     DefaultManifestVerifier,
@@ -632,3 +632,141 @@ def test_hostile_requests_only_raise_block_not_found() -> None:
                 tree.proof(req)
             except BlockNotFoundError:
                 pass
+
+
+def _full_path_proof(w: MerkleTree, blocks: list[bytes], i: int, reader: MerkleTree) -> wire.Data:
+    """A proof of block i carrying its whole path up to the reader's root, as a request sent
+    before an earlier answer delivered part of that path brings it."""
+    root = next(r for r in full_roots(2 * reader.length) if left_span(r) <= 2 * i <= right_span(r))
+    data = w.proof(wire.Request(1, 0, block=wire.RequestBlock(i, depth(root))))
+    assert data.block is not None and len(data.block.nodes) == depth(root)
+    data.block.value = blocks[i]
+    return data
+
+
+@pytest.fixture
+def filled() -> tuple[MerkleTree, list[bytes], MerkleTree, MemoryNodeStore]:
+    """A 64-block writer and a reader at its length holding blocks 0..7 and their proofs."""
+    rnd = random.Random(5)
+    kp = crypto.key_pair(bytes([4]) * 32)
+    store = MemoryNodeStore()
+    w = MerkleTree(store, CompatVerifier(kp.public_key))
+    blocks = [rnd.randbytes(rnd.randrange(1, 50)) for _ in range(64)]
+    batch = w.append(blocks, kp.secret_key)
+    store.put(batch.nodes)
+    w.commit(batch)
+    reader, rstore = reader_at(w, w.length)
+    for i in range(8):
+        apply(reader, rstore, _full_path_proof(w, blocks, i, reader))
+    return w, blocks, reader, rstore
+
+
+def test_a_proof_stops_hashing_at_a_node_we_trust(filled: tuple) -> None:
+    """Block 9's full path (6 nodes) repeats nodes that the proofs of blocks 0..7 delivered: it
+    verifies, and past the first node we trust nothing more is returned to store."""
+    w, blocks, reader, rstore = filled
+    data = _full_path_proof(w, blocks, 9, reader)
+    got = reader.verify(data)
+    assert got.value == blocks[9]
+    # Path 16 21 27 | 7 47 95: hashing stops at node 23 (held, with its sibling 7); nodes 7, 47
+    # and 95 are compared with ours, not hashed, and not returned.
+    assert {n.index for n in got.nodes} == {16, 17, 18, 19, 21, 23, 27}
+    assert all(w.get_node(n.index) == n for n in got.nodes)
+    assert [n.index for n in got.nodes if rstore.get_node(n.index) is not None] == [23]
+
+
+def test_a_tampered_node_we_already_hold_is_rejected(filled: tuple) -> None:
+    """A proof whose upper nodes (which we hold and trust) differ from ours is rejected, not
+    merely skipped: each is compared with ours."""
+    w, blocks, reader, rstore = filled
+    good = _full_path_proof(w, blocks, 9, reader)
+    for k, n in enumerate(good.block.nodes):
+        held = rstore.get_node(n.index)
+        if held is None:
+            continue
+        for bad_node in (Node(n.index, n.size, bytes(32)), Node(n.index, n.size + 1, n.hash)):
+            bad = copy.deepcopy(good)
+            bad.block.nodes[k] = bad_node
+            with pytest.raises(ProofError):
+                reader.verify(bad)
+
+
+def test_a_tampered_node_below_our_tree_is_rejected(filled: tuple) -> None:
+    """A wrong lower node (one we lack) or a wrong value makes the computed node differ from the
+    node of ours it reaches: rejected, and nothing is stored."""
+    w, blocks, reader, rstore = filled
+    good = _full_path_proof(w, blocks, 9, reader)
+    before = dict(rstore.nodes)
+    lacking = [k for k, n in enumerate(good.block.nodes) if rstore.get_node(n.index) is None]
+    assert lacking
+    for k in lacking:
+        bad = copy.deepcopy(good)
+        n = bad.block.nodes[k]
+        bad.block.nodes[k] = Node(n.index, n.size, bytes(32))
+        with pytest.raises(ProofError):
+            reader.verify(bad)
+    bad = copy.deepcopy(good)
+    bad.block.value = b"not block 9"
+    with pytest.raises(ProofError):
+        reader.verify(bad)
+    # The sibling leaf 16 arrives in block 8's proof; a wrong block 8 must not match it later.
+    apply(reader, rstore, good)
+    bad = _full_path_proof(w, blocks, 8, reader)
+    bad.block.value = blocks[8] + b"x"
+    with pytest.raises(ProofError):
+        reader.verify(bad)
+    assert set(before) <= set(rstore.nodes)
+
+
+def test_hostile_proofs_against_a_reader_holding_part_of_the_tree() -> None:
+    """Mutated proofs to a reader that holds random blocks (so proofs cross nodes it trusts):
+    an accepted proof carries only the writer's nodes, and yields only the writer's data."""
+    rnd = random.Random(7)
+    kp = crypto.key_pair(bytes([6]) * 32)
+    store = MemoryNodeStore()
+    w = MerkleTree(store, CompatVerifier(kp.public_key))
+    blocks = [rnd.randbytes(rnd.randrange(1, 30)) for _ in range(45)]
+    batch = w.append(blocks, kp.secret_key)
+    store.put(batch.nodes)
+    w.commit(batch)
+    accepted = rejected = 0
+    for _ in range(300):
+        start = rnd.choice([w.length, rnd.randrange(1, w.length + 1)])
+        reader, rstore = reader_at(w, start)
+        for i in rnd.sample(range(start), rnd.randrange(0, start + 1)):
+            apply(reader, rstore, _full_path_proof(w, blocks, i, reader))
+        i = rnd.randrange(w.length)
+        req = wire.Request(1, 0)
+        if start < w.length and rnd.random() < 0.5:
+            req.upgrade = wire.RequestUpgrade(start, w.length - start)
+        if req.upgrade is None and i >= start:
+            i = rnd.randrange(start)
+        known = i < start
+        nodes = reader.missing_nodes(i) if known else 0
+        if known and rnd.random() < 0.5:
+            nodes = len(_full_path_proof(w, blocks, i, reader).block.nodes)  # the whole path
+        if req.upgrade is not None and not known:
+            nodes = 0
+        req.block = wire.RequestBlock(i, nodes)
+        try:
+            data = w.proof(req)
+        except BlockNotFoundError:
+            continue
+        assert data.block is not None
+        data.block.value = blocks[i]
+        bad = mutate(rnd, data)
+        try:
+            got = reader.verify(bad)
+        except ProofError:
+            rejected += 1
+            continue
+        accepted += 1
+        for lst in node_lists(bad)[:1]:
+            assert all(store.get_node(n.index) == n for n in lst)
+        for n in got.nodes:
+            assert store.get_node(n.index) == n
+        if got.value is not None:
+            assert got.block is not None and got.value == blocks[got.block]
+        if got.upgraded:
+            assert got.roots == w.roots and got.length == w.length
+    assert rejected > 100

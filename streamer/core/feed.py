@@ -26,7 +26,7 @@ from streamer.core.errors import (
     KeyMismatchError,
     NotWritableError,
 )
-from streamer.core.flat_tree import full_roots, parent, right_span, sibling
+from streamer.core.flat_tree import full_roots, parent, sibling
 from streamer.core.merkle import (
     CompatVerifier,
     DefaultManifestVerifier,
@@ -82,7 +82,8 @@ class _SignedNodes:
         self.limit = 2 * length
 
     def get_node(self, index: int) -> Node | None:
-        if right_span(index) >= self.limit:
+        # right_span(index) >= limit, inline (hot: every proof step reads nodes through here).
+        if index + ((index + 1) & ~index) - 1 >= self.limit:
             return None
         return self.store.get_node(index)
 

@@ -282,10 +282,17 @@ class MerkleTree:
             return 0
         count = 0
         roots = {r.index for r in self.roots}
-        while not _contains(index, head) and not self._anchored(index, roots):
+        get = self.reader.get_node
+        # Hot (once per block request): flat_tree arithmetic inline. `low` = 2^depth(index); a node
+        # above the leaf contains `head` when its right span (index + low - 1) reaches it.
+        while True:
+            low = (index + 1) & ~index
+            if index + low - 1 >= head:
+                return count
+            if get(index) is not None and (index in roots or get(index ^ (low << 1)) is not None):
+                return count  # _anchored: held, and a root or its sibling held
             count += 1
-            index = parent(index)
-        return count
+            index = (index & ~(low << 1)) | low  # parent
 
     def _anchored(self, index: int, roots: set[int]) -> bool:
         """Whether a proof may stop at node index: we hold it and it is a root, or we hold its
@@ -555,7 +562,7 @@ class MerkleTree:
         if data.upgrade is not None and data.upgrade.start + data.upgrade.length > MAX_BLOCKS:
             raise ProofError("upgrade is out of range; the peer sent a bad proof")
         batch = ProofBatch(self.length, self.fork)
-        top = self._verify_tree(data, batch)
+        top = self._verify_tree(data, batch, trust=not reorg)
 
         if data.upgrade is not None:
             if self._verify_upgrade(data, top, batch, reorg):
@@ -575,18 +582,20 @@ class MerkleTree:
                 )
         return batch
 
-    def _verify_tree(self, data: Data, batch: ProofBatch) -> Node | None:
-        """Hash the seek and target sibling paths up; return the path root (not yet trusted)."""
+    def _verify_tree(self, data: Data, batch: ProofBatch, trust: bool) -> Node | None:
+        """Hash the seek and target sibling paths up; return the path root (not yet trusted
+        unless it is one of our own nodes). `trust`: our stored nodes are of the proof's fork."""
         out = batch.nodes
+        roots = {r.index for r in self.roots} if trust else None
         seek_root: Node | None = None
         if data.seek is not None and data.seek.nodes:
-            seek_root = self._climb(data.seek.nodes[0], data.seek.nodes[1:], None, out)
+            seek_root = self._climb(data.seek.nodes[0], data.seek.nodes[1:], None, out, roots)
         if data.block is not None:
             b = data.block
             leaf = Node(2 * b.index, len(b.value), crypto.leaf_hash(b.value))
             batch.block = b.index
             batch.value = b.value
-            return self._climb(leaf, b.nodes, seek_root, out)
+            return self._climb(leaf, b.nodes, seek_root, out, roots)
         if data.hash is not None:
             if not data.hash.nodes:
                 raise ProofError("hash proof without its target node; the peer sent a bad proof")
@@ -594,16 +603,35 @@ class MerkleTree:
             if first.index != data.hash.index:
                 raise ProofError("hash proof for the wrong node; the peer sent a bad proof")
             batch.hash_index = first.index
-            return self._climb(first, data.hash.nodes[1:], seek_root, out)
+            return self._climb(first, data.hash.nodes[1:], seek_root, out, roots)
         return seek_root
 
-    @staticmethod
-    def _climb(cur: Node, path: Sequence[Node], extra: Node | None, out: list[Node]) -> Node:
-        """Merge cur with each sibling in turn; `extra` (a seek root) stands in for one sibling."""
-        out.append(cur)
+    def _climb(
+        self,
+        cur: Node,
+        path: Sequence[Node],
+        extra: Node | None,
+        out: list[Node],
+        roots: set[int] | None,
+    ) -> Node:
+        """Merge cur with each sibling in turn; `extra` (a seek root) stands in for one sibling.
+
+        With `roots` (our roots' indexes; None: do not use our nodes), a computed node that
+        equals one we hold and can trust (_anchored) proves the rest of the path: from there each
+        proof node must equal the node we hold at its index (compared, not hashed) and our
+        stored parents are used, until the path leaves our tree (an upgrade's new roots), where
+        hashing resumes. Nodes we hold already are not added to `out`. A computed node that
+        differs from a trusted one of ours is a bad proof.
+        """
+        get = self.reader.get_node
+        trusted = roots is not None and self._trusted(cur, roots)
+        if not trusted:
+            out.append(cur)
         i = 0
         while i < len(path) or extra is not None:
-            want = sibling(cur.index)
+            index = cur.index
+            low = (index + 1) & ~index  # 2^depth: flat_tree's sibling and parent, inline (hot)
+            want = index ^ (low << 1)
             if extra is not None and extra.index == want:
                 node, extra = extra, None
             elif i < len(path) and path[i].index == want:
@@ -612,10 +640,36 @@ class MerkleTree:
             else:
                 got = path[i].index if i < len(path) else "nothing"
                 raise ProofError(f"expected node {want}, got {got}; the peer sent a bad proof")
+            if trusted:
+                held = get(want)
+                above = get((index & ~(low << 1)) | low) if held is not None else None
+                if held is not None and above is not None:
+                    if held != node:
+                        raise ProofError(
+                            f"proof node {want} does not match ours; the peer sent a bad proof"
+                        )
+                    cur = above
+                    continue
+                trusted = False  # above our tree: the new roots of an upgrade
             cur = _checked_parent(cur, node)
             out.append(node)
             out.append(cur)
+            if roots is not None:
+                trusted = self._trusted(cur, roots)
         return cur
+
+    def _trusted(self, node: Node, roots: set[int]) -> bool:
+        """True if we hold node, anchored (so its path to a signed root is stored); ProofError if
+        we hold a different node there, anchored; False otherwise."""
+        get = self.reader.get_node
+        held = get(node.index)
+        if held is None or not (node.index in roots or get(sibling(node.index)) is not None):
+            return False
+        if held != node:
+            raise ProofError(
+                f"proof does not match our tree at node {node.index}; the peer sent a bad proof"
+            )
+        return True
 
     def _verify_upgrade(self, data: Data, top: Node | None, batch: ProofBatch, reorg: bool) -> bool:
         """Rebuild the signed roots from ours plus the proof; True if `top` was used for them."""

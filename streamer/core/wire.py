@@ -419,9 +419,9 @@ class _Reader:
 
     __slots__ = ("buf", "pos", "end")
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes, pos: int = 0) -> None:
         self.buf = buf
-        self.pos = 0
+        self.pos = pos
         self.end = len(buf)
 
     def uint(self) -> int:
@@ -463,11 +463,37 @@ class _Reader:
         return n
 
     def nodes(self) -> list[Node]:
+        # Hot (every proof node received): the uint and fixed reads inline, bounds checked once.
+        # A read past the end either indexes past it (IndexError) or leaves pos beyond it.
+        n = self.count(NODE_MIN_BYTES)
+        buf, pos = self.buf, self.pos
+        from_bytes = int.from_bytes
         out = []
-        for _ in range(self.count(NODE_MIN_BYTES)):
-            index = self.uint()
-            size = self.uint()
-            out.append(Node(index, size, self.fixed(32)))
+        try:
+            for _ in range(n):
+                a = buf[pos]
+                if a <= 0xFC:
+                    index = a
+                    pos += 1
+                else:
+                    w = 2 if a == 0xFD else 4 if a == 0xFE else 8
+                    index = from_bytes(buf[pos + 1 : pos + 1 + w], "little")
+                    pos += 1 + w
+                a = buf[pos]
+                if a <= 0xFC:
+                    size = a
+                    pos += 1
+                else:
+                    w = 2 if a == 0xFD else 4 if a == 0xFE else 8
+                    size = from_bytes(buf[pos + 1 : pos + 1 + w], "little")
+                    pos += 1 + w
+                out.append(Node(index, size, bytes(buf[pos : pos + 32])))
+                pos += 32
+        except IndexError:
+            pos = self.end + 1
+        if pos > self.end:
+            raise WireError("message truncated inside a proof node; the peer sent a bad message")
+        self.pos = pos
         return out
 
     def rest(self) -> bytes:
@@ -623,9 +649,12 @@ _DECODERS = (
 
 def decode_payload(mtype: int, data: bytes) -> Message:
     """Decode one message body of a known type; WireError on anything malformed."""
+    return _decode_from(mtype, _Reader(data))
+
+
+def _decode_from(mtype: int, r: _Reader) -> Message:
     if not 0 <= mtype < len(_DECODERS):
         raise WireError(f"unknown message type {mtype}; the peer speaks another protocol version")
-    r = _Reader(data)
     msg = _DECODERS[mtype](r)
     r.done()
     return msg
@@ -635,10 +664,9 @@ def decode_message(data: bytes) -> Message:
     """Decode `uint type || payload`; WireError on anything malformed, never another exception."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("a wire message must be bytes")
-    data = bytes(data)
-    r = _Reader(data)
-    mtype = r.uint()
-    return decode_payload(mtype, data[r.pos :])
+    r = _Reader(bytes(data))
+    # The payload is read in place, after the type (no copy of a block-sized message).
+    return _decode_from(r.uint(), r)
 
 
 # ---------------------------------------------------------------- framing
