@@ -166,6 +166,7 @@ class Replicator:
         self._wants: list[_Want] = []
         self._want_seq = 0
         self._seen_length = feed.length  # our own appends announced so far
+        self._announce_length = False  # an upgrade verified: announce our length after its block
         self._revealed_to = feed.length  # the length whose blocks' reveal times are known
         self._now = 0.0  # the latest time passed in
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
@@ -257,6 +258,10 @@ class Replicator:
         self._dirty.discard(s)
         while (event := s.next_event()) is not None:
             self._on_event(s, event)
+        if self._announce_length:
+            self._announce_length = False
+            for t in self.sessions:
+                t.announce_length()
         if s.closed and s in self.sessions:
             self._session_closed(s)
 
@@ -279,8 +284,10 @@ class Replicator:
             self._revealed_to = max(self._revealed_to, length)
             while len(self._revealed) > REVEALED_MEMORY:
                 self._revealed.pop(next(iter(self._revealed)))
-            for t in self.sessions:
-                t.announce_length()
+            # Announced once this session's events are read: the block that came with the upgrade
+            # is announced first, so a neighbour learns we hold it before it hears the length and
+            # asks for both in one request (_request_upgrade).
+            self._announce_length = True
             self.relay.upgraded(self._now, self._longest())
         elif isinstance(event, BlockVerified):
             block = event.index
@@ -436,8 +443,8 @@ class Replicator:
         while len(self._appended) > 2 and now - self._appended[1][0] >= 10.0:
             self._appended.popleft()
         for s in self.sessions:
+            s.announce(start, feed.length)  # the blocks first: see _request_upgrade
             s.announce_length()
-            s.announce(start, feed.length)
         for block in range(start, feed.length):
             self.relay.have(block, None, now)
         self._consume_all()
@@ -482,20 +489,48 @@ class Replicator:
             return  # our push parent brings the new length with the block
         feed = self.feed
         best: Session | None = None
-        best_key: tuple[int, bool, int, float] | None = None
+        best_key: tuple[int, bool, bool, int, float] | None = None
         for s in self.sessions:
             if not (s.synced and s.remote_can_upgrade and s.remote_fork == feed.fork):
                 continue
             if s.remote_length <= feed.length or not self._capacity(s) or self._blocked(s, -1, now):
                 continue
-            key = (s.remote_length, not s.remote_is_writer, -len(s.inflight), self._rng.random())
+            key = (
+                s.remote_length,
+                self._newest_from(s, now) is not None,
+                not s.remote_is_writer,
+                -len(s.inflight),
+                self._rng.random(),
+            )
             if best_key is None or key > best_key:
                 best, best_key = s, key
         if best is None:
             return
-        out = best.request(now, upgrade_to=best.remote_length)
+        block = self._newest_from(best, now)
+        out = best.request(now, block=block, upgrade_to=best.remote_length)
         out.check_at = now + self.config.request_timeout
         self._upgrade = (best, out)
+        if block is not None:
+            self._inflight[block] = [(best, out)]
+            self._mark_checks(out)
+            # Every newer block waits for this upgrade: look sooner whether it is late.
+            out.check_at = min(out.check_at, now + 2 * self._answer_time)
+            self.relay.note("req", now)
+
+    def _newest_from(self, s: Session, now: float) -> int | None:
+        """The newest block `s` announced, to ask for with the upgrade that reveals it (one round
+        trip per hop instead of two: the upgrade, then the block): when we follow the live edge,
+        lack it, have not asked anyone for it and `s` did not refuse it lately. None otherwise."""
+        block = s.remote_length - 1
+        if (
+            not self.config.live
+            or block < self.feed.length
+            or block not in s.remote_has
+            or block in self._inflight
+            or self._blocked(s, block, now)
+        ):
+            return None
+        return block
 
     def _request_blocks(self, now: float) -> None:
         limit = self._inflight_limit()
@@ -769,6 +804,10 @@ class Replicator:
         self.schedule(now)
 
     def _rerequest(self, block: int, s: Session, out: OutRequest, now: float) -> None:
+        if self._upgrade is not None and self._upgrade[1] is out:
+            # A block asked for with its upgrade is late: the upgrade no longer waits for it (it
+            # goes to another peer now; _apply copes with an answer that comes after that).
+            self._upgrade = None
         if self.feed.has(block) or block >= self.feed.length:
             out.late = True
             return
