@@ -93,11 +93,10 @@ class Simulation:
         part = self.args.part
         return ReplicatorConfig(
             seed=self.rng.randrange(1 << 30),
-            block_duration=part,
-            # The same stretch of media ahead, whatever the block size.
-            live_window=max(4, round(4 * self.args.segment / part)),
-            playback_window=max(4, round(4 * self.args.segment / part)),
-            hot_window=max(4, round(4 * self.args.segment / part)),
+            block_duration=part,  # the windows are seconds of media
+            live_window=4 * self.args.segment,
+            playback_window=4 * self.args.segment,
+            hot_window=4 * self.args.segment,
             push=not self.args.no_push,
         )
 

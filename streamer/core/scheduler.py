@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from streamer.core.admission import UploadAdmission
+from streamer.core.admission import UploadAdmission, blocks_of
 from streamer.core.backfill import Backfill, Safety, missing_runs, to_runs, unavailable_runs
 from streamer.core.handshake import Handshaker
 from streamer.core.relay import LiveRelay
@@ -52,7 +52,8 @@ REVEALED_MEMORY = 64  # newest blocks whose reveal time is kept, for playback de
 
 @dataclass(slots=True)
 class ReplicatorConfig:
-    """How one node replicates one feed. Times in seconds, sizes in blocks unless noted."""
+    """How one node replicates one feed. Times and windows in seconds (windows are seconds of
+    media, turned into blocks with `block_duration`: `blocks()`), sizes in blocks unless noted."""
 
     max_inflight_per_peer: int = 16  # our requests waiting at one peer, at least...
     # ...and as many more as fit in this many bytes of average blocks: small blocks need more in
@@ -65,14 +66,18 @@ class ReplicatorConfig:
     # on 5 Mbit/s uplinks fell further behind every second).
     max_queued_relays: int = 2
     max_queued_history: int = 1  # answers of older blocks waiting for our uplink
-    hot_window: int = 4  # blocks this close to the live edge are "new": many peers want them now
-    playback_window: int = 8  # blocks from the playhead fetched first
-    # Newest blocks fetched while following the live edge: a block needs several hops to reach
-    # everyone, and a viewer that asks for it only once it is among the newest two relays it late.
-    live_window: int = 4
+    # Seconds of media this close to the live edge are "new": many peers want them now.
+    hot_window: float = 4.0
+    playback_window: float = 8.0  # seconds of media from the playhead fetched first
+    # Seconds of the newest media fetched while following the live edge: a block needs several
+    # hops to reach everyone, and a viewer that asks for it only once it is among the newest two
+    # 1 s blocks relays it late.
+    live_window: float = 4.0
     live: bool = True  # follow the live edge
     archive: bool = False  # also fetch all history (oldest first)
-    block_duration: float = 1.0  # seconds of media per block, for playback deadlines
+    # Seconds of media per block (the stream header's part or segment duration; the viewer sets
+    # it once it read the header): turns the windows into blocks and sets playback deadlines.
+    block_duration: float = 1.0
     deadline_margin: float = 0.5  # re-request a playback block this long before it is due
     late_after: float = 2.0  # a request unanswered this long goes to a second peer too
     request_timeout: float = 8.0  # a request unanswered this long is given up, the peer avoided
@@ -81,7 +86,7 @@ class ReplicatorConfig:
     writer_copies: int = 1  # a writer serves each block this many times freely...
     root_grace: float = 0.3  # ...and not first to a peer that was first for a recent block
     writer_extra_ratio: float = 0.2  # ...plus extra copies worth this share of the stream's bytes
-    writer_extra_burst: int = 4  # ...saving up at most this many average blocks of extra copies
+    writer_extra_burst: float = 4.0  # ...saving up at most this many seconds of extra copies
     scan_limit: int = 256  # wanted blocks examined per scheduling pass
     chunk_size: int = MAX_CHUNK  # bytes per data-channel message (smaller: less head-of-line wait)
     # Live push (core.relay, docs/replication.md#live-push-relay-at-the-live-edge): a viewer
@@ -101,6 +106,10 @@ class ReplicatorConfig:
     refused_backoff: float = 5.0  # do not ask a neighbour that refused or that we left for this long
     shed_cooldown: float = 10.0  # after shedding a subscriber, take no new one for this long
     seed: int | None = None  # for the random tie-breaks (tests and the simulator fix it)
+
+    def blocks(self, seconds: float) -> int:
+        """Blocks that hold `seconds` of media (at least one)."""
+        return blocks_of(seconds, self.block_duration)
 
 
 @dataclass(slots=True)
@@ -386,13 +395,13 @@ class Replicator:
         head = self._playhead
         played = (0, 0)  # the playback window, which the live edge need not repeat
         if head is not None:
-            played = (max(head, 0), min(head + cfg.playback_window, length))
+            played = (max(head, 0), min(head + cfg.blocks(cfg.playback_window), length))
             yield from range(*played)
         for w in self._wants:
             if w.priority >= PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.live:
-            live = max(0, length - cfg.live_window)
+            live = max(0, length - cfg.blocks(cfg.live_window))
             if played[1] > played[0]:
                 yield from range(live, min(length, played[0]))
                 yield from range(max(live, played[1]), length)
@@ -422,11 +431,11 @@ class Replicator:
     def _deadline(self, block: int) -> float | None:
         """When a block in the playback window is due: counted from when the playhead moved or,
         for a block that did not exist yet then, from when an upgrade revealed it."""
-        head = self._playhead
-        if head is None or not head <= block < head + self.config.playback_window:
+        head, cfg = self._playhead, self.config
+        if head is None or not head <= block < head + cfg.blocks(cfg.playback_window):
             return None
         base = max(self._playhead_at, self._revealed.get(block, 0.0))
-        return base + (block - head + 1) * self.config.block_duration
+        return base + (block - head + 1) * cfg.block_duration
 
     # ------------------------------------------------------------ the local feed
 
@@ -716,11 +725,13 @@ class Replicator:
         header, the playback window or the live edge."""
         cfg, length = self.config, self.feed.length
         head = self._playhead
+        edge = length - cfg.blocks(max(cfg.live_window, cfg.hot_window))
+        window = cfg.blocks(cfg.playback_window)
 
         def protect(block: int) -> bool:
-            if block == 0 or block >= length - max(cfg.live_window, cfg.hot_window):
+            if block == 0 or block >= edge:
                 return True
-            return head is not None and head - 1 <= block < head + cfg.playback_window
+            return head is not None and head - 1 <= block < head + window
 
         return self.backfill.evictions(
             over, self.feed.present_ranges(), self._neighbour_runs(), size, protect
@@ -806,8 +817,12 @@ class Replicator:
     def _rerequest(self, block: int, s: Session, out: OutRequest, now: float) -> None:
         if self._upgrade is not None and self._upgrade[1] is out:
             # A block asked for with its upgrade is late: the upgrade no longer waits for it (it
-            # goes to another peer now; _apply copes with an answer that comes after that).
+            # goes to another peer now; _apply copes with an answer that comes after that), and
+            # the block is looked at again once that upgrade may have come.
             self._upgrade = None
+            if block >= self.feed.length:
+                out.check_at = now + self.config.busy_backoff
+                return
         if self.feed.has(block) or block >= self.feed.length:
             out.late = True
             return
