@@ -80,6 +80,12 @@ class ReplicatorConfig:
     block_duration: float = 1.0
     deadline_margin: float = 0.5  # re-request a playback block this long before it is due
     late_after: float = 2.0  # a request unanswered this long goes to a second peer too
+    # Ask for the newest block together with the upgrade that reveals it (_request_upgrade). Off:
+    # in bench/simulate.py (300 viewers, 0.2 s parts, pull) it cut T1's p95 (2.5 Mbit/s on 5 Mbit/s,
+    # 50 ms: 2.42 s vs 2.69 s, seed 2; 2.37 s vs 2.51 s, seed 3) but raised stalls in the tighter
+    # swarms (T3, 1.5x uploads, 80 ms: 1.37 % vs 0.45 % of watch time; T2, mixed uploads and
+    # symmetric NATs: 288 of 300 viewers starved vs 4), not yet understood.
+    upgrade_with_block: bool = False
     request_timeout: float = 8.0  # a request unanswered this long is given up, the peer avoided
     busy_backoff: float = 0.25  # wait before asking a peer that said "busy" for the same block
     missing_backoff: float = 2.0  # wait before asking a peer that said it lacks a block
@@ -532,7 +538,8 @@ class Replicator:
         lack it, have not asked anyone for it and `s` did not refuse it lately. None otherwise."""
         block = s.remote_length - 1
         if (
-            not self.config.live
+            not self.config.upgrade_with_block
+            or not self.config.live
             or block < self.feed.length
             or block not in s.remote_has
             or block in self._inflight
