@@ -71,7 +71,7 @@ def test_a_new_block_is_announced_before_the_length_that_reveals_it(
     make: Callable[..., Replicator],  # noqa: F811
 ) -> None:
     net = Net()
-    w = net.add(make(writer=True))
+    w = net.add(make(writer=True, upgrade_with_block=True))
     relay = net.add(make(upgrade_with_block=True))
     end = net.add(make(upgrade_with_block=True))
     net.link(w, relay)
@@ -99,7 +99,7 @@ def test_the_newest_block_is_asked_for_with_the_upgrade_that_reveals_it(
     make: Callable[..., Replicator],  # noqa: F811
 ) -> None:
     net = Net()
-    w = net.add(make(writer=True))
+    w = net.add(make(writer=True, upgrade_with_block=True))
     v = net.add(make(upgrade_with_block=True))
     link = net.link(w, v)
     append(net, w, [block(0)])
@@ -127,7 +127,7 @@ def test_a_late_block_asked_with_its_upgrade_does_not_hold_the_upgrade_back(
     make: Callable[..., Replicator],  # noqa: F811
 ) -> None:
     net = Net()
-    w = net.add(make(writer=True))
+    w = net.add(make(writer=True, upgrade_with_block=True))
     slow = net.add(make(upgrade_with_block=True))
     other = net.add(make(upgrade_with_block=True))
     net.link(w, slow)

@@ -299,10 +299,14 @@ class Replicator:
             self._revealed_to = max(self._revealed_to, length)
             while len(self._revealed) > REVEALED_MEMORY:
                 self._revealed.pop(next(iter(self._revealed)))
-            # Announced once this session's events are read: the block that came with the upgrade
-            # is announced first, so a neighbour learns we hold it before it hears the length and
-            # asks for both in one request (_request_upgrade).
-            self._announce_length = True
+            # With upgrade_with_block, announced once this session's events are read: the block
+            # that came with the upgrade is announced first, so a neighbour learns we hold it
+            # before it hears the length and asks for both in one request (_request_upgrade).
+            if self.config.upgrade_with_block:
+                self._announce_length = True
+            else:
+                for t in self.sessions:
+                    t.announce_length()
             self.relay.upgraded(self._now, self._longest())
         elif isinstance(event, BlockVerified):
             block = event.index
@@ -457,9 +461,13 @@ class Replicator:
         self._appended.append((now, feed.byte_length))
         while len(self._appended) > 2 and now - self._appended[1][0] >= 10.0:
             self._appended.popleft()
+        first = self.config.upgrade_with_block  # the blocks before the length: _request_upgrade
         for s in self.sessions:
-            s.announce(start, feed.length)  # the blocks first: see _request_upgrade
+            if first:
+                s.announce(start, feed.length)
             s.announce_length()
+            if not first:
+                s.announce(start, feed.length)
         for block in range(start, feed.length):
             self.relay.have(block, None, now)
         self._consume_all()
