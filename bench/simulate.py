@@ -104,12 +104,12 @@ class Simulation:
         part = self.args.part
         return ReplicatorConfig(
             seed=self.rng.randrange(1 << 30),
-            block_duration=part,
-            # The same stretch of media ahead, whatever the block size.
-            live_window=max(4, round(4 * self.args.segment / part)),
-            playback_window=max(4, round(4 * self.args.segment / part)),
-            hot_window=max(4, round(4 * self.args.segment / part)),
+            block_duration=part,  # the windows are seconds of media
+            live_window=4 * self.args.segment,
+            playback_window=4 * self.args.segment,
+            hot_window=4 * self.args.segment,
             push=not self.args.no_push,
+            upgrade_with_block=self.args.upgrade_with_block,
         )
 
     def _viewer_upload(self) -> float:
@@ -568,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--drain", type=float, default=10.0, help="seconds simulated after the end")
     parser.add_argument("--no-push", action="store_true", help="baseline: pull only, no live push")
+    parser.add_argument(
+        "--upgrade-with-block",
+        action="store_true",
+        help="ask for the newest block with the upgrade (ReplicatorConfig.upgrade_with_block)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--verbose", action="store_true", help="print why peers were dropped")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the run here")

@@ -28,7 +28,6 @@ from streamer.core.names import is_valid_name
 from streamer.core.scheduler import PRIORITY_HIGH
 from streamer.core.stats import ReplicationStats
 from streamer.media.format import StreamHeader, Timeline
-from streamer.media.parts import fit_replicator_to_parts
 from streamer.net.aio import Deadline, FeedWakeup, run_until
 from streamer.net.hubclient import HubClient
 from streamer.net.iceservers import ICE_ENV
@@ -210,7 +209,8 @@ class NetworkSource(LocalFeedSource):
         """The stream header (block 0), fetched if needed."""
         if self._header is None:
             self._header = StreamHeader.decode(await self.get(0, timeout))
-            fit_replicator_to_parts(self.net.replicator.config, self._header.block_duration)
+            # The scheduler's windows are seconds of media: now it knows a block's length.
+            self.net.replicator.config.block_duration = self._header.block_duration
         return self._header
 
     async def start_block(self, timeout: float, at: float | None = None) -> int:

@@ -37,7 +37,6 @@ from streamer.core.feed import SECRET_KEY_FILE, Feed
 from streamer.core.names import validate_name
 from streamer.core.scheduler import ReplicatorConfig
 from streamer.hub import HubServer, start_hub
-from streamer.media.parts import fit_replicator_to_parts
 from streamer.media.passthrough import COPY_PRESET
 from streamer.media.sources import TEST_FPS, TEST_SIZE, open_source, parse_source
 from streamer.net.aio import run_until
@@ -470,9 +469,9 @@ async def _go_live(
     settings = broadcaster.settings
     # Each block once for free (live push or the first request), plus extra copies worth
     # upload_budget - 1 of the stream, spent only on requests no viewer could take.
-    config = fit_replicator_to_parts(
-        ReplicatorConfig(writer_extra_ratio=plan.upload_budget - 1.0),
-        settings.part or settings.segment,
+    config = ReplicatorConfig(
+        writer_extra_ratio=plan.upload_budget - 1.0,
+        block_duration=settings.part or settings.segment,  # the windows are seconds of media
     )
     replicator = NetworkReplicator(feed, swarm, config=config)
     broadcaster.stats_providers.append(replicator.stats_fields)

@@ -12,13 +12,14 @@ but the writer, so the writer serves it every block it asks for (at most one cop
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from streamer.core.replication import FeedLike
 
-__all__ = ["AdmissionLimits", "UploadAdmission"]
+__all__ = ["AdmissionLimits", "UploadAdmission", "blocks_of"]
 
 REVEALED_MEMORY = 64  # newest blocks whose first-holder wait is remembered
 COPY_MEMORY = 4096  # blocks behind the live edge for which a writer remembers copies served
@@ -30,11 +31,18 @@ class AdmissionLimits(Protocol):
     max_queued_uploads: int
     max_queued_relays: int
     max_queued_history: int
-    hot_window: int
+    hot_window: float  # seconds of media
     writer_copies: int
     root_grace: float
     writer_extra_ratio: float
-    writer_extra_burst: int
+    writer_extra_burst: float  # seconds of the stream
+    block_duration: float  # seconds of media per block
+
+
+def blocks_of(seconds: float, block_duration: float) -> int:
+    """Blocks that hold `seconds` of media when each holds `block_duration` (at least one): the
+    policy's windows are seconds of media, whatever the block size."""
+    return max(1, math.ceil(seconds / block_duration - 1e-9))
 
 
 def _unknown(peer: Hashable) -> int | None:
@@ -87,10 +95,8 @@ class UploadAdmission:
         if feed.writable:
             limits = self.limits
             average = feed.byte_length / max(feed.length, 1)
-            self._tokens = min(
-                self._tokens + limits.writer_extra_ratio * added,
-                limits.writer_extra_burst * average,
-            )
+            burst = blocks_of(limits.writer_extra_burst, limits.block_duration)
+            self._tokens = min(self._tokens + limits.writer_extra_ratio * added, burst * average)
 
     def only_through_us(self, peer: Hashable) -> bool:
         """Whether `peer` said it has no neighbour but us (a count of 0 is an announcement made
@@ -135,7 +141,7 @@ class UploadAdmission:
             if len(self._copies) > COPY_MEMORY:
                 floor = feed.length - COPY_MEMORY
                 self._copies = {b: n for b, n in self._copies.items() if b >= floor}
-        elif block >= feed.length - limits.hot_window:
+        elif block >= feed.length - blocks_of(limits.hot_window, limits.block_duration):
             # Everyone near wants a new block at once: keep only a short queue for it, so a peer
             # we cannot serve soon asks one that just got it (that is how a block spreads fast).
             # Live pushes waiting for our uplink take one of those places.

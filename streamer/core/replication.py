@@ -157,6 +157,7 @@ class OutRequest:
     sent_at: float
     check_at: float = 0.0  # when the replicator looks whether it is late
     late: bool = False  # already re-requested from another peer because this one was slow
+    upgrade_from: int = -1  # with an upgrade: our length when we asked (where its proof starts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +547,8 @@ class Session:
         if upgrade_to is not None:
             msg.upgrade = RequestUpgrade(feed.length, upgrade_to - feed.length)
         out = OutRequest(rid, block, upgrade_to is not None, feed.fork, now)
+        if upgrade_to is not None:
+            out.upgrade_from = feed.length
         self.inflight[rid] = out
         self._queue(msg)
         return out
@@ -936,6 +939,15 @@ class Session:
             # An upgrade answer overtaken by a push that upgraded us first: nothing to verify.
             self._emit(RequestAnswered(out, stale, ignored=True))
             return
+        if data.upgrade is not None and data.upgrade.start == out.upgrade_from < old_length:
+            # A block asked for with the upgrade that reveals it, answered after another answer
+            # upgraded us (the scheduler asked elsewhere for the upgrade when this one was late).
+            # Use the block alone if its proof fits our tree; else nothing was verified.
+            assert data.block is not None
+            if had or not _reaches_our_tree(feed, data.block.index, len(data.block.nodes)):
+                self._emit(RequestAnswered(out, stale, ignored=True))
+                return
+            data.upgrade = None
         feed.verify_and_apply(data)
         size = None if data.block is None else len(data.block.value)
         declined = data.block is None and out.block is not None

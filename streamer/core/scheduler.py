@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from streamer.core.admission import UploadAdmission
+from streamer.core.admission import UploadAdmission, blocks_of
 from streamer.core.backfill import Backfill, Safety, missing_runs, to_runs, unavailable_runs
 from streamer.core.handshake import Handshaker
 from streamer.core.relay import LiveRelay
@@ -52,7 +52,8 @@ REVEALED_MEMORY = 64  # newest blocks whose reveal time is kept, for playback de
 
 @dataclass(slots=True)
 class ReplicatorConfig:
-    """How one node replicates one feed. Times in seconds, sizes in blocks unless noted."""
+    """How one node replicates one feed. Times and windows in seconds (windows are seconds of
+    media, turned into blocks with `block_duration`: `blocks()`), sizes in blocks unless noted."""
 
     max_inflight_per_peer: int = 16  # our requests waiting at one peer, at least...
     # ...and as many more as fit in this many bytes of average blocks: small blocks need more in
@@ -65,23 +66,33 @@ class ReplicatorConfig:
     # on 5 Mbit/s uplinks fell further behind every second).
     max_queued_relays: int = 2
     max_queued_history: int = 1  # answers of older blocks waiting for our uplink
-    hot_window: int = 4  # blocks this close to the live edge are "new": many peers want them now
-    playback_window: int = 8  # blocks from the playhead fetched first
-    # Newest blocks fetched while following the live edge: a block needs several hops to reach
-    # everyone, and a viewer that asks for it only once it is among the newest two relays it late.
-    live_window: int = 4
+    # Seconds of media this close to the live edge are "new": many peers want them now.
+    hot_window: float = 4.0
+    playback_window: float = 8.0  # seconds of media from the playhead fetched first
+    # Seconds of the newest media fetched while following the live edge: a block needs several
+    # hops to reach everyone, and a viewer that asks for it only once it is among the newest two
+    # 1 s blocks relays it late.
+    live_window: float = 4.0
     live: bool = True  # follow the live edge
     archive: bool = False  # also fetch all history (oldest first)
-    block_duration: float = 1.0  # seconds of media per block, for playback deadlines
+    # Seconds of media per block (the stream header's part or segment duration; the viewer sets
+    # it once it read the header): turns the windows into blocks and sets playback deadlines.
+    block_duration: float = 1.0
     deadline_margin: float = 0.5  # re-request a playback block this long before it is due
     late_after: float = 2.0  # a request unanswered this long goes to a second peer too
+    # Ask for the newest block together with the upgrade that reveals it (_request_upgrade). Off:
+    # in bench/simulate.py (300 viewers, 0.2 s parts, pull) it cut T1's p95 (2.5 Mbit/s on 5 Mbit/s,
+    # 50 ms: 2.42 s vs 2.69 s, seed 2; 2.37 s vs 2.51 s, seed 3) but raised stalls in the tighter
+    # swarms (T3, 1.5x uploads, 80 ms: 1.37 % vs 0.45 % of watch time; T2, mixed uploads and
+    # symmetric NATs: 288 of 300 viewers starved vs 4), not yet understood.
+    upgrade_with_block: bool = False
     request_timeout: float = 8.0  # a request unanswered this long is given up, the peer avoided
     busy_backoff: float = 0.25  # wait before asking a peer that said "busy" for the same block
     missing_backoff: float = 2.0  # wait before asking a peer that said it lacks a block
     writer_copies: int = 1  # a writer serves each block this many times freely...
     root_grace: float = 0.3  # ...and not first to a peer that was first for a recent block
     writer_extra_ratio: float = 0.2  # ...plus extra copies worth this share of the stream's bytes
-    writer_extra_burst: int = 4  # ...saving up at most this many average blocks of extra copies
+    writer_extra_burst: float = 4.0  # ...saving up at most this many seconds of extra copies
     scan_limit: int = 256  # wanted blocks examined per scheduling pass
     chunk_size: int = MAX_CHUNK  # bytes per data-channel message (smaller: less head-of-line wait)
     # Live push (core.relay, docs/replication.md#live-push-relay-at-the-live-edge): a viewer
@@ -101,6 +112,10 @@ class ReplicatorConfig:
     refused_backoff: float = 5.0  # do not ask a neighbour that refused or that we left for this long
     shed_cooldown: float = 10.0  # after shedding a subscriber, take no new one for this long
     seed: int | None = None  # for the random tie-breaks (tests and the simulator fix it)
+
+    def blocks(self, seconds: float) -> int:
+        """Blocks that hold `seconds` of media (at least one)."""
+        return blocks_of(seconds, self.block_duration)
 
 
 @dataclass(slots=True)
@@ -166,6 +181,7 @@ class Replicator:
         self._wants: list[_Want] = []
         self._want_seq = 0
         self._seen_length = feed.length  # our own appends announced so far
+        self._announce_length = False  # an upgrade verified: announce our length after its block
         self._revealed_to = feed.length  # the length whose blocks' reveal times are known
         self._now = 0.0  # the latest time passed in
         self._revealed: dict[int, float] = {}  # recent blocks -> when an upgrade revealed them
@@ -257,6 +273,10 @@ class Replicator:
         self._dirty.discard(s)
         while (event := s.next_event()) is not None:
             self._on_event(s, event)
+        if self._announce_length:
+            self._announce_length = False
+            for t in self.sessions:
+                t.announce_length()
         if s.closed and s in self.sessions:
             self._session_closed(s)
 
@@ -279,8 +299,14 @@ class Replicator:
             self._revealed_to = max(self._revealed_to, length)
             while len(self._revealed) > REVEALED_MEMORY:
                 self._revealed.pop(next(iter(self._revealed)))
-            for t in self.sessions:
-                t.announce_length()
+            # With upgrade_with_block, announced once this session's events are read: the block
+            # that came with the upgrade is announced first, so a neighbour learns we hold it
+            # before it hears the length and asks for both in one request (_request_upgrade).
+            if self.config.upgrade_with_block:
+                self._announce_length = True
+            else:
+                for t in self.sessions:
+                    t.announce_length()
             self.relay.upgraded(self._now, self._longest())
         elif isinstance(event, BlockVerified):
             block = event.index
@@ -379,13 +405,13 @@ class Replicator:
         head = self._playhead
         played = (0, 0)  # the playback window, which the live edge need not repeat
         if head is not None:
-            played = (max(head, 0), min(head + cfg.playback_window, length))
+            played = (max(head, 0), min(head + cfg.blocks(cfg.playback_window), length))
             yield from range(*played)
         for w in self._wants:
             if w.priority >= PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.live:
-            live = max(0, length - cfg.live_window)
+            live = max(0, length - cfg.blocks(cfg.live_window))
             if played[1] > played[0]:
                 yield from range(live, min(length, played[0]))
                 yield from range(max(live, played[1]), length)
@@ -415,11 +441,11 @@ class Replicator:
     def _deadline(self, block: int) -> float | None:
         """When a block in the playback window is due: counted from when the playhead moved or,
         for a block that did not exist yet then, from when an upgrade revealed it."""
-        head = self._playhead
-        if head is None or not head <= block < head + self.config.playback_window:
+        head, cfg = self._playhead, self.config
+        if head is None or not head <= block < head + cfg.blocks(cfg.playback_window):
             return None
         base = max(self._playhead_at, self._revealed.get(block, 0.0))
-        return base + (block - head + 1) * self.config.block_duration
+        return base + (block - head + 1) * cfg.block_duration
 
     # ------------------------------------------------------------ the local feed
 
@@ -435,9 +461,13 @@ class Replicator:
         self._appended.append((now, feed.byte_length))
         while len(self._appended) > 2 and now - self._appended[1][0] >= 10.0:
             self._appended.popleft()
+        first = self.config.upgrade_with_block  # the blocks before the length: _request_upgrade
         for s in self.sessions:
+            if first:
+                s.announce(start, feed.length)
             s.announce_length()
-            s.announce(start, feed.length)
+            if not first:
+                s.announce(start, feed.length)
         for block in range(start, feed.length):
             self.relay.have(block, None, now)
         self._consume_all()
@@ -482,20 +512,49 @@ class Replicator:
             return  # our push parent brings the new length with the block
         feed = self.feed
         best: Session | None = None
-        best_key: tuple[int, bool, int, float] | None = None
+        best_key: tuple[int, bool, bool, int, float] | None = None
         for s in self.sessions:
             if not (s.synced and s.remote_can_upgrade and s.remote_fork == feed.fork):
                 continue
             if s.remote_length <= feed.length or not self._capacity(s) or self._blocked(s, -1, now):
                 continue
-            key = (s.remote_length, not s.remote_is_writer, -len(s.inflight), self._rng.random())
+            key = (
+                s.remote_length,
+                self._newest_from(s, now) is not None,
+                not s.remote_is_writer,
+                -len(s.inflight),
+                self._rng.random(),
+            )
             if best_key is None or key > best_key:
                 best, best_key = s, key
         if best is None:
             return
-        out = best.request(now, upgrade_to=best.remote_length)
+        block = self._newest_from(best, now)
+        out = best.request(now, block=block, upgrade_to=best.remote_length)
         out.check_at = now + self.config.request_timeout
         self._upgrade = (best, out)
+        if block is not None:
+            self._inflight[block] = [(best, out)]
+            self._mark_checks(out)
+            # Every newer block waits for this upgrade: look sooner whether it is late.
+            out.check_at = min(out.check_at, now + 2 * self._answer_time)
+            self.relay.note("req", now)
+
+    def _newest_from(self, s: Session, now: float) -> int | None:
+        """The newest block `s` announced, to ask for with the upgrade that reveals it (one round
+        trip per hop instead of two: the upgrade, then the block): when we follow the live edge,
+        lack it, have not asked anyone for it and `s` did not refuse it lately. None otherwise."""
+        block = s.remote_length - 1
+        if (
+            not self.config.upgrade_with_block
+            or not self.config.live
+            or block < self.feed.length
+            or block not in s.remote_has
+            or block in self._inflight
+            or self._blocked(s, block, now)
+        ):
+            return None
+        return block
 
     def _request_blocks(self, now: float) -> None:
         feed = self.feed
@@ -693,11 +752,13 @@ class Replicator:
         header, the playback window or the live edge."""
         cfg, length = self.config, self.feed.length
         head = self._playhead
+        edge = length - cfg.blocks(max(cfg.live_window, cfg.hot_window))
+        window = cfg.blocks(cfg.playback_window)
 
         def protect(block: int) -> bool:
-            if block == 0 or block >= length - max(cfg.live_window, cfg.hot_window):
+            if block == 0 or block >= edge:
                 return True
-            return head is not None and head - 1 <= block < head + cfg.playback_window
+            return head is not None and head - 1 <= block < head + window
 
         return self.backfill.evictions(
             over, self.feed.present_ranges(), self._neighbour_runs(), size, protect
@@ -781,6 +842,14 @@ class Replicator:
         self.schedule(now)
 
     def _rerequest(self, block: int, s: Session, out: OutRequest, now: float) -> None:
+        if self._upgrade is not None and self._upgrade[1] is out:
+            # A block asked for with its upgrade is late: the upgrade no longer waits for it (it
+            # goes to another peer now; _apply copes with an answer that comes after that), and
+            # the block is looked at again once that upgrade may have come.
+            self._upgrade = None
+            if block >= self.feed.length:
+                out.check_at = now + self.config.busy_backoff
+                return
         if self.feed.has(block) or block >= self.feed.length:
             out.late = True
             return

@@ -5,8 +5,7 @@ frames, whether it starts with a keyframe, how far back its independent part is)
 Shared by every producer of fragments (the re-encoding StreamEncoder, a passthrough cutter that
 muxes input packets without re-encoding): mux with `part_muxer_options`, hand each fragment the
 muxer writes to `PartCutter.cut`, and append what it returns as blocks. Pure Python: it never
-touches PyAV objects, only options and bytes. (fit_replicator_to_parts, the scheduler's windows
-in blocks scaled to parts, lives here too until the scheduler reasons in seconds.)
+touches PyAV objects, only options and bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from streamer.core.scheduler import ReplicatorConfig
 from streamer.media.fmp4 import TrackRun, fragment_runs
 
 DEFAULT_PART = 0.2  # seconds per part (rounded to whole frames)
@@ -93,19 +91,3 @@ class PartCutter:
         """Bytes held back (audio with no video after it); normally empty at the end."""
         held, self._held = self._held, b""
         return held
-
-
-def fit_replicator_to_parts(config: ReplicatorConfig, block_duration: float) -> ReplicatorConfig:
-    """The scheduler counts its windows and the writer's burst of extra copies in blocks, with
-    defaults tuned for 1 s blocks. Keep them as long in seconds when blocks are shorter parts
-    (0.2 s parts: five times the blocks). Settings already changed from their defaults are left
-    alone. A stopgap until the scheduler reasons in seconds; returns `config`."""
-    base = ReplicatorConfig()
-    scale = base.block_duration / block_duration
-    if scale <= 1 or config.block_duration != base.block_duration:
-        return config
-    for name in ("hot_window", "playback_window", "live_window", "writer_extra_burst"):
-        if getattr(config, name) == getattr(base, name):
-            setattr(config, name, round(getattr(base, name) * scale))
-    config.block_duration = block_duration
-    return config

@@ -17,8 +17,9 @@ export const LIVE_START_S = 1.2 // a start at the live edge aims this far behind
 
 const seconds = () => performance.now() / 1000
 
-/** The scheduler's windows are counted in blocks, tuned for 1 s blocks: keep them as long in
- *  seconds when blocks are shorter parts (media/parts.py fit_replicator_to_parts). */
+/** The scheduler's windows are counted in blocks here, tuned for 1 s blocks: keep them as long
+ *  in seconds when blocks are shorter parts (the Python scheduler counts them in seconds of
+ *  media, ReplicatorConfig.blocks). */
 export function fitToBlocks (config, blockDuration) {
   const scale = 1.0 / blockDuration
   if (scale > 1) {
