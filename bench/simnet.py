@@ -154,7 +154,10 @@ class MemoryFeed:
             self._tree.commit(batch)
         if new_block:
             assert batch.block is not None and batch.value is not None
-            self._store(batch.block, batch.value, batch.nodes[0].hash)
+            # The leaf is in the batch, or was held already (a proof stops at a node we hold).
+            leaf = self._nodes.get_node(2 * batch.block)
+            assert leaf is not None
+            self._store(batch.block, batch.value, leaf.hash)
         return ApplyResult(batch.upgraded, self._tree.length, batch.block if new_block else None)
 
 

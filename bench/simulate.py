@@ -345,6 +345,13 @@ class Simulation:
             n.rep.totals.blocks_from_peers + n.rep.totals.blocks_from_writer for n in self.net.nodes
         )
         viewer_up = [v.node.bytes_up / stream for v in self.viewers if v.left is None]
+        # The same against what each viewer watched (the blocks appended while it was online): a
+        # viewer that joined halfway and uploaded half the stream carried its share (1.0x).
+        viewer_share = [
+            v.node.bytes_up / max(1, sum(self.block_bytes[v.first_block :]))
+            for v in self.viewers
+            if v.left is None and v.first_block < len(self.block_bytes)
+        ]
         # The floor: each hop costs one part's transmission over the sender's uplink plus a one-way
         # delay (the writer's uplink for the first hop, the viewers' mean uplink after that).
         part_bytes = stream / max(1, len(self.block_bytes))
@@ -389,6 +396,7 @@ class Simulation:
             "duplicate_share": dupes / downloads if downloads else 0.0,
             "viewer_upload_ratio_mean": statistics.fmean(viewer_up) if viewer_up else 0.0,
             "viewer_upload_ratio_max": max(viewer_up) if viewer_up else 0.0,
+            "viewer_upload_of_watched_mean": statistics.fmean(viewer_share) if viewer_share else 0.0,
             "pushed_share": sum(n.rep.relay.stats.pushes_received for n in self.net.nodes)
             / downloads
             if downloads
@@ -654,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         f"pushed: {r['pushed_share']:.0%} of downloads"
     )
     print(
-        f"viewer upload: mean {r['viewer_upload_ratio_mean']:.2f} x stream, "
+        f"viewer upload: mean {r['viewer_upload_ratio_mean']:.2f} x stream "
+        f"({r['viewer_upload_of_watched_mean']:.2f} x what each watched), "
         f"max {r['viewer_upload_ratio_max']:.2f} x; peers dropped as misbehaving: {r['misbehaved']}"
     )
     if args.verbose:
