@@ -18,7 +18,7 @@ from tests.fixtures_viewer import encode_test_stream, sparse_copy, write_feed
 
 spawn = e2e.spawn  # the fixture: processes ended (SIGTERM, then kill) after the test
 STREAM_SECONDS = 24.0
-JOIN_AFTER_BLOCKS = 10  # the viewers join this late: blocks before it are history to them
+JOIN_AFTER_BLOCKS = 50  # the viewers join this late (10 s of 0.2 s parts): history to them
 FPS = 15
 PY = sys.executable
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from streamer.core.backfill import (
+    PACE_S,
     Backfill,
     copy_counts,
     describe_runs,
@@ -86,6 +87,18 @@ def test_requests_out_are_capped_and_an_empty_pass_waits_before_looking_again() 
     assert plan.choose(1.5, 3, [], [], src, lambda b: False) == []
     assert plan.choose(2.0, 3, [], [], src, lambda b: False) != []
     assert plan.wake_at(2.0) is None
+
+
+def test_the_pace_is_in_seconds_of_media_whatever_the_block_size() -> None:
+    src = [[(0, 50)]]
+    whole = Backfill(keep=1, fetch=True)
+    whole.sent(1, 10.0)  # one 1 s block: the next request a second later
+    assert whole.wake_at(10.0) == 10.0 + PACE_S
+    parts = Backfill(keep=1, fetch=True)
+    parts.sent(1, 10.0, 0.2)  # one 0.2 s part: the next a fifth of a second later
+    assert parts.wake_at(10.0) == pytest.approx(10.0 + 0.2 * PACE_S)
+    parts.inflight(lambda b: False)
+    assert parts.choose(10.0 + 0.2 * PACE_S, 50, [], [], src, lambda b: False) != []
 
 
 def test_safety_counts_a_viewers_own_copy_but_never_the_broadcasters() -> None:

@@ -30,7 +30,8 @@ __all__ = [
 DEFAULT_KEEP = 3  # peers besides the broadcaster that should hold every block
 KEEP_ALL: None = None  # keep=None: fetch every block (a full copy) and never evict
 BACKFILL_INFLIGHT = 1  # backfill requests out at once: history never crowds out the live edge
-PACE_S = 1.0  # at most one backfill request per this many seconds (about one block per segment)
+PACE_S = 1.0  # seconds between backfill requests per second of media asked for: history at most
+# as fast as the stream itself (one 1 s block a second, or five 0.2 s parts)
 RESCAN_S = 1.0  # a pass that found nothing to fetch is not repeated sooner than this
 CANDIDATES = 32  # blocks handed to the scheduler per pass (it skips the ones it cannot place)
 
@@ -231,12 +232,13 @@ class Backfill:
             return None
         return self._next_scan
 
-    def sent(self, block: int, now: float) -> None:
-        """The scheduler asked a peer for `block` as backfill: the next may go `pace` seconds
-        later at the soonest, so history trickles through spare capacity instead of bursting."""
+    def sent(self, block: int, now: float, duration: float = 1.0) -> None:
+        """The scheduler asked a peer for `block` (`duration` seconds of media) as backfill: the
+        next may go `pace` x `duration` seconds later at the soonest, so history trickles through
+        spare capacity instead of bursting, at the same media rate whatever the block size."""
         self._inflight.add(block)
         self.requested += 1
-        self._next_scan = max(self._next_scan, now + self.pace)
+        self._next_scan = max(self._next_scan, now + self.pace * duration)
 
     def room(self) -> int:
         return max(0, self.max_inflight - len(self._inflight))

@@ -720,7 +720,7 @@ class Replicator:
             out = s.request(now, block=block)
             self._inflight[block] = [(s, out)]
             self._mark_checks(out)
-            plan.sent(block, now)
+            plan.sent(block, now, self.config.block_duration)
             placed = True
             ready.remove(s)
             if not ready or not plan.room():
