@@ -61,6 +61,18 @@ def writer(
     return tree, store
 
 
+def compat_writer(
+    blocks: list[bytes], kp: crypto.KeyPair
+) -> tuple[MerkleTree, MemoryNodeStore]:
+    """A compat-signed writer tree holding `blocks`, appended in one batch."""
+    store = MemoryNodeStore()
+    tree = MerkleTree(store, CompatVerifier(kp.public_key))
+    batch = tree.append(blocks, kp.secret_key)
+    store.put(batch.nodes)
+    tree.commit(batch)
+    return tree, store
+
+
 def reader_at(src: MerkleTree, length: int) -> tuple[MerkleTree, MemoryNodeStore]:
     """A sparse reader that knows only the signed roots of `length` blocks of the writer's feed."""
     roots = [src.get_node(i) for i in full_roots(2 * length)]
@@ -519,12 +531,8 @@ def test_hostile_proofs_never_store_forged_nodes() -> None:
     """Whatever a peer sends, verify either raises ProofError or yields only the writer's nodes."""
     rnd = random.Random(99)
     kp = crypto.key_pair(bytes([3]) * 32)
-    store = MemoryNodeStore()
-    w = MerkleTree(store, CompatVerifier(kp.public_key))
     blocks = [rnd.randbytes(rnd.randrange(1, 30)) for _ in range(37)]
-    batch = w.append(blocks, kp.secret_key)
-    store.put(batch.nodes)
-    w.commit(batch)
+    w, store = compat_writer(blocks, kp)
     accepted = 0
     for _ in range(N_HOSTILE):
         start = rnd.choice([0, rnd.randrange(w.length)])
@@ -561,12 +569,8 @@ def test_seek_proofs_verify_and_locate_bytes() -> None:
     """Seek proofs (byte offset -> node) verify on sparse readers, alone with an upgrade or beside a block."""
     rnd = random.Random(5)
     kp = crypto.key_pair(bytes([4]) * 32)
-    store = MemoryNodeStore()
-    w = MerkleTree(store, CompatVerifier(kp.public_key))
     blocks = [rnd.randbytes(rnd.randrange(1, 40)) for _ in range(45)]
-    batch = w.append(blocks, kp.secret_key)
-    store.put(batch.nodes)
-    w.commit(batch)
+    w, store = compat_writer(blocks, kp)
     seen_seek = 0
     for offset in range(0, w.byte_length, 7):
         reader, rstore = MerkleTree(MemoryNodeStore(), w.verifier), None
@@ -649,12 +653,8 @@ def filled() -> tuple[MerkleTree, list[bytes], MerkleTree, MemoryNodeStore]:
     """A 64-block writer and a reader at its length holding blocks 0..7 and their proofs."""
     rnd = random.Random(5)
     kp = crypto.key_pair(bytes([4]) * 32)
-    store = MemoryNodeStore()
-    w = MerkleTree(store, CompatVerifier(kp.public_key))
     blocks = [rnd.randbytes(rnd.randrange(1, 50)) for _ in range(64)]
-    batch = w.append(blocks, kp.secret_key)
-    store.put(batch.nodes)
-    w.commit(batch)
+    w, store = compat_writer(blocks, kp)
     reader, rstore = reader_at(w, w.length)
     for i in range(8):
         apply(reader, rstore, _full_path_proof(w, blocks, i, reader))
@@ -723,12 +723,8 @@ def test_hostile_proofs_against_a_reader_holding_part_of_the_tree() -> None:
     an accepted proof carries only the writer's nodes, and yields only the writer's data."""
     rnd = random.Random(7)
     kp = crypto.key_pair(bytes([6]) * 32)
-    store = MemoryNodeStore()
-    w = MerkleTree(store, CompatVerifier(kp.public_key))
     blocks = [rnd.randbytes(rnd.randrange(1, 30)) for _ in range(45)]
-    batch = w.append(blocks, kp.secret_key)
-    store.put(batch.nodes)
-    w.commit(batch)
+    w, store = compat_writer(blocks, kp)
     accepted = rejected = 0
     for _ in range(300):
         start = rnd.choice([w.length, rnd.randrange(1, w.length + 1)])
