@@ -185,9 +185,10 @@ async def _timeline(request: web.Request) -> web.Response:
     # The live edge is where the newest media block ends (`from` may lie past it).
     tail = rows or await state.media_blocks(max(1, state.source.length - 2))
     live_edge = tail[-1].stop if tail else 0.0
+    stats = state.source.stats()
     return _json(
         {
-            "key": state.source.stats().get("key"),
+            "key": stats.get("key"),
             "title": header.title,
             "mime": header.mime,
             "width": header.width,
@@ -202,7 +203,7 @@ async def _timeline(request: web.Request) -> web.Response:
             "live_edge": live_edge,
             # Where this viewer started playing (null for a local feed): history before it may
             # be held too, fetched for the swarm's archive (--keep), not watched.
-            "join_block": state.source.stats().get("join_block"),
+            "join_block": stats.get("join_block"),
             # One object per media block from `from` on (TimelineEntry's fields).
             "blocks": [_entry_json(entry) for entry in rows],
         }
