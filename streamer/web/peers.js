@@ -196,7 +196,7 @@ export class PeerSet {
     if (feed.blockBytes <= this.maxBlockBytes) return
     const rep = this.replicator
     const head = rep.playhead !== null ? rep.playhead : feed.length - 1
-    const keepEnd = head + rep.config.playbackWindow
+    const keepEnd = head + rep.blocks(rep.config.playbackWindow)
     const candidates = [...feed.blocks.keys()]
       .filter((i) => i !== 0 && !(i >= head && i < keepEnd) && !rep.isWanted(i))
       .sort((a, b) => Math.abs(b - head) - Math.abs(a - head))

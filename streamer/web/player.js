@@ -17,18 +17,6 @@ export const LIVE_START_S = 1.2 // a start at the live edge aims this far behind
 
 const seconds = () => performance.now() / 1000
 
-/** The scheduler's windows are counted in blocks here, tuned for 1 s blocks: keep them as long
- *  in seconds when blocks are shorter parts (the Python scheduler counts them in seconds of
- *  media, ReplicatorConfig.blocks). */
-export function fitToBlocks (config, blockDuration) {
-  const scale = 1.0 / blockDuration
-  if (scale > 1) {
-    for (const name of ['hotWindow', 'playbackWindow', 'liveWindow']) config[name] = Math.round(config[name] * scale)
-  }
-  config.blockDuration = blockDuration
-  return config
-}
-
 export class TabPlayer {
   /**
    * @param video an HTMLVideoElement
@@ -219,7 +207,8 @@ export class TabPlayer {
     this.status('waiting for the stream header from peers…')
     const head = await this._fetch(0, this.generation)
     this.header = decodeHeader(head)
-    fitToBlocks(this.peers.replicator.config, this.blockDuration)
+    // The scheduler's windows are seconds of media: now it knows a block's length.
+    this.peers.replicator.config.blockDuration = this.blockDuration
     const MS = globalThis.MediaSource
     if (!MS || !MS.isTypeSupported(this.header.mime)) {
       this.status(`this browser cannot play ${this.header.mime}; use \`viewer watch\` instead`)

@@ -22,11 +22,13 @@ export const DEFAULT_CONFIG = Object.freeze({
   maxInflightPerPeer: 16, // our requests waiting at one peer
   maxQueuedRelays: 2, // answers of new blocks waiting for our uplink (more: NoData busy)
   maxQueuedHistory: 1, // answers of older blocks waiting for our uplink
-  hotWindow: 4, // blocks this close to the live edge are "new"
-  playbackWindow: 8, // blocks from the playhead fetched first
-  liveWindow: 4, // newest blocks fetched while following the live edge
+  // Windows are seconds of media, turned into blocks with blockDuration (blocks()), as in
+  // core/scheduler.py's ReplicatorConfig.
+  hotWindow: 4, // seconds this close to the live edge are "new"
+  playbackWindow: 8, // seconds from the playhead fetched first
+  liveWindow: 4, // seconds of the newest media fetched while following the live edge
   live: true,
-  blockDuration: 1.0, // seconds of media per block, for playback deadlines
+  blockDuration: 1.0, // seconds of media per block (the player sets it from the header)
   deadlineMargin: 0.5,
   lateAfter: 2.0, // a request unanswered this long goes to a second peer too
   requestTimeout: 8.0, // a request unanswered this long is given up, the peer avoided
@@ -123,16 +125,22 @@ export class Replicator {
     return this._playhead
   }
 
+  /** Blocks that hold `seconds` of media (at least one): core.admission.blocks_of. */
+  blocks (seconds) {
+    return Math.max(1, Math.ceil(seconds / this.config.blockDuration - 1e-9))
+  }
+
   * _wanted () {
     const cfg = this.config
     const length = this.feed.length
     if (this._playhead !== null) {
-      for (let b = Math.max(this._playhead, 0); b < Math.min(this._playhead + cfg.playbackWindow, length); b++) yield b
+      const end = Math.min(this._playhead + this.blocks(cfg.playbackWindow), length)
+      for (let b = Math.max(this._playhead, 0); b < end; b++) yield b
     }
     for (const w of this._wants) {
       if (w.priority >= PRIORITY_HIGH) for (let b = w.start; b < Math.min(w.end, length); b++) yield b
     }
-    if (cfg.live) for (let b = Math.max(0, length - cfg.liveWindow); b < length; b++) yield b
+    if (cfg.live) for (let b = Math.max(0, length - this.blocks(cfg.liveWindow)); b < length; b++) yield b
     for (const w of this._wants) {
       if (w.priority < PRIORITY_HIGH) for (let b = w.start; b < Math.min(w.end, length); b++) yield b
     }
@@ -143,14 +151,14 @@ export class Replicator {
   isWanted (block) {
     const cfg = this.config
     const length = this.feed.length
-    if (this._playhead !== null && block >= this._playhead && block < this._playhead + cfg.playbackWindow) return true
-    if (cfg.live && block >= length - cfg.liveWindow && block < length) return true
+    if (this._playhead !== null && block >= this._playhead && block < this._playhead + this.blocks(cfg.playbackWindow)) return true
+    if (cfg.live && block >= length - this.blocks(cfg.liveWindow) && block < length) return true
     return this._wants.some((w) => block >= w.start && block < w.end)
   }
 
   _deadline (block) {
     const head = this._playhead
-    if (head === null || !(head <= block && block < head + this.config.playbackWindow)) return null
+    if (head === null || !(head <= block && block < head + this.blocks(this.config.playbackWindow))) return null
     const base = Math.max(this._playheadAt, this._revealed.get(block) || 0)
     return base + (block - head + 1) * this.config.blockDuration
   }
@@ -351,7 +359,7 @@ export class Replicator {
   _admitUpload (s, block, now) {
     const cfg = this.config
     const queued = this._uploadsWaiting
-    const limit = block >= this.feed.length - cfg.hotWindow ? cfg.maxQueuedRelays : cfg.maxQueuedHistory
+    const limit = block >= this.feed.length - this.blocks(cfg.hotWindow) ? cfg.maxQueuedRelays : cfg.maxQueuedHistory
     if (queued >= limit) {
       this.totals.uploads_refused++
       return false

@@ -188,3 +188,12 @@ test('a neighbour that connects again replaces its link only once the new handsh
   assert.equal(first.closed, true)
   assert.equal(third.session.isOpen, true)
 })
+
+test('the scheduler windows are seconds of media, whatever the block size', () => {
+  const whole = new PeerSet(new MemoryFeed(key), { config: { seed: 3 } }).replicator
+  assert.equal(whole.blocks(whole.config.playbackWindow), 8)
+  const parts = new PeerSet(new MemoryFeed(key), { config: { seed: 3, blockDuration: 0.2 } }).replicator
+  assert.equal(parts.blocks(parts.config.playbackWindow), 40) // 8 s of 0.2 s parts
+  assert.equal(parts.blocks(parts.config.liveWindow), 20)
+  assert.equal(parts.blocks(0.05), 1) // never less than one block
+})
