@@ -8,6 +8,8 @@ only from a budget worth `writer_extra_ratio` of the stream's bytes, so its uplo
 copy of the stream however many viewers ask. The exception is a peer for which the writer is the
 only neighbour (behind a NAT that lets it reach nobody else): it has no one to get a block from
 but the writer, so the writer serves it every block it asks for (at most one copy per neighbour).
+A copy counts only while the peer it went to stays: when a peer leaves, the new blocks the writer
+gave it are owed again (it may have been a block's only holder, and then nobody else has it).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class UploadAdmission:
         self.waiting = 0  # admitted answers not yet being sent
         self._peers = 0
         self._copies: dict[int, int] = {}  # writer: block -> copies admitted
+        self._given: dict[Hashable, dict[int, int]] = {}  # writer: peer -> new block -> copies
         self._tokens = 0.0  # writer: bytes of extra copies it may still serve
         self._roots: deque[Hashable] = deque()  # writer: who got the newest blocks' first copies
         self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
@@ -86,6 +89,13 @@ class UploadAdmission:
         self._peers -= 1
         if peer in self._roots:
             self._roots.remove(peer)
+        # The copies of new blocks it took are owed again (answers still queued were dropped one
+        # by one already). A block it was the only holder of would otherwise be refused to
+        # everyone as served, until the extra budget happened to cover it.
+        hot = self.feed.length - blocks_of(self.limits.hot_window, self.limits.block_duration)
+        for block, n in self._given.pop(peer, {}).items():
+            if block >= hot and self._copies.get(block, 0) > 0:
+                self._copies[block] = max(0, self._copies[block] - n)
 
     def feed_grew(self) -> None:
         """Our own appends earn a writer its budget of extra copies."""
@@ -138,6 +148,7 @@ class UploadAdmission:
                 if len(self._root_asked) > REVEALED_MEMORY:
                     self._root_asked.pop(next(iter(self._root_asked)))
             self._copies[block] = copies + 1
+            self._gave(peer, block, 1)
             if len(self._copies) > COPY_MEMORY:
                 floor = feed.length - COPY_MEMORY
                 self._copies = {b: n for b, n in self._copies.items() if b >= floor}
@@ -164,13 +175,24 @@ class UploadAdmission:
             while len(self._roots) > max(1, self._peers // 2):
                 self._roots.popleft()
         self._copies[block] = copies + 1
+        self._gave(peer, block, 1)
+
+    def _gave(self, peer: Hashable, block: int, n: int) -> None:
+        """Count (n = 1) or uncount (n = -1) a writer's copy of a new block to `peer`."""
+        given = self._given.setdefault(peer, {})
+        given[block] = given.get(block, 0) + n
+        if given[block] <= 0:
+            del given[block]
+        if len(given) > REVEALED_MEMORY:
+            given.pop(next(iter(given)))
 
     def started(self) -> None:
         """An admitted answer is being sent now."""
         self.waiting -= 1
 
-    def dropped(self, block: int) -> None:
-        """An admitted answer was cancelled or its session closed before it went out."""
+    def dropped(self, peer: Hashable, block: int) -> None:
+        """An admitted answer to `peer` was cancelled or its session closed before it went out."""
         self.waiting -= 1
         if self.feed.writable and self._copies.get(block, 0) > 0:
             self._copies[block] -= 1
+            self._gave(peer, block, -1)

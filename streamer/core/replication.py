@@ -263,7 +263,7 @@ class UploadPolicy(Protocol):
 
     def admit(self, peer: Hashable, block: int, now: float) -> bool: ...
     def started(self) -> None: ...
-    def dropped(self, block: int) -> None: ...
+    def dropped(self, peer: Hashable, block: int) -> None: ...
     def pushed(self, peer: Hashable, block: int) -> None: ...
 
 
@@ -276,7 +276,7 @@ class AdmitAll:
     def started(self) -> None:
         return None
 
-    def dropped(self, block: int) -> None:
+    def dropped(self, peer: Hashable, block: int) -> None:
         return None
 
     def pushed(self, peer: Hashable, block: int) -> None:
@@ -529,7 +529,7 @@ class Session:
         self.sub_state = None
         for req in self._uploads:
             assert req.block is not None
-            self._uploads_policy.dropped(req.block.index)
+            self._uploads_policy.dropped(self, req.block.index)
         self._uploads.clear()
 
     # ------------------------------------------------------------ used by the replicator
@@ -893,7 +893,7 @@ class Session:
             if req.id == msg.request:
                 self._uploads.remove(req)
                 assert req.block is not None
-                self._uploads_policy.dropped(req.block.index)
+                self._uploads_policy.dropped(self, req.block.index)
                 return
 
     def _on_data(self, msg: Data, now: float) -> None:
