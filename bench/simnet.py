@@ -280,7 +280,9 @@ class SimNet:
         """The channel whose block answer goes out next, among those with something to send:
         the rest of the answer going out, then any other answer part-sent, then live pushes,
         then a new answer; one at a time, since finishing one copy before starting the next
-        spreads a block fastest."""
+        spreads a block fastest. New answers take turns by channel (the one after the channel
+        served last), as separate connections share an uplink: always the first channel in link
+        order let a busy node's later channels wait behind every new request of its first."""
         current = node.current
         if current is not None and current in wanting and current.mid_message:
             return current
@@ -290,7 +292,16 @@ class SimNet:
                 return s
             if pushing is None and s.pushes_waiting:
                 pushing = s  # live pushes before answers to requests
-        return pushing if pushing is not None else wanting[0]
+        if pushing is not None:
+            return pushing
+        if current is not None and len(wanting) > 1:
+            after = False
+            for s in node.links:
+                if s is current:
+                    after = True
+                elif after and s in wanting:
+                    return s
+        return wanting[0]
 
     def _send(self, node: SimNode) -> None:
         """Start the next transmission on an idle uplink. Small messages of any channel go first,

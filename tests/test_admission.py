@@ -15,9 +15,10 @@ class _WriterFeed:
     byte_length = 20 * 1000
 
 
-def _writer() -> UploadAdmission:
+def _writer(root_grace: float = 0.0) -> UploadAdmission:
     # No extra budget: every copy after the first is refused.
-    policy = UploadAdmission(_WriterFeed(), ReplicatorConfig(root_grace=0.0))  # type: ignore[arg-type]
+    config = ReplicatorConfig(root_grace=root_grace)
+    policy = UploadAdmission(_WriterFeed(), config)  # type: ignore[arg-type]
     for _ in range(3):
         policy.peer_added()
     return policy
@@ -50,3 +51,38 @@ def test_old_blocks_are_not_owed_again() -> None:
     policy.started()
     policy.peer_closed("a")
     assert not policy.admit("b", 2, 0.1)
+
+
+class _ViewerFeed:
+    """A viewer's feed of 100 blocks of 1,000 bytes."""
+
+    writable = False
+    length = 100
+    byte_length = 100 * 1000
+
+
+def test_a_block_only_we_hold_near_us_takes_one_place_more_in_a_full_queue() -> None:
+    policy = UploadAdmission(_ViewerFeed(), ReplicatorConfig(max_queued_relays=2))  # type: ignore[arg-type]
+    others_hold = {98}
+    policy.held_elsewhere = lambda peer, block: block in others_hold
+    assert policy.admit("a", 98, 0.0) and policy.admit("b", 98, 0.0)
+    assert not policy.admit("c", 98, 0.0)  # full: "c" asks the neighbour that holds it too
+    assert policy.admit("c", 99, 0.0)  # only we hold 99: one place more
+    assert not policy.admit("d", 99, 0.0)  # but only one
+    policy.started()
+    assert policy.admit("d", 99, 0.0)
+
+
+def test_a_block_asked_for_again_and_again_gets_one_more_copy_on_credit() -> None:
+    policy = _writer(root_grace=0.3)
+    assert policy.admit("a", 19, 0.0)
+    policy.started()
+    for _ in range(5):  # everyone asks at once: "a" passes it on (not counted)
+        assert not policy.admit("b", 19, 0.1)
+    for i in range(3):  # the swarm does not pass it on: "b" and "c" keep coming back
+        assert not policy.admit("bc"[i % 2], 19, 0.3 + 0.1 * i)
+    assert policy.admit("b", 19, 0.6)  # on credit: the bucket goes below zero
+    policy.started()
+    for i in range(3):
+        assert not policy.admit("c", 19, 1.0 + 0.1 * i)
+    assert not policy.admit("c", 19, 1.4)  # credit is one block: spent until appends repay it

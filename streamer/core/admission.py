@@ -24,6 +24,8 @@ from streamer.core.replication import FeedLike
 __all__ = ["AdmissionLimits", "UploadAdmission", "blocks_of"]
 
 REVEALED_MEMORY = 64  # newest blocks whose first-holder wait is remembered
+# A writer refused a block it already served this many times: the swarm is short of that block.
+DEMAND_REFUSALS = 3
 COPY_MEMORY = 4096  # blocks behind the live edge for which a writer remembers copies served
 
 
@@ -72,6 +74,8 @@ class UploadAdmission:
         self._peers = 0
         self._copies: dict[int, int] = {}  # writer: block -> copies admitted
         self._given: dict[Hashable, dict[int, int]] = {}  # writer: peer -> new block -> copies
+        self._denied: dict[int, int] = {}  # writer: block -> late refusals since its last copy
+        self._served_at: dict[int, float] = {}  # writer: block -> when its last free copy went
         self._tokens = 0.0  # writer: bytes of extra copies it may still serve
         self._roots: deque[Hashable] = deque()  # writer: who got the newest blocks' first copies
         self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
@@ -79,6 +83,10 @@ class UploadAdmission:
         self.over_budget_at: float | None = None  # writer: last refusal for lack of extra budget
         # Live pushes wait for our uplink (core.relay): new blocks are then refused to pullers.
         self.pushing: Callable[[], bool] = lambda: False
+        # Whether a neighbour other than `peer` is known to hold `block` (the replicator reads
+        # its sessions' announcements): a block only we hold near us is not refused for a full
+        # queue (rarest first).
+        self.held_elsewhere: Callable[[Hashable, int], bool] = lambda peer, block: True
 
     # ------------------------------------------------------------ told by the replicator
 
@@ -135,15 +143,33 @@ class UploadAdmission:
             if copies >= limits.writer_copies:
                 average = feed.byte_length / max(feed.length, 1)
                 if self._tokens < average or self.waiting >= limits.max_queued_uploads:
-                    self.refused += 1
-                    if self._tokens < average:
-                        self.over_budget_at = now
-                    return False
+                    # Asked again and again for a block it served, `root_grace` after the copy
+                    # went out (not the burst of asks at its announcement): the swarm is not
+                    # passing it on (its holders are slow, or busy with others). One more copy
+                    # then, borrowed from the budget's future.
+                    served = self._served_at.get(block, now)
+                    asked = self._denied.get(block, 0) + (now - served >= limits.root_grace)
+                    if asked > DEMAND_REFUSALS and self._tokens > -average and (
+                        self.waiting <= limits.max_queued_uploads
+                    ):
+                        self._denied.pop(block, None)
+                        self._served_at[block] = now
+                    else:
+                        self._denied[block] = asked
+                        if len(self._denied) > REVEALED_MEMORY:
+                            self._denied.pop(next(iter(self._denied)))
+                        self.refused += 1
+                        if self._tokens < average:
+                            self.over_budget_at = now
+                        return False
                 self._tokens -= average
             if copies == 0:
                 self._roots.append(peer)
                 while len(self._roots) > max(1, self._peers // 2):
                     self._roots.popleft()
+                self._served_at[block] = now
+                if len(self._served_at) > REVEALED_MEMORY:
+                    self._served_at.pop(next(iter(self._served_at)))
                 self._root_asked.pop(block, None)
                 if len(self._root_asked) > REVEALED_MEMORY:
                     self._root_asked.pop(next(iter(self._root_asked)))
@@ -155,8 +181,14 @@ class UploadAdmission:
         elif block >= feed.length - blocks_of(limits.hot_window, limits.block_duration):
             # Everyone near wants a new block at once: keep only a short queue for it, so a peer
             # we cannot serve soon asks one that just got it (that is how a block spreads fast).
-            # Live pushes waiting for our uplink take one of those places.
-            if self.waiting >= limits.max_queued_relays - (1 if self.pushing() else 0):
+            # Live pushes waiting for our uplink take one of those places. A block no other
+            # neighbour holds may take one place more: otherwise a busy first holder (a
+            # broadcaster's neighbour gets many first copies) kept its queue full with blocks
+            # others could give, and the one only it held waited seconds for a free place.
+            limit = limits.max_queued_relays - (1 if self.pushing() else 0)
+            if self.waiting >= limit and not (
+                self.waiting <= limit and not self.held_elsewhere(peer, block)
+            ):
                 self.refused += 1
                 return False
         elif self.waiting >= limits.max_queued_history:

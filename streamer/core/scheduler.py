@@ -188,6 +188,7 @@ class Replicator:
         self._answer_time = 0.5  # seconds a block request usually takes here (moving average)
         self.relay = LiveRelay(feed, self.config, self._rng)
         self.uploads.pushing = self.relay.pushing
+        self.uploads.held_elsewhere = self._held_elsewhere
         self._appended: deque[tuple[float, int]] = deque()  # writer: (time, byte_length) samples
         # Our own feed failed (a full disk, say): replication is over, whoever sent the data.
         self.failure: Exception | None = None
@@ -359,6 +360,14 @@ class Replicator:
         relay = self.relay
         relay.block_verified(block, s, self.sessions, self._now, pushed)
         relay.have(block, s, self._now)
+
+    def _held_elsewhere(self, peer: object, block: int) -> bool:
+        """Whether a viewer among our neighbours other than `peer` announced `block` (the
+        broadcaster holds every block but serves few copies)."""
+        return any(
+            t is not peer and not t.remote_is_writer and block in t.remote_has
+            for t in self.sessions
+        )
 
     def _longest(self) -> int:
         return max((t.remote_length for t in self.sessions if t.is_open), default=0)
