@@ -110,6 +110,7 @@ class Simulation:
             hot_window=4 * self.args.segment,
             push=not self.args.no_push,
             upgrade_with_block=self.args.upgrade_with_block,
+            wait_requests=not self.args.no_wait,
         )
 
     def _viewer_upload(self) -> float:
@@ -577,6 +578,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=10.0, help="seconds simulated after the end")
     parser.add_argument("--no-push", action="store_true", help="baseline: pull only, no live push")
     parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="baseline: no waiting requests (ReplicatorConfig.wait_requests off)",
+    )
+    parser.add_argument(
         "--upgrade-with-block",
         action="store_true",
         help="ask for the newest block with the upgrade (ReplicatorConfig.upgrade_with_block)",
@@ -632,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(independent every {args.segment:g} s), {args.bitrate:g} Mbit/s stream, {uploads}, "
         f"{args.rtt:g} ms RTT, churn {args.churn:.0%}, symmetric NAT {args.symmetric:.0%}, "
         f"{'flash crowd ' + format(args.flash, 'g') + ' s, ' if args.flash else ''}"
-        f"live push {'off' if args.no_push else 'on'}, seed {args.seed}"
+        f"live push {'off' if args.no_push else 'on'}, "
+        f"waiting requests {'off' if args.no_wait else 'on'}, seed {args.seed}"
     )
     print(
         f"broadcaster upload: {r['writer_upload_bytes'] / 1e6:.1f} MB = "

@@ -28,6 +28,7 @@ SAMPLES: list[wire.Message] = [
         priority=5,
     ),
     wire.Request(0xFFFF, 0),
+    wire.Request(4, 0, block=wire.RequestBlock(12, 2), wait=True),
     wire.Cancel(1),
     wire.Cancel(1 << 50),
     wire.Data(1, 0, block=wire.DataBlock(3, b"hello", NODES)),

@@ -192,8 +192,9 @@ class LiveRelay:
     def block_verified(
         self, block: int, source: Session, sessions: Iterable[Session], now: float, pushed: bool
     ) -> None:
-        """Learn from a new block who gets blocks early, and whether our parent delivered it."""
-        if not self.enabled or self.feed.writable:
+        """Learn from a new block who gets blocks early (waiting requests go to them too, push
+        or not), and whether our parent delivered it."""
+        if self.feed.writable:
             return
         lead = self._lead
         for t in sessions:
@@ -201,6 +202,8 @@ class LiveRelay:
             value = now - at if at is not None else 0.0
             old = lead.get(t)
             lead[t] = value if old is None else old + LEAD_WEIGHT * (value - old)
+        if not self.enabled:
+            return
         parent = self.parent
         if parent is None:
             return
@@ -212,6 +215,10 @@ class LiveRelay:
         elif block >= parent.sub_start:
             self._misses += 1
         self._since_switch += 1
+
+    def lead(self, s: Session) -> float:
+        """How much earlier than us `s` usually gets new blocks (seconds, moving average)."""
+        return self._lead.get(s, 0.0)
 
     @property
     def depth(self) -> int | None:

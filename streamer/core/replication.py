@@ -90,6 +90,10 @@ RECENT_CANCELLED = 256  # cancelled requests whose late answers we still verify 
 ANNOUNCED_MEMORY = 32  # newest single-block announcements of a peer whose arrival time we keep
 MAX_PUSHES = 64  # pushes queued to one subscriber; older ones are dropped (it pulls them)
 MAX_DEPTH = 64  # relays from the broadcaster on the push tree; this many or more means no path
+# Waiting requests (a peer asks for a block we do not hold yet; we answer when it verifies here):
+MAX_WAITING = 8  # kept per peer; more are answered missing at once
+WAIT_AHEAD = 16  # only for blocks this close past our length (further: missing at once)
+WAIT_BEHIND = 8  # given up (answered missing) when a block this many newer verifies first
 
 _HANDSHAKE, _OPEN, _CLOSED = "handshake", "open", "closed"
 LOCAL_ERROR_REASON = "replication stopped by a local error"
@@ -158,6 +162,7 @@ class OutRequest:
     check_at: float = 0.0  # when the replicator looks whether it is late
     late: bool = False  # already re-requested from another peer because this one was slow
     upgrade_from: int = -1  # with an upgrade: our length when we asked (where its proof starts)
+    wait: bool = False  # asked before the peer held the block: it answers when it does
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +389,7 @@ class Session:
         self._cancelled: OrderedDict[int, OutRequest] = OrderedDict()
         self._next_id = 1
         self._uploads: deque[Request] = deque()  # block requests admitted, answered when sent
+        self._parked: list[Request] = []  # requests for blocks we lack, answered when they verify
         self._control: deque[bytes] = deque()
         self._outbox: deque[bytes] = deque()  # chunks of the message being sent
         self._framer = Framer(chunk_size)
@@ -531,22 +537,29 @@ class Session:
             assert req.block is not None
             self._uploads_policy.dropped(self, req.block.index)
         self._uploads.clear()
+        self._parked.clear()
 
     # ------------------------------------------------------------ used by the replicator
 
     def request(
-        self, now: float, *, block: int | None = None, upgrade_to: int | None = None
+        self,
+        now: float,
+        *,
+        block: int | None = None,
+        upgrade_to: int | None = None,
+        wait: bool = False,
     ) -> OutRequest:
-        """Send a request for a block and/or an upgrade of our length to `upgrade_to`."""
+        """Send a request for a block and/or an upgrade of our length to `upgrade_to`. With
+        `wait`, a peer that lacks the block keeps the request and answers when it has it."""
         feed = self._feed
         rid = self._next_id
         self._next_id += 1
-        msg = Request(id=rid, fork=feed.fork)
+        msg = Request(id=rid, fork=feed.fork, wait=wait)
         if block is not None:
             msg.block = RequestBlock(block, feed.missing_nodes(block))
         if upgrade_to is not None:
             msg.upgrade = RequestUpgrade(feed.length, upgrade_to - feed.length)
-        out = OutRequest(rid, block, upgrade_to is not None, feed.fork, now)
+        out = OutRequest(rid, block, upgrade_to is not None, feed.fork, now, wait=wait)
         if upgrade_to is not None:
             out.upgrade_from = feed.length
         self.inflight[rid] = out
@@ -562,6 +575,25 @@ class Session:
             self._cancelled.popitem(last=False)
         if self._state == _OPEN:
             self._queue(Cancel(out.id))
+
+    def verified(self, block: int, now: float) -> None:
+        """`block` verified here (or we appended it): answer the peer's requests that waited for
+        it, as if they came now (admission may still say busy), and give up those for blocks
+        WAIT_BEHIND older that are still not here."""
+        if not self._parked or self._state != _OPEN:
+            return
+        keep: list[Request] = []
+        for req in self._parked:
+            assert req.block is not None
+            index = req.block.index
+            if index == block:
+                req.wait = False
+                self._on_request(req, now)
+            elif index <= block - WAIT_BEHIND:
+                self._queue(NoData(req.id, NO_DATA_MISSING))
+            else:
+                keep.append(req)
+        self._parked = keep
 
     def announce(self, start: int, end: int) -> None:
         """Tell the peer we hold verified blocks start..end-1."""
@@ -856,7 +888,7 @@ class Session:
         self._emit(BlockVerified(block.index, self.remote_is_writer))
 
     def _on_request(self, msg: Request, now: float) -> None:
-        if len(self._uploads) >= MAX_REMOTE_REQUESTS:
+        if len(self._uploads) + len(self._parked) >= MAX_REMOTE_REQUESTS:
             raise ProtocolViolation(
                 f"the peer has more than {MAX_REMOTE_REQUESTS} requests waiting"
             )
@@ -868,7 +900,15 @@ class Session:
             self._queue(NoData(msg.id, NO_DATA_MISSING))
             return
         if msg.block is not None and not feed.has(msg.block.index):
-            self._queue(NoData(msg.id, NO_DATA_MISSING))
+            if (
+                msg.wait
+                and msg.upgrade is None
+                and len(self._parked) < MAX_WAITING
+                and msg.block.index < feed.length + WAIT_AHEAD
+            ):
+                self._parked.append(msg)  # answered by `verified` when the block is here
+            else:
+                self._queue(NoData(msg.id, NO_DATA_MISSING))
             return
         if msg.block is not None and msg.upgrade is None and msg.block.index in self._pushes:
             # Its push is queued already: that is the answer; ask nobody else meanwhile.
@@ -889,6 +929,10 @@ class Session:
         self._uploads.append(msg)
 
     def _on_cancel(self, msg: Cancel, now: float) -> None:
+        for req in self._parked:
+            if req.id == msg.request:
+                self._parked.remove(req)
+                return
         for req in self._uploads:
             if req.id == msg.request:
                 self._uploads.remove(req)

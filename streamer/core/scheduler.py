@@ -86,6 +86,12 @@ class ReplicatorConfig:
     # swarms (T3, 1.5x uploads, 80 ms: 1.37 % vs 0.45 % of watch time; T2, mixed uploads and
     # symmetric NATs: 288 of 300 viewers starved vs 4), not yet understood.
     upgrade_with_block: bool = False
+    # Waiting requests: a new block that we know exists (our length includes it) but no neighbour
+    # announced yet is asked of the neighbour that usually gets new blocks first, which answers
+    # the moment it verifies the block: a hop then costs the transmission and half a round trip,
+    # not an announcement, a request and the answer. If another neighbour announces it first,
+    # the request moves there.
+    wait_requests: bool = True
     request_timeout: float = 8.0  # a request unanswered this long is given up, the peer avoided
     busy_backoff: float = 0.25  # wait before asking a peer that said "busy" for the same block
     missing_backoff: float = 2.0  # wait before asking a peer that said it lacks a block
@@ -317,8 +323,10 @@ class Replicator:
                     self._upgrade = None
             # Every neighbour, even one that holds it or sent it: each counts the copies around it
             # (core.backfill), the broadcaster too.
+            now = self._now
             for t in self.sessions:
                 t.announce(block, block + 1)
+                t.verified(block, now)
             self._relay_block(s, block)
         elif isinstance(event, RemoteSynced):
             self.relay.remote_synced(event.length, self._now)
@@ -479,6 +487,8 @@ class Replicator:
                 s.announce(start, feed.length)
         for block in range(start, feed.length):
             self.relay.have(block, None, now)
+            for s in self.sessions:
+                s.verified(block, now)
         self._consume_all()
 
     # ------------------------------------------------------------ scheduling
@@ -576,27 +586,59 @@ class Replicator:
         hold_from, grace = self.relay.hold_blocks()
         hold_until: float | None = None
         inflight = self._inflight
+        cfg = self.config
+        # New blocks nobody near holds yet are asked of an early neighbour, to wait there.
+        wait_from = feed.length - cfg.blocks(cfg.live_window) if cfg.wait_requests else feed.length
         for block in self._wanted():
             scanned += 1
-            if scanned > self.config.scan_limit:
+            if scanned > cfg.scan_limit:
                 break
-            if block in inflight or feed.has(block):
+            if feed.has(block):
                 continue
-            if hold_from is not None and block >= hold_from:
+            entries = inflight.get(block)
+            if entries is not None:
+                # One waiting request, at a peer that still lacks the block: move it to a peer
+                # that announced the block meanwhile, if one has room.
+                if len(entries) > 1 or not entries[0][1].wait:
+                    continue
+                waiter, waiting = entries[0]
+                if block in waiter.remote_has:
+                    continue
+                if ready is None:
+                    limit = self._inflight_limit()
+                    ready = self._ready(limit)
+                    if not ready:
+                        return
+                s = self._pick(block, now, ready, exclude=waiter)
+                if s is None:
+                    continue
+                waiter.cancel(waiting)
+                self._forget(block, waiter, waiting)
+            elif hold_from is not None and block >= hold_from:
                 at = revealed.get(block)
                 if at is not None and now < at + grace:
                     if hold_until is None or at + grace < hold_until:
                         hold_until = at + grace
                     continue
+                s = None
+            else:
+                s = None
             if ready is None:
                 limit = self._inflight_limit()
                 ready = self._ready(limit)
                 if not ready:
                     return
-            s = self._pick(block, now, ready)
+            wait = False
             if s is None:
-                continue
-            out = s.request(now, block=block)
+                s = self._pick(block, now, ready)
+            if s is None:
+                if block < wait_from:
+                    continue
+                s = self._pick_wait(block, now, ready)
+                if s is None:
+                    continue
+                wait = True
+            out = s.request(now, block=block, wait=wait)
             self.relay.note("req", now)
             self._inflight[block] = [(s, out)]
             self._mark_checks(out)
@@ -644,6 +686,23 @@ class Replicator:
             if until is not None and until > now:
                 continue
             key = (s.remote_is_writer, len(s.inflight), self._rng.random())
+            if best_key is None or key < best_key:
+                best, best_key = s, key
+        return best
+
+    def _pick_wait(self, block: int, now: float, ready: list[Session]) -> Session | None:
+        """The peer to ask for a block nobody near holds yet, to wait for it there: the one
+        that usually gets new blocks earliest, among those with room that did not refuse it
+        lately; random among equals. (The broadcaster holds every block it announced: `_pick`
+        asks it, and only once it refused does the block wait elsewhere.)"""
+        best: Session | None = None
+        best_key: tuple[float, float] | None = None
+        refusals, lead = self._refusals, self.relay.lead
+        for s in ready:
+            until = refusals.get((s, block))
+            if until is not None and until > now:
+                continue
+            key = (-lead(s), self._rng.random())
             if best_key is None or key < best_key:
                 best, best_key = s, key
         return best

@@ -61,6 +61,9 @@ class Request:
     upgrade: RequestUpgrade | None = None
     manifest: bool = False
     priority: int = 0
+    # Our extension (flag 64): a block the peer does not hold yet is not refused as missing but
+    # kept, and answered the moment it verifies there (docs/replication.md, "Waiting requests").
+    wait: bool = False
 
 
 @dataclass(slots=True)
@@ -263,6 +266,7 @@ def _enc_request(out: bytearray, m: Request) -> None:
         | (8 if m.upgrade else 0)
         | (16 if m.manifest else 0)
         | (32 if m.priority else 0)
+        | (64 if m.wait else 0)
     )
     _uint(out, flags)
     _uint(out, m.id)
@@ -536,6 +540,7 @@ def _dec_request(r: _Reader) -> Request:
     m.manifest = bool(flags & 16)
     if flags & 32:
         m.priority = r.uint()
+    m.wait = bool(flags & 64)
     return m
 
 
@@ -574,7 +579,8 @@ def _dec_cancel(r: _Reader) -> Cancel:
 def _dec_no_data(r: _Reader) -> NoData:
     request = r.uint()
     flags = r.uint()
-    return NoData(request, r.uint() if flags & 1 else None)
+    # Reason 0 is the same as none (it is encoded without one): one decoding for both.
+    return NoData(request, (r.uint() or None) if flags & 1 else None)
 
 
 def _dec_want(r: _Reader) -> Want:

@@ -53,7 +53,7 @@ const ENCODERS = {
   },
   request (w, m) {
     w.uint((m.block ? 1 : 0) | (m.hash ? 2 : 0) | (m.seek ? 4 : 0) | (m.upgrade ? 8 : 0) |
-      (m.manifest ? 16 : 0) | (m.priority ? 32 : 0))
+      (m.manifest ? 16 : 0) | (m.priority ? 32 : 0) | (m.wait ? 64 : 0))
     w.uint(m.id)
     w.uint(m.fork)
     if (m.block) { w.uint(m.block.index); w.uint(m.block.nodes) }
@@ -199,7 +199,7 @@ const DECODERS = [
     const flags = r.uint()
     const m = {
       type: 'request', id: r.uint(), fork: r.uint(), block: null, hash: null, seek: null,
-      upgrade: null, manifest: false, priority: 0,
+      upgrade: null, manifest: false, priority: 0, wait: false,
     }
     if (flags & 1) m.block = { index: r.uint(), nodes: r.uint() }
     if (flags & 2) m.hash = { index: r.uint(), nodes: r.uint() }
@@ -207,6 +207,9 @@ const DECODERS = [
     if (flags & 8) m.upgrade = { start: r.uint(), length: r.uint() }
     m.manifest = Boolean(flags & 16)
     if (flags & 32) m.priority = r.uint()
+    // A waiting request (flag 64): this peer answers it like any other (missing if it lacks the
+    // block); only Python nodes keep it until the block verifies.
+    m.wait = Boolean(flags & 64)
     return m
   },
   function cancel (r) {

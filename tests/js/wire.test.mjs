@@ -16,7 +16,7 @@ const NODES = [
 ]
 
 function req (fields) {
-  return { type: 'request', block: null, hash: null, seek: null, upgrade: null, manifest: false, priority: 0, ...fields }
+  return { type: 'request', block: null, hash: null, seek: null, upgrade: null, manifest: false, priority: 0, wait: false, ...fields }
 }
 function data (fields) {
   return { type: 'data', block: null, hash: null, seek: null, upgrade: null, manifest: null, ...fields }
@@ -34,6 +34,7 @@ export const SAMPLES = [
   req({ id: 1, fork: 0, block: { index: 2, nodes: 0 }, upgrade: { start: 0, length: 8 } }),
   req({ id: 7, fork: 2, hash: { index: 9, nodes: 3 }, seek: { bytes: 1000, padding: 4 }, manifest: true, priority: 5 }),
   req({ id: 0xffff, fork: 0 }),
+  req({ id: 4, fork: 0, block: { index: 12, nodes: 2 }, wait: true }),
   { type: 'cancel', request: 1 },
   { type: 'cancel', request: 2 ** 50 },
   data({ request: 1, fork: 0, block: { index: 3, value: new TextEncoder().encode('hello'), nodes: NODES } }),
