@@ -1,0 +1,158 @@
+"""Waiting requests (sans-IO): a new block nobody near holds yet is asked of an early neighbour,
+which keeps the request and answers the moment the block verifies there."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from streamer.core import wire
+from streamer.core.replication import NO_DATA_BUSY, WAIT_BEHIND
+from streamer.core.scheduler import Replicator
+from tests.test_replication import Link, Net, append, block, held
+from tests.test_replication import keys as keys  # noqa: F401 - fixtures used by `make`
+from tests.test_replication import make as make  # noqa: F401
+
+
+def _message(chunk: bytes) -> wire.Message:
+    return wire.decode_message(chunk[1:])
+
+
+class _Gate:
+    """Holds back the block answers from a to b on a link until opened (then they go on)."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.held: list[bytes] = []
+        self._open = False
+        link.tamper_ab = self
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    @open.setter
+    def open(self, value: bool) -> None:
+        self._open = value
+        if value:
+            self.link.ab.extend(self.held)
+            self.held.clear()
+
+    def __call__(self, chunk: bytes) -> bytes | None:
+        if self.open or not isinstance(_message(chunk), wire.Data):
+            return chunk
+        msg = _message(chunk)
+        assert isinstance(msg, wire.Data)
+        if msg.block is None:
+            return chunk  # an upgrade alone passes: the length spreads ahead of the block
+        self.held.append(chunk)
+        return None
+
+
+class _Spy:
+    """Records the messages on one direction of a link."""
+
+    def __init__(self, link: Link, *, ba: bool = False) -> None:
+        self.seen: list[wire.Message] = []
+        if ba:
+            link.tamper_ba = self
+        else:
+            link.tamper_ab = self
+
+    def __call__(self, chunk: bytes) -> bytes:
+        self.seen.append(_message(chunk))
+        return chunk
+
+    def of(self, kind: type) -> list:
+        return [m for m in self.seen if isinstance(m, kind)]
+
+
+def _chain(make: Callable[..., Replicator]) -> tuple[Net, Replicator, Replicator, Replicator]:  # noqa: F811
+    net = Net()
+    w = net.add(make(writer=True))
+    a = net.add(make())
+    c = net.add(make())
+    return net, w, a, c
+
+
+def test_a_block_the_peer_lacks_waits_there_and_comes_when_it_verifies(
+    make: Callable[..., Replicator],  # noqa: F811
+) -> None:
+    net, w, a, c = _chain(make)
+    gate = _Gate(net.link(w, a))
+    ac = net.link(a, c)
+    append(net, w, [block(0)])
+    gate.open = True
+    net.run(1)
+    assert held(c) == [0]
+    gate.open = False
+    asked, answered = _Spy(ac, ba=True), _Spy(ac)
+    append(net, w, [block(1)])
+    net.run(0.5)
+    # a knows the length (the upgrade passed) but not the block: c asks a to wait for it.
+    assert a.feed.length == c.feed.length == 2 and held(a) == held(c) == [0]
+    waits = [r for r in asked.of(wire.Request) if r.block is not None and r.block.index == 1]
+    assert len(waits) == 1 and waits[0].wait
+    assert answered.of(wire.NoData) == []  # kept, not refused as missing
+    gate.open = True
+    net.run(0.5)
+    assert held(a) == [0, 1] and held(c) == [0, 1]
+    # The answer to the waiting request: no second request from c.
+    assert len([r for r in asked.of(wire.Request) if r.block and r.block.index == 1]) == 1
+    assert c.totals.blocks_from_peers == 2 and c.totals.duplicates == 0
+
+
+def test_the_wait_moves_to_a_neighbour_that_announces_the_block_first(
+    make: Callable[..., Replicator],  # noqa: F811
+) -> None:
+    net = Net()
+    w = net.add(make(writer=True))
+    a, d, c = net.add(make()), net.add(make()), net.add(make())
+    gate_a, gate_d = _Gate(net.link(w, a)), _Gate(net.link(w, d))
+    ac, dc = net.link(a, c), net.link(d, c)
+    gate_a.open = gate_d.open = True
+    append(net, w, [block(0)])
+    net.run(1)
+    gate_a.open = gate_d.open = False
+    to_a, to_d = _Spy(ac, ba=True), _Spy(dc, ba=True)
+    append(net, w, [block(1)])
+    net.run(0.5)
+    assert held(c) == [0] and c.feed.length == 2
+    waits = [r for spy in (to_a, to_d) for r in spy.of(wire.Request) if r.block and r.wait]
+    assert len(waits) == 1  # one neighbour is asked to wait, not both
+    waiter, other, other_gate = (a, d, gate_d) if to_a.of(wire.Request) else (d, a, gate_a)
+    other_gate.open = True  # the other neighbour gets the block first and announces it
+    net.run(0.5)
+    assert held(other) == [0, 1] and held(c) == [0, 1]
+    cancels = (to_a if waiter is a else to_d).of(wire.Cancel)
+    assert [x.request for x in cancels] == [waits[0].id]
+    (gate_a if waiter is a else gate_d).open = True
+    net.run(1)
+    assert held(waiter) == [0, 1]
+    assert c.totals.duplicates == 0  # the cancelled wait is not answered
+
+
+def test_a_wait_is_given_up_once_newer_blocks_verify_first(
+    make: Callable[..., Replicator],  # noqa: F811
+) -> None:
+    net, w, a, c = _chain(make)
+    wa = net.link(w, a)
+    ac = net.link(a, c)
+    append(net, w, [block(0)])
+    net.run(1)
+
+    def drop_block_1(chunk: bytes) -> bytes | None:
+        msg = _message(chunk)
+        if isinstance(msg, wire.Data) and msg.block is not None and msg.block.index == 1:
+            return None
+        return chunk
+
+    wa.tamper_ab = drop_block_1
+    answered = _Spy(ac)
+    append(net, w, [block(1)])
+    net.run(0.2)
+    for i in range(2, 2 + WAIT_BEHIND):
+        append(net, w, [block(i)])
+        net.run(0.2)
+    missing = [m for m in answered.of(wire.NoData) if m.reason != NO_DATA_BUSY]
+    assert len(missing) == 1  # block 1 never came to a: c hears so and asks elsewhere
+    assert 1 not in held(a)
