@@ -133,6 +133,7 @@ def random_message(rnd: random.Random) -> wire.Message:
             upgrade=maybe(lambda: wire.RequestUpgrade(num(), num())),
             manifest=rnd.random() < 0.3,
             priority=rnd.choice([0, 0, 3]),
+            wait=rnd.random() < 0.3,
         )
     if kind == 2:
         return wire.Cancel(num())

@@ -64,7 +64,7 @@ function randomMessages (seed, count) {
     () => ({
       type: 'request', id: num(), fork: num(), block: r(2) ? { index: num(), nodes: num() } : null,
       hash: r(3) ? null : { index: num(), nodes: num() }, seek: r(3) ? null : { bytes: num(), padding: num() },
-      upgrade: r(2) ? { start: num(), length: num() } : null, manifest: !r(3), priority: r(3) ? 0 : 1 + r(5),
+      upgrade: r(2) ? { start: num(), length: num() } : null, manifest: !r(3), priority: r(3) ? 0 : 1 + r(5), wait: !r(2),
     }),
     () => ({ type: 'cancel', request: num() }),
     () => ({
