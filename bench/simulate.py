@@ -11,8 +11,8 @@ Reports the broadcaster's upload ratio beside the client/server baseline (N x th
 viewer's delay behind live (a block's append to its verification at the viewer) with the number of
 relays it passed (hops), the per-hop delay and the theoretical floor (hops x (part / upload) + one
 way delays), stalls, starved viewers and duplicates, and draws the delay over time to a PNG. Feeds
-are real (proofs, signatures, verification), kept in memory. `--no-push` is the same-seed baseline
-without live push (pull only).
+are real (proofs, signatures, verification), kept in memory. `--no-push` is the product's default
+(pull only, no live push); `--no-wait` turns waiting requests off.
 
 Cost: every data-channel message still goes through the real Session and Replicator (decode, the
 proof checks, a scheduling pass), so CPU grows with viewers x simulated seconds x messages, and a
@@ -45,6 +45,11 @@ from simnet import MemoryFeed, SimNet, SimNode, VerifyCache  # noqa: E402
 from streamer.core import crypto  # noqa: E402
 from streamer.core.replication import BlockVerified, Event, PeerMisbehaved, Session  # noqa: E402
 from streamer.core.scheduler import Replicator, ReplicatorConfig  # noqa: E402
+
+# A viewer is starved if it got less than half of what it watched or stalled more than a quarter
+# of it, over a visit of at least this many seconds (a shorter visit with a stall while joining
+# is counted apart).
+STARVED_MIN_WATCH = 10.0
 
 
 @dataclass(eq=False)
@@ -305,7 +310,8 @@ class Simulation:
         stalls = 0
         stall_time = 0.0
         watch_time = 0.0
-        starved = 0
+        starved = 0  # watched at least STARVED_MIN_WATCH and got too little of it
+        short_stalled = 0  # shorter visits that stalled as much (mostly a stall while joining)
         # Blocks a viewer should have: appended after it joined, and (if it left) a while before.
         horizon = len(self.appended)
         for v in self.viewers:
@@ -340,7 +346,10 @@ class Simulation:
             watched = max(0, end - v.first_block) * part
             watch_time += watched
             if watched > 0 and (got < 0.5 * (end - v.first_block) or st > 0.25 * watched):
-                starved += 1
+                if watched >= STARVED_MIN_WATCH:
+                    starved += 1
+                else:
+                    short_stalled += 1
         dupes = sum(n.rep.totals.duplicates for n in self.net.nodes)
         downloads = sum(
             n.rep.totals.blocks_from_peers + n.rep.totals.blocks_from_writer for n in self.net.nodes
@@ -393,6 +402,7 @@ class Simulation:
             "stall_seconds": stall_time,
             "stall_share": stall_time / watch_time if watch_time else 0.0,
             "starved": starved,
+            "short_stalled": short_stalled,
             "duplicates": dupes,
             "duplicate_share": dupes / downloads if downloads else 0.0,
             "viewer_upload_ratio_mean": statistics.fmean(viewer_up) if viewer_up else 0.0,
@@ -664,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"stalls (player with a {args.buffer:g} s start-up buffer): {r['stalls']} "
         f"({r['stall_seconds']:.1f} s total, {r['stall_share']:.3%} of watch time); "
-        f"starved viewers: {r['starved']}; blocks never received: {r['missing_blocks']}; "
+        f"starved viewers: {r['starved']} (visits under {STARVED_MIN_WATCH:g} s that stalled "
+        f"as much: {r['short_stalled']}); blocks never received: {r['missing_blocks']}; "
         f"duplicate downloads: {r['duplicates']} ({r['duplicate_share']:.2%}); "
         f"pushed: {r['pushed_share']:.0%} of downloads"
     )
