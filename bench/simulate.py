@@ -11,8 +11,9 @@ Reports the broadcaster's upload ratio beside the client/server baseline (N x th
 viewer's delay behind live (a block's append to its verification at the viewer) with the number of
 relays it passed (hops), the per-hop delay and the theoretical floor (hops x (part / upload) + one
 way delays), stalls, starved viewers and duplicates, and draws the delay over time to a PNG. Feeds
-are real (proofs, signatures, verification), kept in memory. `--no-push` is the product's default
-(pull only, no live push); `--no-wait` turns waiting requests off.
+are real (proofs, signatures, verification), kept in memory. The defaults are the product's: pull
+with waiting requests, no live push (`--push` turns it on; `--no-wait` turns waiting requests
+off).
 
 Cost: every data-channel message still goes through the real Session and Replicator (decode, the
 proof checks, a scheduling pass), so CPU grows with viewers x simulated seconds x messages, and a
@@ -113,7 +114,7 @@ class Simulation:
             live_window=4 * self.args.segment,
             playback_window=4 * self.args.segment,
             hot_window=4 * self.args.segment,
-            push=not self.args.no_push,
+            push=self.args.push,
             upgrade_with_block=self.args.upgrade_with_block,
             wait_requests=not self.args.no_wait,
         )
@@ -586,7 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         "--buffer", type=float, default=2.0, help="player start-up buffer (s) for counting stalls"
     )
     parser.add_argument("--drain", type=float, default=10.0, help="seconds simulated after the end")
-    parser.add_argument("--no-push", action="store_true", help="baseline: pull only, no live push")
+    parser.add_argument(
+        "--push", action="store_true", help="live push on (ReplicatorConfig.push; off in the product)"
+    )
+    parser.add_argument(
+        "--no-push", dest="push", action="store_false", help="live push off (the default)"
+    )
     parser.add_argument(
         "--no-wait",
         action="store_true",
@@ -648,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(independent every {args.segment:g} s), {args.bitrate:g} Mbit/s stream, {uploads}, "
         f"{args.rtt:g} ms RTT, churn {args.churn:.0%}, symmetric NAT {args.symmetric:.0%}, "
         f"{'flash crowd ' + format(args.flash, 'g') + ' s, ' if args.flash else ''}"
-        f"live push {'off' if args.no_push else 'on'}, "
+        f"live push {'on' if args.push else 'off'}, "
         f"waiting requests {'off' if args.no_wait else 'on'}, seed {args.seed}"
     )
     print(

@@ -23,8 +23,8 @@ def test_a_small_simulated_swarm_gets_every_block_and_drops_no_one(
         "--part", "0.2", "--segment", "1", "--churn", "0", "--seed", "4",
         "--png", str(tmp_path / "sim.png"),
     ]
-    if not push:
-        args.append("--no-push")
+    if push:
+        args.append("--push")
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     out = result.stdout
