@@ -186,9 +186,9 @@ class UploadAdmission:
             # broadcaster's neighbour gets many first copies) kept its queue full with blocks
             # others could give, and the one only it held waited seconds for a free place.
             limit = limits.max_queued_relays - (1 if self.pushing() else 0)
-            if self.waiting >= limit and not (
-                self.waiting <= limit and not self.held_elsewhere(peer, block)
-            ):
+            if self.waiting == limit and not self.held_elsewhere(peer, block):
+                pass  # rarest first: one place more
+            elif self.waiting >= limit:
                 self.refused += 1
                 return False
         elif self.waiting >= limits.max_queued_history:

@@ -596,48 +596,37 @@ class Replicator:
             if feed.has(block):
                 continue
             entries = inflight.get(block)
+            waiter: tuple[Session, OutRequest] | None = None
             if entries is not None:
-                # One waiting request, at a peer that still lacks the block: move it to a peer
-                # that announced the block meanwhile, if one has room.
-                if len(entries) > 1 or not entries[0][1].wait:
+                # Asked already, unless all we have is a waiting request at a peer that still
+                # lacks the block: then it moves to a peer that announced the block meanwhile.
+                if len(entries) > 1 or not entries[0][1].wait or block in entries[0][0].remote_has:
                     continue
-                waiter, waiting = entries[0]
-                if block in waiter.remote_has:
-                    continue
-                if ready is None:
-                    limit = self._inflight_limit()
-                    ready = self._ready(limit)
-                    if not ready:
-                        return
-                s = self._pick(block, now, ready, exclude=waiter)
-                if s is None:
-                    continue
-                waiter.cancel(waiting)
-                self._forget(block, waiter, waiting)
+                waiter = entries[0]
             elif hold_from is not None and block >= hold_from:
                 at = revealed.get(block)
                 if at is not None and now < at + grace:
                     if hold_until is None or at + grace < hold_until:
                         hold_until = at + grace
                     continue
-                s = None
-            else:
-                s = None
             if ready is None:
                 limit = self._inflight_limit()
                 ready = self._ready(limit)
                 if not ready:
                     return
+            s = self._pick(block, now, ready, exclude=waiter[0] if waiter else None)
             wait = False
-            if s is None:
-                s = self._pick(block, now, ready)
-            if s is None:
-                if block < wait_from:
-                    continue
-                s = self._pick_wait(block, now, ready)
+            if waiter is not None:
                 if s is None:
                     continue
-                wait = True
+                waiter[0].cancel(waiter[1])
+                self._forget(block, *waiter)
+            elif s is None:
+                if block < wait_from:
+                    continue
+                s, wait = self._pick_wait(block, now, ready), True
+                if s is None:
+                    continue
             out = s.request(now, block=block, wait=wait)
             self.relay.note("req", now)
             self._inflight[block] = [(s, out)]
