@@ -784,7 +784,7 @@ class Session:
 
     def _handle(self, msg: Message, now: float) -> None:
         kind = type(msg)
-        if kind is not Request and kind is not Cancel:
+        if kind is not Request and kind is not Cancel and kind is not Range and kind is not Sync:
             self.changes += 1  # what we know of the peer, or our requests to it, may have moved
         handler = _HANDLERS.get(kind)
         if handler is None:
@@ -800,6 +800,8 @@ class Session:
         self.synced = True
         self.remote_length = msg.length
         self.remote_fork = msg.fork
+        if changed or msg.can_upgrade != self.remote_can_upgrade:
+            self.changes += 1
         self.remote_can_upgrade = msg.can_upgrade
         if changed:
             self._emit(RemoteSynced(msg.length, msg.fork))
@@ -1025,6 +1027,10 @@ class Session:
         end = msg.start + msg.length
         if end > MAX_BLOCK_INDEX:
             raise ProtocolViolation(f"range up to block {end} is beyond any stream")
+        # Only a block we lack can change what we ask for: the announcements of blocks we hold
+        # (most of them: every neighbour announces every block) leave the scheduler alone.
+        if msg.length != 1 or msg.drop or not self._feed.has(msg.start):
+            self.changes += 1
         if msg.drop:
             self.remote_has.remove(msg.start, end)
         else:

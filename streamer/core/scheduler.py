@@ -256,7 +256,8 @@ class Replicator:
         if self._stale or session.changes != before:
             self.schedule(now)
         else:
-            # A request or cancel for our uplink changes nothing we would ask for.
+            # A request or cancel for our uplink, or the announcement of a block we hold,
+            # changes nothing we would ask for.
             self._consume_all()
         self._sample(now)
 
