@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from streamer.core import wire
+import pytest
+
+from streamer.core import replication, wire
 from streamer.core.replication import NO_DATA_BUSY, WAIT_BEHIND
 from streamer.core.scheduler import Replicator
 from tests.test_replication import Link, Net, append, block, held
@@ -156,3 +158,28 @@ def test_a_wait_is_given_up_once_newer_blocks_verify_first(
     missing = [m for m in answered.of(wire.NoData) if m.reason != NO_DATA_BUSY]
     assert len(missing) == 1  # block 1 never came to a: c hears so and asks elsewhere
     assert 1 not in held(a)
+
+
+def test_a_peer_that_keeps_no_waiting_requests_still_serves_the_block_once_it_has_it(
+    make: Callable[..., Replicator],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A peer without the extension (the browser page) answers a waiting request missing at once.
+    monkeypatch.setattr(replication, "MAX_WAITING", 0)
+    net, w, a, c = _chain(make)
+    gate = _Gate(net.link(w, a))
+    ac = net.link(a, c)
+    gate.open = True
+    append(net, w, [block(0)])
+    net.run(1)
+    gate.open = False
+    asked = _Spy(ac, ba=True)
+    append(net, w, [block(1)])
+    net.run(0.1)
+    first = [r for r in asked.of(wire.Request) if r.block is not None]
+    assert [(r.block.index, r.wait) for r in first] == [(1, True)]
+    gate.open = True  # a gets block 1 and announces it: c asks again, at once, normally
+    net.run(0.1)
+    assert held(c) == [0, 1]
+    again = [r for r in asked.of(wire.Request) if r.block is not None][1:]
+    assert [(r.block.index, r.wait) for r in again] == [(1, False)]

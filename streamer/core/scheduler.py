@@ -46,7 +46,8 @@ PRIORITY_HIGH = 2  # want(): after the playback window, before the live edge
 PRIORITY_LOW = 0  # want(): after the live edge, before archive history
 
 MAX_WANTS = 64  # explicit want ranges remembered; the oldest is dropped beyond this
-MAX_REFUSALS = 4096  # (peer, block) back-offs remembered
+MAX_REFUSALS = 4096  # (peer, block) back-offs remembered (block -1: the upgrade; WAIT_KEY: waits)
+WAIT_KEY = -2  # refusal key: the peer answered a waiting request missing (it keeps none now)
 REVEALED_MEMORY = 64  # newest blocks whose reveal time is kept, for playback deadlines
 
 
@@ -692,6 +693,9 @@ class Replicator:
             until = refusals.get((s, block))
             if until is not None and until > now:
                 continue
+            until = refusals.get((s, WAIT_KEY))
+            if until is not None and until > now:
+                continue
             key = (-lead(s), self._rng.random())
             if best_key is None or key < best_key:
                 best, best_key = s, key
@@ -962,7 +966,13 @@ class Replicator:
             self._refuse(s, -1, now + backoff)
         if out.block is not None:
             self._forget(out.block, s, out)
-            self._refuse(s, out.block, now + backoff)
+            if out.wait and not busy:
+                # It will not keep waiting requests (a peer without the extension, or one that
+                # has enough of ours) or gave this one up: none to it for a while, but the block
+                # may still be asked of it normally once it announces it.
+                self._refuse(s, WAIT_KEY, now + backoff)
+            else:
+                self._refuse(s, out.block, now + backoff)
 
     def fail(self, error: Exception) -> None:
         """Our feed failed (a session reported LocalError, or the adapter's flush failed): stop
