@@ -355,12 +355,16 @@ export class Replicator {
 
   // ------------------------------------------------------------ called by sessions
 
-  /** May we answer a block request now? false: the session answers busy. */
+  /** May we answer a block request now? false: the session answers busy. A new block no other
+   *  viewer near us holds may take one queue place more (rarest first, as core/admission.py). */
   _admitUpload (s, block, now) {
     const cfg = this.config
     const queued = this._uploadsWaiting
-    const limit = block >= this.feed.length - this.blocks(cfg.hotWindow) ? cfg.maxQueuedRelays : cfg.maxQueuedHistory
-    if (queued >= limit) {
+    const hot = block >= this.feed.length - this.blocks(cfg.hotWindow)
+    const limit = hot ? cfg.maxQueuedRelays : cfg.maxQueuedHistory
+    const rarest = hot && queued === limit && !this.sessions.some(
+      (t) => t !== s && !t.remoteIsWriter && t.remoteHas.has(block))
+    if (queued >= limit && !rarest) {
       this.totals.uploads_refused++
       return false
     }
@@ -423,6 +427,7 @@ export class Replicator {
     this._inflight.delete(block)
     for (const t of this.sessions) {
       if (t !== s && !t.remoteHas.has(block)) t.announce(block, block + 1)
+      t.verified(block, now)
     }
   }
 

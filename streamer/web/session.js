@@ -27,6 +27,10 @@ export const MAX_REMOTE_RANGES = 1024 // disjoint runs remembered of a peer's bl
 export const MAX_BITFIELD_WORDS = 1024 // u32 words in one bitfield message
 export const MAX_BLOCK_INDEX = 2 ** 48 // beyond any real stream; larger indexes are hostile
 export const MAX_EVENTS = 1024 // unread events kept; the oldest are dropped
+// Waiting requests (wire flag 64): a block we lack is kept and answered when it verifies here.
+export const MAX_WAITING = 8 // kept per peer; more are answered missing at once
+export const WAIT_AHEAD = 16 // only for blocks this close past our length
+export const WAIT_BEHIND = 8 // given up (missing) when a block this many newer verifies first
 export const RECENT_CANCELLED = 256 // cancelled requests whose late answers we still accept
 
 class ProtocolViolation extends Error {}
@@ -135,6 +139,7 @@ export class Session {
     this._cancelled = new Map() // request id -> OutRequest, oldest first
     this._nextId = 1
     this._uploads = [] // block requests admitted, answered when sent
+    this._parked = [] // waiting requests for blocks we lack, answered when they verify
     this._control = [] // encoded small messages
     this._outbox = [] // chunks of the message being sent
     this._framer = new Framer(replicator.config.chunkSize)
@@ -230,6 +235,23 @@ export class Session {
     return this._events.length ? this._events.shift() : null
   }
 
+  /** `block` verified here: answer the peer's requests that waited for it as if they came now
+   * (admission may still say busy); give up those for blocks WAIT_BEHIND older still not here. */
+  verified (block, now) {
+    if (!this._parked.length || this._state !== OPEN) return
+    const keep = []
+    for (const req of this._parked) {
+      if (req.block.index === block) {
+        this._onRequest({ ...req, wait: false }, now)
+      } else if (req.block.index <= block - WAIT_BEHIND) {
+        this._queue({ type: 'noData', request: req.id, reason: NO_DATA_MISSING })
+      } else {
+        keep.push(req)
+      }
+    }
+    this._parked = keep
+  }
+
   /** Stop: nothing more is sent or accepted; our requests to the peer go elsewhere. */
   close (reason = null) {
     if (this._state === CLOSED) return
@@ -239,6 +261,7 @@ export class Session {
     this._control = []
     for (const req of this._uploads) this._rep._uploadDropped(req.block.index)
     this._uploads = []
+    this._parked = []
     this._rep._sessionClosed(this)
   }
 
@@ -403,14 +426,21 @@ export class Session {
   }
 
   _onRequest (msg, now) {
-    if (this._uploads.length >= MAX_REMOTE_REQUESTS) {
+    if (this._uploads.length + this._parked.length >= MAX_REMOTE_REQUESTS) {
       throw new ProtocolViolation(`the peer has more than ${MAX_REMOTE_REQUESTS} requests waiting`)
     }
     const feed = this._feed
     const missing = { type: 'noData', request: msg.id, reason: NO_DATA_MISSING }
     if (msg.hash || msg.seek || msg.manifest || msg.fork !== feed.fork) return this._queue(missing)
     if (!msg.block && !msg.upgrade) return this._queue(missing)
-    if (msg.block && !feed.has(msg.block.index)) return this._queue(missing)
+    if (msg.block && !feed.has(msg.block.index)) {
+      if (msg.wait && !msg.upgrade && this._parked.length < MAX_WAITING &&
+          msg.block.index < feed.length + WAIT_AHEAD) {
+        this._parked.push(msg) // answered by verified() when the block is here
+        return
+      }
+      return this._queue(missing)
+    }
     if (msg.block && !this._rep._admitUpload(this, msg.block.index, now)) {
       if (!msg.upgrade) return this._queue({ type: 'noData', request: msg.id, reason: NO_DATA_BUSY })
       // Busy for the block, but the upgrade is small: answer that part alone.
@@ -429,6 +459,11 @@ export class Session {
   }
 
   _onCancel (msg) {
+    const p = this._parked.findIndex((r) => r.id === msg.request)
+    if (p >= 0) {
+      this._parked.splice(p, 1)
+      return
+    }
     const i = this._uploads.findIndex((r) => r.id === msg.request)
     if (i < 0) return
     const [req] = this._uploads.splice(i, 1)

@@ -207,8 +207,7 @@ const DECODERS = [
     if (flags & 8) m.upgrade = { start: r.uint(), length: r.uint() }
     m.manifest = Boolean(flags & 16)
     if (flags & 32) m.priority = r.uint()
-    // A waiting request (flag 64): this peer answers it like any other (missing if it lacks the
-    // block); only Python nodes keep it until the block verifies.
+    // A waiting request (flag 64): kept until the block verifies here (session.js, verified).
     m.wait = Boolean(flags & 64)
     return m
   },

@@ -187,3 +187,43 @@ test('live push (type 11, the relay extension): a tab declines subscriptions and
   await send({ type: 'data', request: 0, fork: 0, block: { index: 9, value: new Uint8Array(1), nodes: [] }, hash: null, seek: null, upgrade: null, manifest: null })
   assert.equal(s.closed, true) // a push without our subscription is data we did not ask for
 })
+
+test('a waiting request for a block we lack is kept and answered when the block verifies', async () => {
+  const feed = seededFeed()
+  const has = feed.has.bind(feed)
+  let lacking = true
+  feed.has = (i) => (i === 5 && lacking ? false : has(i))
+  const { s, send, replies } = open(feed)
+  replies()
+  await send(request(1, { block: { index: 5, nodes: 0 }, wait: true }))
+  await send(request(2, { block: { index: 5, nodes: 0 } })) // not waiting: missing at once
+  await send(request(3, { block: { index: 7, nodes: 0 }, wait: true })) // held: answered as usual
+  await send(request(4, { block: { index: 40, nodes: 0 }, wait: true })) // too far ahead: missing
+  let sent = replies()
+  assert.deepEqual(sent.map((m) => [m.request, m.type]), [[2, 'noData'], [4, 'noData'], [3, 'data']])
+  lacking = false
+  s.verified(5, 0)
+  sent = replies()
+  assert.deepEqual(sent.map((m) => [m.request, m.type, m.block && m.block.index]), [[1, 'data', 5]])
+  await send(request(5, { block: { index: 6, nodes: 0 }, wait: true }))
+  await send({ type: 'cancel', request: 5 }) // a cancelled wait is never answered
+  s.verified(6, 0)
+  assert.deepEqual(replies(), [])
+})
+
+test('rarest first: a new block no other viewer near us holds takes one queue place more', async () => {
+  const { rep, s, send, replies } = open(seededFeed(), { maxQueuedRelays: 1 })
+  const other = rep.addSession({ name: 'other' })
+  other.remoteHas.add(6, 7) // a neighbour holds block 6, nobody else holds 7
+  replies()
+  await send(request(1, { block: { index: 6, nodes: 0 } })) // hot, admitted: the queue is full
+  await send(request(2, { block: { index: 6, nodes: 0 } })) // busy: the other neighbour has it
+  await send(request(3, { block: { index: 7, nodes: 0 } })) // only we hold 7: one place more
+  await send(request(4, { block: { index: 7, nodes: 0 } })) // but only one
+  const by = Object.fromEntries(replies().map((m) => [m.request, m]))
+  assert.equal(by[2].reason, NO_DATA_BUSY)
+  assert.equal(by[4].reason, NO_DATA_BUSY)
+  assert.equal(by[1].type, 'data')
+  assert.equal(by[3].type, 'data')
+  assert.equal(s.isOpen, true)
+})
