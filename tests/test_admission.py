@@ -86,18 +86,3 @@ def test_a_block_asked_for_again_and_again_gets_one_more_copy_on_credit() -> Non
     for i in range(3):
         assert not policy.admit("c", 19, 1.0 + 0.1 * i)
     assert not policy.admit("c", 19, 1.4)  # credit is one block: spent until appends repay it
-
-
-def test_a_first_holder_that_did_not_pass_a_block_on_waits_for_first_copies() -> None:
-    policy = _writer(root_grace=0.3)
-    assert policy.admit("a", 18, 0.0)  # "a" gets block 18 first...
-    policy.started()
-    for i in range(3):  # ...and does not pass it on
-        assert not policy.admit("b", 18, 0.4 + 0.1 * i)
-    assert policy.admit("b", 18, 0.7)  # on credit
-    policy.started()
-    assert policy.admit("c", 19, 1.0)  # another neighbour takes block 19's first copy
-    policy.started()
-    # Block 20: "a" asks first but is a slow root now: refused while others may still ask.
-    assert not policy.admit("a", 20, 2.0)
-    assert policy.admit("b", 20, 2.1)

@@ -274,8 +274,7 @@ def test_a_viewer_that_reaches_only_the_writer_gets_every_block_from_it(
         return w, c
 
     _, starved = run({})
-    # Only what the writer's small budget of extra copies and its copies on demand earn it.
-    assert len(held(starved)) < 15
+    assert len(held(starved)) < 10  # the writer's small budget of extra copies
     w, c = run({0: 1})  # c told the writer it has one neighbour: the writer
     assert c.feed.has(0) and all(c.feed.has(i) for i in range(6, 25))
     assert w.stats(c.feed.length).blocks_up <= 2 * 25 + 5  # a and b still share the rest

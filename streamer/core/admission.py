@@ -26,9 +26,6 @@ __all__ = ["AdmissionLimits", "UploadAdmission", "blocks_of"]
 REVEALED_MEMORY = 64  # newest blocks whose first-holder wait is remembered
 # A writer refused a block it already served this many times: the swarm is short of that block.
 DEMAND_REFUSALS = 3
-# ...and the peer that got that block's first copy takes first copies only when nobody else asks
-# (like a recent root) for this long: it did not pass the block on (a slow uplink, most likely).
-SLOW_ROOT_S = 10.0
 COPY_MEMORY = 4096  # blocks behind the live edge for which a writer remembers copies served
 
 
@@ -79,8 +76,6 @@ class UploadAdmission:
         self._given: dict[Hashable, dict[int, int]] = {}  # writer: peer -> new block -> copies
         self._denied: dict[int, int] = {}  # writer: block -> late refusals since its last copy
         self._served_at: dict[int, float] = {}  # writer: block -> when its last free copy went
-        self._first: dict[int, Hashable] = {}  # writer: block -> the peer of its first copy
-        self._slow: dict[Hashable, float] = {}  # writer: peer -> until when it is a slow root
         self._tokens = 0.0  # writer: bytes of extra copies it may still serve
         self._roots: deque[Hashable] = deque()  # writer: who got the newest blocks' first copies
         self._root_asked: dict[int, float] = {}  # writer: block -> when its last root asked
@@ -102,7 +97,6 @@ class UploadAdmission:
         self._peers -= 1
         if peer in self._roots:
             self._roots.remove(peer)
-        self._slow.pop(peer, None)
         # The copies of new blocks it took are owed again (answers still queued were dropped one
         # by one already). A block it was the only holder of would otherwise be refused to
         # everyone as served, until the extra budget happened to cover it.
@@ -139,15 +133,9 @@ class UploadAdmission:
             pass
         elif feed.writable:
             copies = self._copies.get(block, 0)
-            slow = self._slow.get(peer)
-            if (
-                copies == 0
-                and (peer in self._roots or (slow is not None and slow > now))
-                and self._peers > len(self._roots)
-            ):
-                # A peer that got one of the last new blocks first is busy passing it on (or did
-                # not pass one on lately): let another neighbour be this block's first holder,
-                # unless none asks for a while.
+            if copies == 0 and peer in self._roots and self._peers > len(self._roots):
+                # A peer that got one of the last new blocks first is busy passing it on: let
+                # another neighbour be this block's first holder, unless none asks for a while.
                 asked = self._root_asked.setdefault(block, now)
                 if now - asked < limits.root_grace:
                     self.refused += 1
@@ -166,9 +154,6 @@ class UploadAdmission:
                     ):
                         self._denied.pop(block, None)
                         self._served_at[block] = now
-                        root = self._first.get(block)
-                        if root is not None and root != peer:
-                            self._slow[root] = now + SLOW_ROOT_S
                     else:
                         self._denied[block] = asked
                         if len(self._denied) > REVEALED_MEMORY:
@@ -183,11 +168,8 @@ class UploadAdmission:
                 while len(self._roots) > max(1, self._peers // 2):
                     self._roots.popleft()
                 self._served_at[block] = now
-                self._first[block] = peer
                 if len(self._served_at) > REVEALED_MEMORY:
                     self._served_at.pop(next(iter(self._served_at)))
-                if len(self._first) > REVEALED_MEMORY:
-                    self._first.pop(next(iter(self._first)))
                 self._root_asked.pop(block, None)
                 if len(self._root_asked) > REVEALED_MEMORY:
                     self._root_asked.pop(next(iter(self._root_asked)))
