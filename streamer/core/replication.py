@@ -582,8 +582,8 @@ class Session:
         WAIT_BEHIND older that are still not here."""
         if not self._parked or self._state != _OPEN:
             return
-        keep: list[Request] = []
-        for req in self._parked:
+        parked, self._parked = self._parked, []  # those answered now no longer count as waiting
+        for req in parked:
             assert req.block is not None
             index = req.block.index
             if index == block:
@@ -592,8 +592,7 @@ class Session:
             elif index <= block - WAIT_BEHIND:
                 self._queue(NoData(req.id, NO_DATA_MISSING))
             else:
-                keep.append(req)
-        self._parked = keep
+                self._parked.append(req)
 
     def announce(self, start: int, end: int) -> None:
         """Tell the peer we hold verified blocks start..end-1."""

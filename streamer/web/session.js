@@ -239,17 +239,17 @@ export class Session {
    * (admission may still say busy); give up those for blocks WAIT_BEHIND older still not here. */
   verified (block, now) {
     if (!this._parked.length || this._state !== OPEN) return
-    const keep = []
-    for (const req of this._parked) {
+    const parked = this._parked
+    this._parked = [] // those answered now no longer count as waiting
+    for (const req of parked) {
       if (req.block.index === block) {
         this._onRequest({ ...req, wait: false }, now)
       } else if (req.block.index <= block - WAIT_BEHIND) {
         this._queue({ type: 'noData', request: req.id, reason: NO_DATA_MISSING })
       } else {
-        keep.push(req)
+        this._parked.push(req)
       }
     }
-    this._parked = keep
   }
 
   /** Stop: nothing more is sent or accepted; our requests to the peer go elsewhere. */
