@@ -34,6 +34,10 @@ export const DEFAULT_CONFIG = Object.freeze({
   requestTimeout: 8.0, // a request unanswered this long is given up, the peer avoided
   busyBackoff: 0.25,
   missingBackoff: 2.0,
+  // Waiting requests (core/scheduler.py wait_requests): a new block we know exists but no
+  // neighbour announced yet is asked of the neighbour that usually gets new blocks first, which
+  // answers when it verifies it; moved to a neighbour that announces it first.
+  waitRequests: true,
   scanLimit: 256,
   chunkSize: MAX_CHUNK,
   seed: null,
@@ -50,6 +54,9 @@ function rng (seed) {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296
   }
 }
+
+const WAIT_KEY = -2 // refusal key: the peer answered a waiting request missing (it keeps none now)
+const LEAD_WEIGHT = 0.2 // moving-average weight of each new block in a neighbour's lead
 
 function lexLess (a, b) {
   for (let i = 0; i < a.length; i++) {
@@ -74,7 +81,8 @@ export class Replicator {
     this._rand = rng(this.config.seed)
     this._inflight = new Map() // block -> [[session, out], ...]
     this._upgrade = null // [session, out]
-    this._refusals = new Map() // session -> Map(block or -1 = upgrade -> until)
+    this._refusals = new Map() // session -> Map(block, -1 = upgrade or WAIT_KEY -> until)
+    this._lead = new Map() // session -> how much earlier than us it usually gets new blocks
     this._refusalCount = 0
     this._playhead = null
     this._playheadAt = 0
@@ -219,17 +227,35 @@ export class Replicator {
     const feed = this.feed
     const ready = this.sessions.filter((s) => s.isOpen && s.inflight.size < limit && s.remoteFork === feed.fork)
     if (!ready.length) return
+    const cfg = this.config
+    const waitFrom = cfg.waitRequests ? feed.length - this.blocks(cfg.liveWindow) : feed.length
     let scanned = 0
     let unavailable = 0
     for (const block of this._wanted()) {
-      if (++scanned > this.config.scanLimit) break
-      if (this._inflight.has(block) || feed.has(block)) continue
-      const s = this._pick(block, now, ready)
-      if (s === null) {
-        if (!this.sessions.some((t) => t.remoteHas.has(block))) unavailable++
-        continue
+      if (++scanned > cfg.scanLimit) break
+      if (feed.has(block)) continue
+      const entries = this._inflight.get(block)
+      let waiter = null
+      if (entries) {
+        // Asked already, unless all we have is a waiting request at a peer that still lacks the
+        // block: then it moves to a peer that announced the block meanwhile.
+        if (entries.length > 1 || !entries[0][1].wait || entries[0][0].remoteHas.has(block)) continue
+        waiter = entries[0]
       }
-      const out = s.request(now, { block })
+      let s = this._pick(block, now, ready, waiter ? waiter[0] : null)
+      let wait = false
+      if (waiter) {
+        if (s === null) continue
+        waiter[0].cancel(waiter[1])
+        this._forget(block, waiter[0], waiter[1])
+      } else if (s === null) {
+        if (!this.sessions.some((t) => t.remoteHas.has(block))) unavailable++
+        if (block < waitFrom) continue
+        s = this._pickWait(block, now, ready)
+        if (s === null) continue
+        wait = true
+      }
+      const out = s.request(now, { block, wait })
       this._inflight.set(block, [[s, out]])
       this._markChecks(out)
       if (s.inflight.size >= limit) {
@@ -249,6 +275,22 @@ export class Replicator {
       if (s === exclude || !s.remoteHas.has(block)) continue
       if (this._blocked(s, block, now)) continue
       const key = [s.remoteIsWriter ? 1 : 0, s.inflight.size, this._rand()]
+      if (bestKey === null || lexLess(key, bestKey)) {
+        best = s
+        bestKey = key
+      }
+    }
+    return best
+  }
+
+  /** The peer to ask for a block nobody near holds yet, to wait for it there: the one that usually
+   *  gets new blocks earliest, among those with room that did not refuse it lately. */
+  _pickWait (block, now, ready) {
+    let best = null
+    let bestKey = null
+    for (const s of ready) {
+      if (this._blocked(s, block, now) || this._blocked(s, WAIT_KEY, now)) continue
+      const key = [-(this._lead.get(s) || 0), this._rand()]
       if (bestKey === null || lexLess(key, bestKey)) {
         best = s
         bestKey = key
@@ -428,6 +470,11 @@ export class Replicator {
     for (const t of this.sessions) {
       if (t !== s && !t.remoteHas.has(block)) t.announce(block, block + 1)
       t.verified(block, now)
+      // Who gets new blocks early: how long before us each neighbour announced this one.
+      const at = t.announced.get(block)
+      const value = at === undefined ? 0 : now - at
+      const old = this._lead.get(t)
+      this._lead.set(t, old === undefined ? value : old + LEAD_WEIGHT * (value - old))
     }
   }
 
@@ -439,8 +486,14 @@ export class Replicator {
     }
     if (out.block !== null) {
       this._forget(out.block, s, out)
-      this._refuse(s, out.block, now + backoff)
-      if (!busy) s.remoteHas.remove(out.block, out.block + 1)
+      if (out.wait && !busy) {
+        // It keeps no waiting requests (or gave this one up): none to it for a while, but the
+        // block may still be asked of it normally once it announces it.
+        this._refuse(s, WAIT_KEY, now + backoff)
+      } else {
+        this._refuse(s, out.block, now + backoff)
+        if (!busy) s.remoteHas.remove(out.block, out.block + 1)
+      }
     }
   }
 
@@ -452,6 +505,7 @@ export class Replicator {
       for (const [t, out] of entries) if (t === s) this._forget(block, t, out)
     }
     if (this._upgrade !== null && this._upgrade[0] === s) this._upgrade = null
+    this._lead.delete(s)
     const m = this._refusals.get(s)
     if (m) {
       this._refusalCount -= m.size

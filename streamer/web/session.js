@@ -28,6 +28,7 @@ export const MAX_BITFIELD_WORDS = 1024 // u32 words in one bitfield message
 export const MAX_BLOCK_INDEX = 2 ** 48 // beyond any real stream; larger indexes are hostile
 export const MAX_EVENTS = 1024 // unread events kept; the oldest are dropped
 // Waiting requests (wire flag 64): a block we lack is kept and answered when it verifies here.
+export const ANNOUNCED_MEMORY = 32 // newest single-block announcements whose time we keep
 export const MAX_WAITING = 8 // kept per peer; more are answered missing at once
 export const WAIT_AHEAD = 16 // only for blocks this close past our length
 export const WAIT_BEHIND = 8 // given up (missing) when a block this many newer verifies first
@@ -146,6 +147,7 @@ export class Session {
     this._reassembler = new Reassembler()
     this._events = []
     this._announcedLength = 0
+    this.announced = new Map() // block -> when the peer announced it (its newest single blocks)
     this._chain = Promise.resolve()
     this._gotFirst = false // the peer's first binary message arrived
     this.stats = new PeerStats()
@@ -268,16 +270,16 @@ export class Session {
   // ------------------------------------------------------------ used by the replicator
 
   /** Send a request for a block and/or an upgrade of our length to upgradeTo. */
-  request (now, { block = null, upgradeTo = null } = {}) {
+  request (now, { block = null, upgradeTo = null, wait = false } = {}) {
     const feed = this._feed
     const id = this._nextId++
     const msg = {
       type: 'request', id, fork: feed.fork, block: null, hash: null, seek: null, upgrade: null,
-      manifest: false, priority: 0,
+      manifest: false, priority: 0, wait,
     }
     if (block !== null) msg.block = { index: block, nodes: feed.missingNodes(block) }
     if (upgradeTo !== null) msg.upgrade = { start: feed.length, length: upgradeTo - feed.length }
-    const out = { id, block, upgrade: upgradeTo !== null, fork: feed.fork, sentAt: now, checkAt: 0, late: false }
+    const out = { id, block, upgrade: upgradeTo !== null, fork: feed.fork, sentAt: now, checkAt: 0, late: false, wait }
     this.inflight.set(id, out)
     this._queue(msg)
     return out
@@ -400,7 +402,7 @@ export class Session {
       case 'cancel': return this._onCancel(msg)
       case 'data': return this._onData(msg, now)
       case 'noData': return this._onNoData(msg, now)
-      case 'range': return this._onRange(msg)
+      case 'range': return this._onRange(msg, now)
       case 'bitfield': return this._onBitfield(msg)
       case 'want': case 'unwant': case 'extension':
         return // we announce every verified block unasked, so wants need no answer
@@ -508,11 +510,19 @@ export class Session {
     this._rep._refused(this, out, msg.reason === NO_DATA_BUSY, now)
   }
 
-  _onRange (msg) {
+  _onRange (msg, now) {
     const end = msg.start + msg.length
     if (end > MAX_BLOCK_INDEX) throw new ProtocolViolation(`range up to block ${end} is beyond any stream`)
-    if (msg.drop) this.remoteHas.remove(msg.start, end)
-    else this.remoteHas.add(msg.start, end)
+    if (msg.drop) {
+      this.remoteHas.remove(msg.start, end)
+    } else {
+      this.remoteHas.add(msg.start, end)
+      if (msg.length === 1) {
+        // When it announced each of its newest single blocks: how early it gets new blocks.
+        this.announced.set(msg.start, now)
+        if (this.announced.size > ANNOUNCED_MEMORY) this.announced.delete(this.announced.keys().next().value)
+      }
+    }
   }
 
   _onBitfield (msg) {

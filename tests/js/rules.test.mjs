@@ -193,7 +193,7 @@ test('a waiting request for a block we lack is kept and answered when the block 
   const has = feed.has.bind(feed)
   let lacking = true
   feed.has = (i) => (i === 5 && lacking ? false : has(i))
-  const { s, send, replies } = open(feed)
+  const { s, send, replies } = open(feed, { waitRequests: false }) // we only answer here
   replies()
   await send(request(1, { block: { index: 5, nodes: 0 }, wait: true }))
   await send(request(2, { block: { index: 5, nodes: 0 } })) // not waiting: missing at once
@@ -226,4 +226,33 @@ test('rarest first: a new block no other viewer near us holds takes one queue pl
   assert.equal(by[1].type, 'data')
   assert.equal(by[3].type, 'data')
   assert.equal(s.isOpen, true)
+})
+
+test('waiting requests: a new block nobody near holds waits at one neighbour, and moves to one that announces it', async () => {
+  const feed = seededFeed()
+  const has = feed.has.bind(feed)
+  feed.has = (i) => (i === 7 ? false : has(i)) // we know block 7 exists (length 8) but lack it
+  const rep = new Replicator(feed, { seed: 1 })
+  const peers = ['a', 'b'].map((name) => {
+    const s = rep.addSession({ name })
+    const re = new wire.Reassembler()
+    const out = () => s.datagramsToSend(0).flatMap((c) => re.feed(c)).map(wire.decodeMessage)
+    const send = async (msg) => { for (const c of frame(msg)) await s.receive(c, 0) }
+    return { s, out, send }
+  })
+  const sync = { type: 'sync', fork: 0, length: 8, remoteLength: 8, canUpgrade: true, uploading: true, downloading: true }
+  for (const p of peers) p.out()
+  for (const p of peers) {
+    await p.send(sync)
+    await p.send({ type: 'range', start: 0, length: 7, drop: false })
+  }
+  rep.schedule(0) // as the page does after each message
+  const asked = peers.map((p) => p.out().filter((m) => m.type === 'request'))
+  const waits = asked.flat()
+  assert.deepEqual(waits.map((m) => [m.block.index, m.wait]), [[7, true]]) // one neighbour only
+  const [waiter, other] = asked[0].length ? peers : [peers[1], peers[0]]
+  await other.send({ type: 'range', start: 7, length: 1, drop: false }) // the other one has it
+  rep.schedule(0)
+  assert.deepEqual(waiter.out().map((m) => [m.type, m.request]), [['cancel', waits[0].id]])
+  assert.deepEqual(other.out().filter((m) => m.type === 'request').map((m) => [m.block.index, m.wait]), [[7, false]])
 })
