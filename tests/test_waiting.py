@@ -40,12 +40,10 @@ class _Gate:
             self.held.clear()
 
     def __call__(self, chunk: bytes) -> bytes | None:
-        if self.open or not isinstance(_message(chunk), wire.Data):
-            return chunk
         msg = _message(chunk)
-        assert isinstance(msg, wire.Data)
-        if msg.block is None:
-            return chunk  # an upgrade alone passes: the length spreads ahead of the block
+        # Only a block is held back: an upgrade alone passes (the length spreads ahead of blocks).
+        if self.open or not isinstance(msg, wire.Data) or msg.block is None:
+            return chunk
         self.held.append(chunk)
         return None
 
