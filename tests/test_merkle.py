@@ -73,6 +73,18 @@ def compat_writer(
     return tree, store
 
 
+def assert_only_the_writers(
+    got: ProofBatch, w: MerkleTree, store: MemoryNodeStore, blocks: list[bytes]
+) -> None:
+    """An accepted proof carries only the writer's nodes, block values and roots."""
+    for n in got.nodes:
+        assert store.get_node(n.index) == n
+    if got.value is not None:
+        assert got.block is not None and got.value == blocks[got.block]
+    if got.upgraded:
+        assert got.roots == w.roots and got.length == w.length
+
+
 def reader_at(src: MerkleTree, length: int) -> tuple[MerkleTree, MemoryNodeStore]:
     """A sparse reader that knows only the signed roots of `length` blocks of the writer's feed."""
     roots = [src.get_node(i) for i in full_roots(2 * length)]
@@ -556,12 +568,7 @@ def test_hostile_proofs_never_store_forged_nodes() -> None:
         except ProofError:
             continue
         accepted += 1
-        for n in got.nodes:
-            assert store.get_node(n.index) == n
-        if got.value is not None:
-            assert got.block is not None and got.value == blocks[got.block]
-        if got.upgraded:
-            assert got.roots == w.roots and got.length == w.length
+        assert_only_the_writers(got, w, store, blocks)
     assert accepted < N_HOSTILE
 
 
@@ -759,10 +766,5 @@ def test_hostile_proofs_against_a_reader_holding_part_of_the_tree() -> None:
         accepted += 1
         for lst in node_lists(bad)[:1]:
             assert all(store.get_node(n.index) == n for n in lst)
-        for n in got.nodes:
-            assert store.get_node(n.index) == n
-        if got.value is not None:
-            assert got.block is not None and got.value == blocks[got.block]
-        if got.upgraded:
-            assert got.roots == w.roots and got.length == w.length
+        assert_only_the_writers(got, w, store, blocks)
     assert rejected > 100
