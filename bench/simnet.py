@@ -295,11 +295,12 @@ class SimNet:
         if pushing is not None:
             return pushing
         if current is not None and len(wanting) > 1:
+            candidates = set(wanting)
             after = False
             for s in node.links:
                 if s is current:
                     after = True
-                elif after and s in wanting:
+                elif after and s in candidates:
                     return s
         return wanting[0]
 

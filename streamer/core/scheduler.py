@@ -688,13 +688,9 @@ class Replicator:
         asks it, and only once it refused does the block wait elsewhere.)"""
         best: Session | None = None
         best_key: tuple[float, float] | None = None
-        refusals, lead = self._refusals, self.relay.lead
+        lead = self.relay.lead
         for s in ready:
-            until = refusals.get((s, block))
-            if until is not None and until > now:
-                continue
-            until = refusals.get((s, WAIT_KEY))
-            if until is not None and until > now:
+            if self._blocked(s, block, now) or self._blocked(s, WAIT_KEY, now):
                 continue
             key = (-lead(s), self._rng.random())
             if best_key is None or key < best_key:
