@@ -180,12 +180,11 @@ def test_viewers_that_opt_out_leave_history_only_on_the_broadcaster(
     net, w, viewers = _swarm(make, keep=0)
     net.run(5)
     for v in viewers:
-        # They started at block 9: the live window does not reach back before that.
-        assert not any(v.feed.has(i) for i in range(0, 9)) and v.feed.has(9)
+        assert not any(v.feed.has(i) for i in range(0, 6))  # the live window is 6..9
         assert v.backfill.requested == 0
     safety = w.safety()
-    assert safety.rarest == 0 and safety.only_here == ((0, 9),)
-    assert w.stats(net.now).unreplicated_blocks == 9
+    assert safety.rarest == 0 and safety.only_here == ((0, 6),)
+    assert w.stats(net.now).unreplicated_blocks == 6
 
 
 def test_an_evicted_block_is_announced_gone(make: Callable[..., Replicator]) -> None:

@@ -618,33 +618,6 @@ def test_blocks_come_in_order_playback_window_then_live_edge_then_history(
     assert order[6:] == [i for i in range(40) if not 20 <= i < 24 and i < 38]
 
 
-def test_the_live_window_reaches_back_no_further_than_where_playing_started(
-    make: Callable[..., Replicator],
-) -> None:
-    net = Net()
-    w = net.add(make(writer=True))
-    append(net, w, [block(i, 100) for i in range(20)])
-    joiner = net.add(make(playback_window=2, live_window=8))
-    joiner.set_playhead(17, net.now)
-    seeder = net.add(make(playback_window=2, live_window=8))  # no playhead: the whole window
-    net.link(w, joiner)
-    net.link(w, seeder)
-    net.link(joiner, seeder)
-    net.run(5)
-    assert held(joiner) == [17, 18, 19]
-    assert held(seeder) == list(range(12, 20))
-    # A block skipped after playing started is still fetched: the window starts at the first
-    # block played, not at the playhead.
-    joiner.set_playhead(19, net.now)
-    append(net, w, [block(i, 100) for i in range(20, 24)])
-    net.run(5)
-    assert held(joiner) == list(range(17, 24))
-    # Seeking back lowers it: the window then reaches back to there.
-    joiner.set_playhead(14, net.now)
-    net.run(5)
-    assert held(joiner) == list(range(14, 24))
-
-
 def test_timers_always_make_progress_whatever_the_clock_reads(
     make: Callable[..., Replicator],
 ) -> None:

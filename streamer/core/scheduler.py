@@ -185,9 +185,6 @@ class Replicator:
         self._refusals: dict[tuple[Session, int], float] = {}  # (peer, block or -1 = upgrade)
         self._playhead: int | None = None
         self._playhead_at = 0.0
-        # The first block we played (the lowest playhead since): the live window does not
-        # reach back before it, so a viewer that joins fetches no history it will not play.
-        self._first_head: int | None = None
         self._wants: list[_Want] = []
         self._want_seq = 0
         self._seen_length = feed.length  # our own appends announced so far
@@ -412,8 +409,6 @@ class Replicator:
         Requests go out at once: send what the sessions have afterwards."""
         self._playhead = block
         self._playhead_at = now
-        if block is not None and (self._first_head is None or block < self._first_head):
-            self._first_head = block
         self.schedule(now)
 
     @property
@@ -435,7 +430,7 @@ class Replicator:
             if w.priority >= PRIORITY_HIGH:
                 yield from range(w.start, min(w.end, length))
         if cfg.live:
-            live = self._live_start()
+            live = max(0, length - cfg.blocks(cfg.live_window))
             if played[1] > played[0]:
                 yield from range(live, min(length, played[0]))
                 yield from range(max(live, played[1]), length)
@@ -450,17 +445,6 @@ class Replicator:
             first = self._archive_start()
             for start, end in missing_runs(length, self.feed.present_ranges()):
                 yield from range(max(start, first), end)
-
-    def _live_start(self) -> int:
-        """The first block of the live window: the newest `live_window` seconds, but none before
-        the first block we played. A joining viewer used to fetch the whole window of history
-        behind its start (4 s: 20 parts of 0.2 s), which loaded its neighbours' uplinks while
-        they carried the live edge; blocks skipped after we started are still fetched."""
-        length = self.feed.length
-        live = max(0, length - self.config.blocks(self.config.live_window))
-        if self._first_head is not None:
-            live = max(live, min(self._first_head, length))
-        return live
 
     def _archive_start(self) -> int:
         """The first block we lack from the start (the feed's contiguous length moves only when

@@ -86,7 +86,6 @@ export class Replicator {
     this._refusalCount = 0
     this._playhead = null
     this._playheadAt = 0
-    this._firstHead = null // the lowest playhead set: the live window does not reach before it
     this._wants = []
     this._wantSeq = 0
     this._uploadsWaiting = 0
@@ -127,7 +126,6 @@ export class Replicator {
   setPlayhead (block, now) {
     this._playhead = block
     this._playheadAt = now
-    if (block !== null && (this._firstHead === null || block < this._firstHead)) this._firstHead = block
     this.schedule(now)
   }
 
@@ -150,19 +148,10 @@ export class Replicator {
     for (const w of this._wants) {
       if (w.priority >= PRIORITY_HIGH) for (let b = w.start; b < Math.min(w.end, length); b++) yield b
     }
-    if (cfg.live) for (let b = this._liveStart(); b < length; b++) yield b
+    if (cfg.live) for (let b = Math.max(0, length - this.blocks(cfg.liveWindow)); b < length; b++) yield b
     for (const w of this._wants) {
       if (w.priority < PRIORITY_HIGH) for (let b = w.start; b < Math.min(w.end, length); b++) yield b
     }
-  }
-
-  /** The first block of the live window: the newest liveWindow seconds, but none before the first
-   *  block played (core/scheduler.py _live_start: a joining tab fetches no history it will not play). */
-  _liveStart () {
-    const length = this.feed.length
-    let live = Math.max(0, length - this.blocks(this.config.liveWindow))
-    if (this._firstHead !== null) live = Math.max(live, Math.min(this._firstHead, length))
-    return live
   }
 
   /** Whether the scheduler would fetch `block` if it were missing (playback window, wants, live
@@ -171,7 +160,7 @@ export class Replicator {
     const cfg = this.config
     const length = this.feed.length
     if (this._playhead !== null && block >= this._playhead && block < this._playhead + this.blocks(cfg.playbackWindow)) return true
-    if (cfg.live && block >= this._liveStart() && block < length) return true
+    if (cfg.live && block >= length - this.blocks(cfg.liveWindow) && block < length) return true
     return this._wants.some((w) => block >= w.start && block < w.end)
   }
 

@@ -109,21 +109,6 @@ test('a reader fetches the live edge and wanted history from a seeder, verified'
   assert.equal(seeder.stats().blocks_up, 8)
 })
 
-test('the live window reaches back no further than where playing started (core/scheduler.py _live_start)', async () => {
-  const net = new Net()
-  const seeder = new Replicator(seededFeed(), { seed: 1 })
-  const joiner = new Replicator(new MemoryFeed(key), { seed: 2, playbackWindow: 1 })
-  joiner.setPlayhead(6, 0)
-  net.link(joiner, seeder)
-  await net.run(2, [seeder, joiner])
-  assert.deepEqual(held(joiner), [6, 7]) // not 4 and 5, behind where it started
-  joiner.setPlayhead(5, net.now) // seeking back lowers the start
-  await net.run(2, [seeder, joiner])
-  assert.deepEqual(held(joiner), [5, 6, 7])
-  assert.equal(joiner.isWanted(4), false)
-  assert.equal(joiner.isWanted(5), true)
-})
-
 test('a reader re-shares what it verified; a third peer fetches from it', async () => {
   const net = new Net()
   const seeder = new Replicator(seededFeed(), { seed: 1 })
