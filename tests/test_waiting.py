@@ -101,34 +101,70 @@ def test_a_block_the_peer_lacks_waits_there_and_comes_when_it_verifies(
     assert c.totals.blocks_from_peers == 2 and c.totals.duplicates == 0
 
 
-def test_the_wait_moves_to_a_neighbour_that_announces_the_block_first(
+def _fan(
     make: Callable[..., Replicator],  # noqa: F811
-) -> None:
+    relays: int,
+) -> tuple[Net, Replicator, list[Replicator], list[_Gate], list[_Spy]]:
+    """w -> each relay (gated) -> c; block 0 everywhere, block 1 appended with all gates shut.
+    Returns the relays, their gates and spies on what c asks each of them."""
     net = Net()
-    w = net.add(make(writer=True))
-    a, d, c = net.add(make()), net.add(make()), net.add(make())
-    gate_a, gate_d = _Gate(net.link(w, a)), _Gate(net.link(w, d))
-    ac, dc = net.link(a, c), net.link(d, c)
-    gate_a.open = gate_d.open = True
+    w = net.add(make(writer=True, writer_copies=relays))  # a copy of each block for each relay
+    mids = [net.add(make()) for _ in range(relays)]
+    c = net.add(make())
+    gates = [_Gate(net.link(w, m)) for m in mids]
+    spies = [_Spy(net.link(m, c), ba=True) for m in mids]
+    for g in gates:
+        g.open = True
     append(net, w, [block(0)])
     net.run(1)
-    gate_a.open = gate_d.open = False
-    to_a, to_d = _Spy(ac, ba=True), _Spy(dc, ba=True)
+    for g in gates:
+        g.open = False
+    for spy in spies:
+        spy.seen.clear()  # what block 0 took (maybe a duplicate: it waited at two) is not tested
+    c.totals.duplicates = 0
     append(net, w, [block(1)])
     net.run(0.5)
     assert held(c) == [0] and c.feed.length == 2
-    waits = [r for spy in (to_a, to_d) for r in spy.of(wire.Request) if r.block and r.wait]
-    assert len(waits) == 1  # one neighbour is asked to wait, not both
-    waiter, other, other_gate = (a, d, gate_d) if to_a.of(wire.Request) else (d, a, gate_a)
-    other_gate.open = True  # the other neighbour gets the block first and announces it
+    return net, c, mids, gates, spies
+
+
+def _waits(spy: _Spy) -> list[wire.Request]:
+    return [r for r in spy.of(wire.Request) if r.block and r.block.index == 1 and r.wait]
+
+
+def test_the_waits_move_to_a_neighbour_that_announces_the_block_first(
+    make: Callable[..., Replicator],  # noqa: F811
+) -> None:
+    net, c, mids, gates, spies = _fan(make, 3)
+    waited = [i for i, spy in enumerate(spies) if _waits(spy)]
+    assert len(waited) == 2 and all(len(_waits(spies[i])) == 1 for i in waited)  # two, not all
+    (other,) = set(range(3)) - set(waited)
+    gates[other].open = True  # the third neighbour gets the block first and announces it
     net.run(0.5)
-    assert held(other) == [0, 1] and held(c) == [0, 1]
-    cancels = (to_a if waiter is a else to_d).of(wire.Cancel)
-    assert [x.request for x in cancels] == [waits[0].id]
-    (gate_a if waiter is a else gate_d).open = True
+    assert held(mids[other]) == [0, 1] and held(c) == [0, 1]
+    for i in waited:
+        assert [x.request for x in spies[i].of(wire.Cancel)] == [_waits(spies[i])[0].id]
+    for g in gates:
+        g.open = True
     net.run(1)
-    assert held(waiter) == [0, 1]
-    assert c.totals.duplicates == 0  # the cancelled wait is not answered
+    assert all(held(m) == [0, 1] for m in mids)
+    assert c.totals.duplicates == 0  # the cancelled waits are not answered
+
+
+def test_when_one_waited_neighbour_announces_the_block_the_other_wait_is_cancelled(
+    make: Callable[..., Replicator],  # noqa: F811
+) -> None:
+    net, c, mids, gates, spies = _fan(make, 2)
+    assert [len(_waits(spy)) for spy in spies] == [1, 1]
+    gates[0].open = True  # the first gets it: it answers our wait there
+    net.run(0.5)
+    assert held(c) == [0, 1]
+    assert [x.request for x in spies[1].of(wire.Cancel)] == [_waits(spies[1])[0].id]
+    assert spies[0].of(wire.Cancel) == []
+    assert len([r for r in spies[0].of(wire.Request) if r.block and r.block.index == 1]) == 1
+    gates[1].open = True
+    net.run(1)
+    assert held(mids[1]) == [0, 1] and c.totals.duplicates == 0
 
 
 def test_a_wait_is_given_up_once_newer_blocks_verify_first(

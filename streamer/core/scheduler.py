@@ -627,26 +627,27 @@ class Replicator:
                 if not ready:
                     return
             s = self._pick(block, now, ready)
-            wait = False
             if s is not None:
                 for t, o in waiting:
                     t.cancel(o)
                     self._forget(block, t, o)
+                asks, wait = [s], False
+            elif block < wait_from or len(waiting) >= cfg.wait_peers:
+                continue
             else:
-                if block < wait_from or len(waiting) >= cfg.wait_peers:
-                    continue
-                s, wait = self._pick_wait(block, now, ready, [t for t, _ in waiting]), True
-                if s is None:
-                    continue
-            out = s.request(now, block=block, wait=wait)
-            self.relay.note("req", now)
-            inflight.setdefault(block, []).append((s, out))
-            self._mark_checks(out)
-            if len(s.inflight) >= limit:
-                ready.remove(s)
-                if not ready:
-                    self._hold_until = hold_until
-                    return
+                count = cfg.wait_peers - len(waiting)
+                asks = self._pick_waits(block, now, ready, [t for t, _ in waiting], count)
+                wait = True
+            for s in asks:
+                out = s.request(now, block=block, wait=wait)
+                self.relay.note("req", now)
+                inflight.setdefault(block, []).append((s, out))
+                self._mark_checks(out)
+                if len(s.inflight) >= limit:
+                    ready.remove(s)
+                    if not ready:
+                        self._hold_until = hold_until
+                        return
         if ready is None and hold_until != self._hold_until:
             if not self._ready(self._inflight_limit()):
                 return  # with no peer to ask, a pass leaves the hold as it was
@@ -702,23 +703,22 @@ class Replicator:
                 self._forget(block, t, o)
         return True
 
-    def _pick_wait(
-        self, block: int, now: float, ready: list[Session], waiting: list[Session]
-    ) -> Session | None:
-        """The peer to ask for a block nobody near holds yet, to wait for it there: the one
-        that usually gets new blocks earliest, among those with room that did not refuse it
-        lately; random among equals. (The broadcaster holds every block it announced: `_pick`
-        asks it, and only once it refused does the block wait elsewhere.)"""
-        best: Session | None = None
-        best_key: tuple[float, float] | None = None
+    def _pick_waits(
+        self, block: int, now: float, ready: list[Session], waiting: list[Session], count: int
+    ) -> list[Session]:
+        """The peers to ask for a block nobody near holds yet, to wait for it there: the `count`
+        that usually get new blocks earliest, among those with room that did not refuse it
+        lately and do not keep a wait of ours for it already; random among equals. (The
+        broadcaster holds every block it announced: `_pick` asks it, and only once it refused
+        does the block wait elsewhere.)"""
         lead = self.relay.lead
+        keyed: list[tuple[float, float, Session]] = []
         for s in ready:
             if s in waiting or self._blocked(s, block, now) or self._blocked(s, WAIT_KEY, now):
                 continue
-            key = (-lead(s), self._rng.random())
-            if best_key is None or key < best_key:
-                best, best_key = s, key
-        return best
+            keyed.append((-lead(s), self._rng.random(), s))
+        keyed.sort(key=lambda k: (k[0], k[1]))
+        return [s for _, _, s in keyed[:count]]
 
     def _mark_checks(self, out: OutRequest) -> None:
         """When to look whether a request is late. Lateness is measured against how long blocks

@@ -38,6 +38,7 @@ export const DEFAULT_CONFIG = Object.freeze({
   // neighbour announced yet is asked of the neighbour that usually gets new blocks first, which
   // answers when it verifies it; moved to a neighbour that announces it first.
   waitRequests: true,
+  waitPeers: 2, // neighbours a new block waits at, at once (core/scheduler.py wait_peers)
   scanLimit: 256,
   chunkSize: MAX_CHUNK,
   seed: null,
@@ -235,32 +236,38 @@ export class Replicator {
       if (++scanned > cfg.scanLimit) break
       if (feed.has(block)) continue
       const entries = this._inflight.get(block)
-      let waiter = null
+      let waiting = []
       if (entries) {
-        // Asked already, unless all we have is a waiting request at a peer that still lacks the
-        // block: then it moves to a peer that announced the block meanwhile.
-        if (entries.length > 1 || !entries[0][1].wait || entries[0][0].remoteHas.has(block)) continue
-        waiter = entries[0]
+        // Asked already, unless all we have is waiting requests at peers that still lack the
+        // block: then one more may wait elsewhere, or all of them move to a peer that announced
+        // the block meanwhile.
+        if (entries.some(([, o]) => !o.wait) || this._oneWaiterHolds(block, entries)) continue
+        waiting = entries
       }
-      let s = this._pick(block, now, ready, waiter ? waiter[0] : null)
+      const s = this._pick(block, now, ready)
+      let asks = [s]
       let wait = false
-      if (waiter) {
-        if (s === null) continue
-        waiter[0].cancel(waiter[1])
-        this._forget(block, waiter[0], waiter[1])
-      } else if (s === null) {
-        if (!this.sessions.some((t) => t.remoteHas.has(block))) unavailable++
-        if (block < waitFrom) continue
-        s = this._pickWait(block, now, ready)
-        if (s === null) continue
+      if (s !== null) {
+        for (const [t, o] of waiting) {
+          t.cancel(o)
+          this._forget(block, t, o)
+        }
+      } else {
+        if (!waiting.length && !this.sessions.some((t) => t.remoteHas.has(block))) unavailable++
+        if (block < waitFrom || waiting.length >= cfg.waitPeers) continue
+        asks = this._pickWaits(block, now, ready, waiting.map(([t]) => t), cfg.waitPeers - waiting.length)
         wait = true
       }
-      const out = s.request(now, { block, wait })
-      this._inflight.set(block, [[s, out]])
-      this._markChecks(out)
-      if (s.inflight.size >= limit) {
-        ready.splice(ready.indexOf(s), 1)
-        if (!ready.length) return
+      for (const t of asks) {
+        const out = t.request(now, { block, wait })
+        const asked = this._inflight.get(block)
+        if (asked) asked.push([t, out])
+        else this._inflight.set(block, [[t, out]])
+        this._markChecks(out)
+        if (t.inflight.size >= limit) {
+          ready.splice(ready.indexOf(t), 1)
+          if (!ready.length) return
+        }
       }
     }
     this._unavailable = unavailable
@@ -283,20 +290,31 @@ export class Replicator {
     return best
   }
 
-  /** The peer to ask for a block nobody near holds yet, to wait for it there: the one that usually
-   *  gets new blocks earliest, among those with room that did not refuse it lately. */
-  _pickWait (block, now, ready) {
-    let best = null
-    let bestKey = null
-    for (const s of ready) {
-      if (this._blocked(s, block, now) || this._blocked(s, WAIT_KEY, now)) continue
-      const key = [-(this._lead.get(s) || 0), this._rand()]
-      if (bestKey === null || lexLess(key, bestKey)) {
-        best = s
-        bestKey = key
+  /** Whether a peer keeping one of our waiting requests for `block` announced it: its answer is
+   *  coming, so our waiting requests at the others are cancelled (core/scheduler.py). */
+  _oneWaiterHolds (block, entries) {
+    const kept = entries.find(([t]) => t.remoteHas.has(block))
+    if (!kept) return false
+    for (const [t, o] of entries) {
+      if (o !== kept[1]) {
+        t.cancel(o)
+        this._forget(block, t, o)
       }
     }
-    return best
+    return true
+  }
+
+  /** The peers to ask for a block nobody near holds yet, to wait for it there: the `count` that
+   *  usually get new blocks earliest, among those with room that did not refuse it lately and do
+   *  not keep a waiting request of ours for it already; random among equals. */
+  _pickWaits (block, now, ready, waiting, count) {
+    const keyed = []
+    for (const s of ready) {
+      if (waiting.includes(s) || this._blocked(s, block, now) || this._blocked(s, WAIT_KEY, now)) continue
+      keyed.push([[-(this._lead.get(s) || 0), this._rand()], s])
+    }
+    keyed.sort((x, y) => (lexLess(x[0], y[0]) ? -1 : lexLess(y[0], x[0]) ? 1 : 0))
+    return keyed.slice(0, count).map(([, s]) => s)
   }
 
   _markChecks (out) {

@@ -228,12 +228,12 @@ test('rarest first: a new block no other viewer near us holds takes one queue pl
   assert.equal(s.isOpen, true)
 })
 
-test('waiting requests: a new block nobody near holds waits at one neighbour, and moves to one that announces it', async () => {
+async function waitingSetup (names) {
   const feed = seededFeed()
   const has = feed.has.bind(feed)
   feed.has = (i) => (i === 7 ? false : has(i)) // we know block 7 exists (length 8) but lack it
   const rep = new Replicator(feed, { seed: 1 })
-  const peers = ['a', 'b'].map((name) => {
+  const peers = names.map((name) => {
     const s = rep.addSession({ name })
     const re = new wire.Reassembler()
     const out = () => s.datagramsToSend(0).flatMap((c) => re.feed(c)).map(wire.decodeMessage)
@@ -248,11 +248,28 @@ test('waiting requests: a new block nobody near holds waits at one neighbour, an
   }
   rep.schedule(0) // as the page does after each message
   const asked = peers.map((p) => p.out().filter((m) => m.type === 'request'))
-  const waits = asked.flat()
-  assert.deepEqual(waits.map((m) => [m.block.index, m.wait]), [[7, true]]) // one neighbour only
-  const [waiter, other] = asked[0].length ? peers : [peers[1], peers[0]]
-  await other.send({ type: 'range', start: 7, length: 1, drop: false }) // the other one has it
+  return { rep, peers, asked }
+}
+
+test('waiting requests: a new block nobody near holds waits at two neighbours, and moves to one that announces it first', async () => {
+  const { rep, peers, asked } = await waitingSetup(['a', 'b', 'c'])
+  assert.deepEqual(asked.flat().map((m) => [m.block.index, m.wait]), [[7, true], [7, true]]) // two neighbours
+  assert.deepEqual(asked.map((a) => a.length).sort(), [0, 1, 1]) // each at its own
+  const third = peers[asked.findIndex((a) => !a.length)]
+  await third.send({ type: 'range', start: 7, length: 1, drop: false }) // the third one has it first
   rep.schedule(0)
-  assert.deepEqual(waiter.out().map((m) => [m.type, m.request]), [['cancel', waits[0].id]])
-  assert.deepEqual(other.out().filter((m) => m.type === 'request').map((m) => [m.block.index, m.wait]), [[7, false]])
+  peers.forEach((p, i) => {
+    if (p === third) return
+    assert.deepEqual(p.out().map((m) => [m.type, m.request]), [['cancel', asked[i][0].id]])
+  })
+  assert.deepEqual(third.out().filter((m) => m.type === 'request').map((m) => [m.block.index, m.wait]), [[7, false]])
+})
+
+test('waiting requests: when one of the two waited neighbours announces the block, the other wait is cancelled', async () => {
+  const { rep, peers, asked } = await waitingSetup(['a', 'b'])
+  assert.deepEqual(asked.map((a) => a.length), [1, 1])
+  await peers[0].send({ type: 'range', start: 7, length: 1, drop: false }) // its answer is coming
+  rep.schedule(0)
+  assert.deepEqual(peers[0].out(), []) // nothing more asked of it
+  assert.deepEqual(peers[1].out().map((m) => [m.type, m.request]), [['cancel', asked[1][0].id]])
 })
