@@ -117,6 +117,7 @@ class Simulation:
             push=self.args.push,
             upgrade_with_block=self.args.upgrade_with_block,
             wait_requests=not self.args.no_wait,
+            wait_peers=self.args.wait_peers,
         )
 
     def _viewer_upload(self) -> float:
@@ -597,6 +598,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-wait",
         action="store_true",
         help="baseline: no waiting requests (ReplicatorConfig.wait_requests off)",
+    )
+    parser.add_argument(
+        "--wait-peers",
+        type=int,
+        default=1,
+        help="neighbours a new block waits at, at once (ReplicatorConfig.wait_peers)",
     )
     parser.add_argument(
         "--upgrade-with-block",

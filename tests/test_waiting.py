@@ -104,13 +104,14 @@ def test_a_block_the_peer_lacks_waits_there_and_comes_when_it_verifies(
 def _fan(
     make: Callable[..., Replicator],  # noqa: F811
     relays: int,
+    wait_peers: int = 1,
 ) -> tuple[Net, Replicator, list[Replicator], list[_Gate], list[_Spy]]:
     """w -> each relay (gated) -> c; block 0 everywhere, block 1 appended with all gates shut.
     Returns the relays, their gates and spies on what c asks each of them."""
     net = Net()
     w = net.add(make(writer=True, writer_copies=relays))  # a copy of each block for each relay
     mids = [net.add(make()) for _ in range(relays)]
-    c = net.add(make())
+    c = net.add(make(wait_peers=wait_peers))
     gates = [_Gate(net.link(w, m)) for m in mids]
     spies = [_Spy(net.link(m, c), ba=True) for m in mids]
     for g in gates:
@@ -132,10 +133,27 @@ def _waits(spy: _Spy) -> list[wire.Request]:
     return [r for r in spy.of(wire.Request) if r.block and r.block.index == 1 and r.wait]
 
 
-def test_the_waits_move_to_a_neighbour_that_announces_the_block_first(
+def test_the_wait_moves_to_a_neighbour_that_announces_the_block_first(
     make: Callable[..., Replicator],  # noqa: F811
 ) -> None:
-    net, c, mids, gates, spies = _fan(make, 3)
+    net, c, mids, gates, spies = _fan(make, 2)
+    waited = [i for i, spy in enumerate(spies) if _waits(spy)]
+    assert len(waited) == 1  # one neighbour is asked to wait, not both
+    (other,) = set(range(2)) - set(waited)
+    gates[other].open = True  # the other neighbour gets the block first and announces it
+    net.run(0.5)
+    assert held(mids[other]) == [0, 1] and held(c) == [0, 1]
+    assert [x.request for x in spies[waited[0]].of(wire.Cancel)] == [_waits(spies[waited[0]])[0].id]
+    gates[waited[0]].open = True
+    net.run(1)
+    assert held(mids[waited[0]]) == [0, 1]
+    assert c.totals.duplicates == 0  # the cancelled wait is not answered
+
+
+def test_with_two_wait_peers_both_waits_move_to_a_neighbour_that_announces_first(
+    make: Callable[..., Replicator],  # noqa: F811
+) -> None:
+    net, c, mids, gates, spies = _fan(make, 3, wait_peers=2)
     waited = [i for i, spy in enumerate(spies) if _waits(spy)]
     assert len(waited) == 2 and all(len(_waits(spies[i])) == 1 for i in waited)  # two, not all
     (other,) = set(range(3)) - set(waited)
@@ -151,10 +169,10 @@ def test_the_waits_move_to_a_neighbour_that_announces_the_block_first(
     assert c.totals.duplicates == 0  # the cancelled waits are not answered
 
 
-def test_when_one_waited_neighbour_announces_the_block_the_other_wait_is_cancelled(
+def test_with_two_wait_peers_one_announcing_the_block_cancels_the_other_wait(
     make: Callable[..., Replicator],  # noqa: F811
 ) -> None:
-    net, c, mids, gates, spies = _fan(make, 2)
+    net, c, mids, gates, spies = _fan(make, 2, wait_peers=2)
     assert [len(_waits(spy)) for spy in spies] == [1, 1]
     gates[0].open = True  # the first gets it: it answers our wait there
     net.run(0.5)

@@ -94,14 +94,12 @@ class ReplicatorConfig:
     # the request moves there.
     wait_requests: bool = True
     # Neighbours a new block waits at, at once (the earliest ones by lead): when one announces
-    # it the others are cancelled. Two, not one: a wait is kept at the neighbour that turns out
-    # to get the block first more often, at the cost of more duplicates (an answer on its way
-    # when the cancel arrives). bench/simulate.py, 300 viewers, 20 s, 0.2 s parts: 2.5 Mbit/s on
-    # 5 Mbit/s uplinks, p95 2.23 -> 2.16 s (seed 2), 2.18 -> 2.14 s (seed 3); 1 Mbit/s on
-    # 1.5 Mbit/s with 20 % churn, p95 3.80 -> 3.56 s and stalls 1.25 -> 0.59 % (seed 3), 3.96 ->
-    # 3.88 s and 1.17 -> 0.88 % (seed 4); duplicates 1.4-1.9 % -> 2.7-3.6 % of downloads.
-    # Three: no better than two (T1 seed 2: 2.18 s) with 5.9 % duplicates.
-    wait_peers: int = 2
+    # it the others are cancelled. One: two looked better at 300 viewers (bench/simulate.py,
+    # 20 s, 0.2 s parts: 2.5 Mbit/s on 5 Mbit/s uplinks, p95 2.23 -> 2.20 s; 1.5x uploads with
+    # 20 % churn, 3.80 -> 3.63 s, stalls 1.25 -> 0.91 %) but not at 1,000 (60 s: T1 seed 2 p95
+    # 2.46 -> 2.45 s, T3 seed 3 4.08 -> 4.03 s, stalls 0.26 -> 0.28 %), and duplicate downloads
+    # rose from about 2.5 % to 4-5 % (an answer on its way when the cancel arrives).
+    wait_peers: int = 1
     request_timeout: float = 8.0  # a request unanswered this long is given up, the peer avoided
     busy_backoff: float = 0.25  # wait before asking a peer that said "busy" for the same block
     missing_backoff: float = 2.0  # wait before asking a peer that said it lacks a block

@@ -38,7 +38,7 @@ export const DEFAULT_CONFIG = Object.freeze({
   // neighbour announced yet is asked of the neighbour that usually gets new blocks first, which
   // answers when it verifies it; moved to a neighbour that announces it first.
   waitRequests: true,
-  waitPeers: 2, // neighbours a new block waits at, at once (core/scheduler.py wait_peers)
+  waitPeers: 1, // neighbours a new block waits at, at once (core/scheduler.py wait_peers)
   scanLimit: 256,
   chunkSize: MAX_CHUNK,
   seed: null,

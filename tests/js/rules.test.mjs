@@ -228,11 +228,11 @@ test('rarest first: a new block no other viewer near us holds takes one queue pl
   assert.equal(s.isOpen, true)
 })
 
-async function waitingSetup (names) {
+async function waitingSetup (names, waitPeers = null) {
   const feed = seededFeed()
   const has = feed.has.bind(feed)
   feed.has = (i) => (i === 7 ? false : has(i)) // we know block 7 exists (length 8) but lack it
-  const rep = new Replicator(feed, { seed: 1 })
+  const rep = new Replicator(feed, waitPeers === null ? { seed: 1 } : { seed: 1, waitPeers })
   const peers = names.map((name) => {
     const s = rep.addSession({ name })
     const re = new wire.Reassembler()
@@ -251,8 +251,13 @@ async function waitingSetup (names) {
   return { rep, peers, asked }
 }
 
-test('waiting requests: a new block nobody near holds waits at two neighbours, and moves to one that announces it first', async () => {
-  const { rep, peers, asked } = await waitingSetup(['a', 'b', 'c'])
+test('waiting requests: by default a new block nobody near holds waits at one neighbour', async () => {
+  const { asked } = await waitingSetup(['a', 'b', 'c'])
+  assert.deepEqual(asked.flat().map((m) => [m.block.index, m.wait]), [[7, true]])
+})
+
+test('waiting requests (waitPeers 2): a new block nobody near holds waits at two neighbours, and moves to one that announces it first', async () => {
+  const { rep, peers, asked } = await waitingSetup(['a', 'b', 'c'], 2)
   assert.deepEqual(asked.flat().map((m) => [m.block.index, m.wait]), [[7, true], [7, true]]) // two neighbours
   assert.deepEqual(asked.map((a) => a.length).sort(), [0, 1, 1]) // each at its own
   const third = peers[asked.findIndex((a) => !a.length)]
@@ -265,8 +270,8 @@ test('waiting requests: a new block nobody near holds waits at two neighbours, a
   assert.deepEqual(third.out().filter((m) => m.type === 'request').map((m) => [m.block.index, m.wait]), [[7, false]])
 })
 
-test('waiting requests: when one of the two waited neighbours announces the block, the other wait is cancelled', async () => {
-  const { rep, peers, asked } = await waitingSetup(['a', 'b'])
+test('waiting requests (waitPeers 2): when one of the two waited neighbours announces the block, the other wait is cancelled', async () => {
+  const { rep, peers, asked } = await waitingSetup(['a', 'b'], 2)
   assert.deepEqual(asked.map((a) => a.length), [1, 1])
   await peers[0].send({ type: 'range', start: 7, length: 1, drop: false }) // its answer is coming
   rep.schedule(0)
