@@ -626,9 +626,7 @@ class Replicator:
                     return
             s = self._pick(block, now, ready)
             if s is not None:
-                for t, o in waiting:
-                    t.cancel(o)
-                    self._forget(block, t, o)
+                self._withdraw(block, waiting)
                 asks, wait = [s], False
             elif block < wait_from or len(waiting) >= cfg.wait_peers:
                 continue
@@ -695,11 +693,17 @@ class Replicator:
         kept = next((o for t, o in entries if block in t.remote_has), None)
         if kept is None:
             return False
+        self._withdraw(block, entries, kept)
+        return True
+
+    def _withdraw(
+        self, block: int, entries: list[tuple[Session, OutRequest]], kept: OutRequest | None = None
+    ) -> None:
+        """Cancel and forget these requests for `block`, all but `kept`."""
         for t, o in entries:
             if o is not kept:
                 t.cancel(o)
                 self._forget(block, t, o)
-        return True
 
     def _pick_waits(
         self, block: int, now: float, ready: list[Session], waiting: list[Session], count: int

@@ -248,10 +248,7 @@ export class Replicator {
       let asks = [s]
       let wait = false
       if (s !== null) {
-        for (const [t, o] of waiting) {
-          t.cancel(o)
-          this._forget(block, t, o)
-        }
+        this._withdraw(block, waiting)
       } else {
         if (!waiting.length && !this.sessions.some((t) => t.remoteHas.has(block))) unavailable++
         if (block < waitFrom || waiting.length >= cfg.waitPeers) continue
@@ -295,13 +292,18 @@ export class Replicator {
   _oneWaiterHolds (block, entries) {
     const kept = entries.find(([t]) => t.remoteHas.has(block))
     if (!kept) return false
+    this._withdraw(block, entries, kept[1])
+    return true
+  }
+
+  /** Cancel and forget these requests for `block`, all but `kept`. */
+  _withdraw (block, entries, kept = null) {
     for (const [t, o] of entries) {
-      if (o !== kept[1]) {
+      if (o !== kept) {
         t.cancel(o)
         this._forget(block, t, o)
       }
     }
-    return true
   }
 
   /** The peers to ask for a block nobody near holds yet, to wait for it there: the `count` that
