@@ -375,7 +375,7 @@ class Broadcaster:
         # Queued after every item the thread put, so it always arrives last.
         worker.add_done_callback(lambda _: queue.put_nowait(("done", None)))
         stats_task = (
-            asyncio.create_task(self._write_stats_every_second()) if self.stats_path else None
+            asyncio.create_task(self.write_stats_every_second()) if self.stats_path else None
         )
         try:
             while True:
@@ -401,11 +401,11 @@ class Broadcaster:
                 await worker
             raise
         finally:
-            if stats_task is not None and self.stats_path is not None:
+            if stats_task is not None:
                 stats_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await stats_task
-                await asyncio.to_thread(write_json_atomically, self.stats_path, self.snapshot())
+                await self.write_stats()
         return self.feed.length
 
     async def _start_stream(self, init: bytes, mime: str) -> None:
@@ -499,11 +499,20 @@ class Broadcaster:
             stats.update(provider())
         return stats
 
-    async def _write_stats_every_second(self) -> None:
-        assert self.stats_path is not None
+    async def write_stats(self) -> None:
+        """Write the stats snapshot to `stats_path` now (nothing without one)."""
+        if self.stats_path is None:
+            return
+        try:
+            await asyncio.to_thread(write_json_atomically, self.stats_path, self.snapshot())
+        except OSError as exc:
+            log.warning("cannot write stats to %s: %s", self.stats_path, exc)
+
+    async def write_stats_every_second(self) -> None:
+        """Rewrite the stats file every second until cancelled: run() does while it runs; a
+        caller that stays on the swarm after it (lingering) keeps it going."""
+        if self.stats_path is None:
+            return
         while True:
-            try:
-                await asyncio.to_thread(write_json_atomically, self.stats_path, self.snapshot())
-            except OSError as exc:
-                log.warning("cannot write stats to %s: %s", self.stats_path, exc)
+            await self.write_stats()
             await asyncio.sleep(1.0)

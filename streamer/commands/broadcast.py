@@ -521,7 +521,16 @@ async def _broadcast(
         await broadcaster.run()
         status.cancel()
         if replicator is not None:
-            await _linger(replicator, linger, leave_now)
+            # The stats file follows the linger too (viewers fetching the last blocks), and its
+            # last snapshot is the swarm as we leave it.
+            stats = asyncio.create_task(broadcaster.write_stats_every_second())
+            try:
+                await _linger(replicator, linger, leave_now)
+            finally:
+                stats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stats
+            await broadcaster.write_stats()
     finally:
         if status is not None:
             status.cancel()
