@@ -8,9 +8,9 @@ viewer to join. The test pattern codes each frame's capture time (ms) in a strip
 blocks (streamer.media.testpattern); the page draws every presented frame
 (requestVideoFrameCallback) to a canvas, and its pixels are decoded here with read_time_code.
 
-Runs twice in one go: parts (default --part 0.2) and the same-run baseline with --part equal
+Runs twice in one go: parts (default --part 0.1, the broadcaster's) and the same-run baseline with --part equal
 to the segment (one block per GOP, the behaviour before parts). Target: parts p95 <= 1.0 s.
-Usage: python3 bench/bench_glass.py [--seconds 30] [--size 640x360] [--part 0.2] [--pages 1]
+Usage: python3 bench/bench_glass.py [--seconds 30] [--size 640x360] [--part 0.1] [--pages 1]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from benchutil import free_port, percentile, read_stats
 from playwright.async_api import async_playwright
 
+from streamer.media.parts import DEFAULT_PART
 from streamer.media.testpattern import read_time_code, time_code_strip
 
 PY = sys.executable
@@ -224,7 +225,7 @@ def main() -> None:
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--bitrate", default="800k")
     parser.add_argument("--segment", type=float, default=1.0)
-    parser.add_argument("--part", type=float, default=0.2)
+    parser.add_argument("--part", type=float, default=DEFAULT_PART)
     parser.add_argument("--pages", type=int, default=1, help="pages (on the last viewers)")
     args = parser.parse_args()
     parts = asyncio.run(run_once(args, args.part))

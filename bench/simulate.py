@@ -4,8 +4,9 @@ in-memory network with a virtual clock, per-node upload bandwidth, latency, join
 Real-world peers: mixed uploads (`--upload-mix 0.3:0.5,0.5:2,0.2:5` = share:multiple of the stream
 rate), a share of viewers behind symmetric NATs that connect only to reachable peers
 (`--symmetric 0.2`), a flash crowd (`--flash 10`: all join within 10 s) and churn (`--churn`).
-Blocks are parts (`--part 0.2`: bitrate x part bytes appended every part seconds, every
-`--segment / --part`-th one independent, where a viewer starts).
+Blocks are parts (`--part`, by default the broadcaster's 0.1 s: bitrate x part bytes appended
+every part seconds, every `--segment / --part`-th one independent, where a viewer starts;
+`--part` equal to `--segment` gives one block per GOP, the format before parts).
 
 Reports the broadcaster's upload ratio beside the client/server baseline (N x the stream), each
 viewer's delay behind live (a block's append to its verification at the viewer) with the number of
@@ -46,6 +47,7 @@ from simnet import MemoryFeed, SimNet, SimNode, VerifyCache  # noqa: E402
 from streamer.core import crypto  # noqa: E402
 from streamer.core.replication import BlockVerified, Event, PeerMisbehaved, Session  # noqa: E402
 from streamer.core.scheduler import Replicator, ReplicatorConfig  # noqa: E402
+from streamer.media.parts import DEFAULT_PART  # noqa: E402
 
 # A viewer is starved if it got less than half of what it watched or stalled more than a quarter
 # of it, over a visit of at least this many seconds (a shorter visit with a stall while joining
@@ -565,7 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         "--segment", type=float, default=1.0, help="seconds between independent blocks (GOP)"
     )
     parser.add_argument(
-        "--part", type=float, help="seconds of media per block (default --segment: one per GOP)"
+        "--part",
+        type=float,
+        help=f"seconds of media per block (default {DEFAULT_PART:g}, the broadcaster's, at most "
+        "--segment; --part equal to --segment: one block per GOP)",
     )
     parser.add_argument("--degree", type=int, default=6, help="neighbours a joining viewer dials")
     parser.add_argument("--min-peers", type=int, default=4)
@@ -634,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.viewers < 1 or args.seconds <= 0 or args.bitrate <= 0 or args.upload <= 0:
         parser.error("viewers, seconds, bitrate and upload must be positive")
     if args.part is None:
-        args.part = args.segment
+        args.part = min(DEFAULT_PART, args.segment)
     if args.part <= 0 or args.part > args.segment or not 0 <= args.symmetric <= 1:
         parser.error("--part must be in (0, --segment]; --symmetric in [0, 1]")
     if args.keep:

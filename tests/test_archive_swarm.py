@@ -18,7 +18,7 @@ from tests.fixtures_viewer import encode_test_stream, sparse_copy, write_feed
 
 spawn = e2e.spawn  # the fixture: processes ended (SIGTERM, then kill) after the test
 STREAM_SECONDS = 30.0
-JOIN_AFTER_BLOCKS = 50  # the viewers join this late (10 s of 0.2 s parts): history to them
+JOIN_AFTER_BLOCKS = 80  # the viewers join this late (10 s of 2-frame parts at 15 fps): history
 FPS = 15
 PY = sys.executable
 

@@ -68,11 +68,11 @@ def test_import_a_file_fast_then_resume_it(tmp_path: Path) -> None:
     assert len(bytes.fromhex(key)) == 32
     snapshot = json.loads(stats.read_text())
     assert snapshot["key"] == key and snapshot["state"] == "ended"
-    assert snapshot["length"] == 17 and snapshot["peers"] == 0  # 15 parts of 0.2 s
+    assert snapshot["length"] == 32 and snapshot["peers"] == 0  # 30 parts of 0.1 s
 
     second = streamer(
         "broadcast", str(SAMPLE), "--feed", str(feed_dir), "--fast", "--duration", "2",
-        "--part", "0.2",
+        "--part", "0.1",
     )
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines()[0] == key
@@ -82,8 +82,8 @@ def test_import_a_file_fast_then_resume_it(tmp_path: Path) -> None:
         segments = [Segment.decode(feed.get(i)) for i in range(1, feed.length)]
     assert (header.width, header.height) == (160, 90)
     assert [s.pts for s in segments if s.independent] == pytest.approx([0, 1, 2, 3, 4])
-    assert len(segments) == 15 + 1 + 10 + 1
-    assert segments[16].discontinuity and segments[16].independent and segments[-1].end
+    assert len(segments) == 30 + 1 + 20 + 1
+    assert segments[31].discontinuity and segments[31].independent and segments[-1].end
     # Both runs export as one MP4: the end marker between them carries no media and is skipped.
     exported = subprocess.run(
         [sys.executable, "-m", "viewer", "export", str(feed_dir), str(tmp_path / "all.mp4")],
@@ -93,7 +93,7 @@ def test_import_a_file_fast_then_resume_it(tmp_path: Path) -> None:
     with av.open(str(tmp_path / "all.mp4")) as mp4:
         assert mp4.duration / 1e6 == pytest.approx(5.0, abs=0.1)
     refused = streamer("broadcast", str(SAMPLE), "--feed", str(feed_dir), "--part", "0.5")
-    assert refused.returncode != 0 and "--part 0.2" in refused.stderr
+    assert refused.returncode != 0 and "--part 0.1" in refused.stderr
 
 
 def test_loop_repeats_a_file_with_a_continuing_timeline(tmp_path: Path) -> None:

@@ -216,8 +216,9 @@ async def test_a_stream_reaches_viewers_outlives_its_broadcaster_and_archives(sp
     late_stats = await stats_until(late_url, lambda s: s["blocks_have"] >= 2)
     assert not late_stats["writer_connected"]
     assert late_stats["blocks_from_peers"] >= 1 and late_stats["blocks_from_writer"] == 0
-    # 0.2 s parts, five per 1 s segment: 2.5 s is in part 13, whose keyframe is part 11.
-    assert late_stats["playhead"] == 11
+    # 0.1 s parts are 2 frames at 15 fps: eight per 1 s segment (the last one frame), so 2.5 s
+    # is in part 20, whose keyframe is part 17.
+    assert late_stats["playhead"] == 17
     # HLS players get the same stream through the late viewer (FFmpeg's HLS demuxer here).
     frames = await asyncio.to_thread(decode_hls, late_url + "live.m3u8", 2 * FPS)
     assert frames == 2 * FPS

@@ -53,20 +53,20 @@ def test_a_file_on_the_grid_is_copied_by_itself_and_plays(tmp_path: Path) -> Non
     assert header.extra["preset"] == "copy" and header.segment_duration == 2.0
     assert header.mime.startswith('video/mp4; codecs="avc1.64') and header.channels == 1
     *media, end = segments
-    # Cut into 0.2 s parts like an encoded stream: each keyframe starts an independent part, the
+    # Cut into 0.1 s parts like an encoded stream: each keyframe starts an independent part, the
     # parts after it count back to it, and together they tile the timeline.
-    assert header.version == 2 and header.part_duration == pytest.approx(0.2)
-    assert header.parts_per_segment == 10 and len(media) == 50
+    assert header.version == 2 and header.part_duration == pytest.approx(0.1)
+    assert header.parts_per_segment == 20 and len(media) == 100
     assert [s.pts for s in media if s.independent] == pytest.approx([0, 2, 4, 6, 8])
-    assert [s.back for s in media] == list(range(10)) * 5
-    assert [s.pts for s in media] == pytest.approx([i * 0.2 for i in range(50)])
+    assert [s.back for s in media] == list(range(20)) * 5
+    assert [s.pts for s in media] == pytest.approx([i * 0.1 for i in range(100)])
     assert sum(s.duration for s in media) == pytest.approx(10.0)
     assert end.end and end.pts == pytest.approx(10.0)
     packets = _video_packets(SAMPLE.read_bytes())
     decoded = decode(header.init + b"".join(s.data for s in media))
     assert len(decoded.video_times) == len(packets) == 300
     assert decoded.video_times[0] == pytest.approx(header.extra["media_delay"])
-    gops = [b"".join(s.data for s in media[i : i + 10]) for i in range(0, 50, 10)]
+    gops = [b"".join(s.data for s in media[i : i + 20]) for i in range(0, 100, 20)]
     # The very same H.264 access units: nothing was re-encoded.
     assert _video_packets(header.init + gops[1]) == packets[60:120]
     for gop in gops:
@@ -160,7 +160,7 @@ def test_a_copied_stream_resumes_as_a_copy(tmp_path: Path) -> None:
     refused = streamer(str(SAMPLE), "--feed", str(feed_dir), "--fast", "--reencode")
     assert refused.returncode == 1 and "--reencode cannot continue it" in refused.stderr
     other_part = streamer(str(SAMPLE), "--feed", str(feed_dir), "--fast", "--part", "0.4")
-    assert other_part.returncode == 1 and "uses --part 0.2" in other_part.stderr
+    assert other_part.returncode == 1 and "uses --part 0.1" in other_part.stderr
 
 
 def test_a_copied_v1_stream_resumes_in_v1(tmp_path: Path) -> None:

@@ -61,8 +61,8 @@ def test_an_import_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     )
     assert code == 0, shown
     assert "10.0/10.0 s" in shown and "100%" in shown, shown
-    # log lines print above the bar: header, 50 parts of 0.2 s, end
-    assert "stream ended: 52 blocks" in shown
+    # log lines print above the bar: header, 100 parts of 0.1 s (3 frames at 30 fps), end
+    assert "stream ended: 102 blocks" in shown
 
 
 def test_a_live_stream_shows_a_status_line_on_a_terminal(tmp_path: Path) -> None:

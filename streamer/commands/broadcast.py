@@ -212,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--part",
         metavar="S",
         help="seconds per part, the block a viewer can fetch as soon as it is encoded "
-        "(default 0.2, a whole number of frames; equal to --segment for one block per segment)",
+        "(default 0.1, a whole number of frames; equal to --segment for one block per segment)",
     )
     parser.add_argument(
         "--size",
