@@ -8,8 +8,8 @@ viewer to join. The test pattern codes each frame's capture time (ms) in a strip
 blocks (streamer.media.testpattern); the page draws every presented frame
 (requestVideoFrameCallback) to a canvas, and its pixels are decoded here with read_time_code.
 
-Runs twice in one go: parts (default --part 0.1, the broadcaster's) and the same-run baseline with --part equal
-to the segment (one block per GOP, the behaviour before parts). Target: parts p95 <= 1.0 s.
+Runs twice in one go: parts (default --part 0.1, the broadcaster's) and the same-run baseline
+with --part equal to the segment (one block per GOP, the behaviour before parts). Target: parts p95 <= 1.0 s.
 Usage: python3 bench/bench_glass.py [--seconds 30] [--size 640x360] [--part 0.1] [--pages 1]
 """
 

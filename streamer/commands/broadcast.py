@@ -37,6 +37,7 @@ from streamer.core.feed import SECRET_KEY_FILE, Feed
 from streamer.core.names import validate_name
 from streamer.core.scheduler import ReplicatorConfig
 from streamer.hub import HubServer, start_hub
+from streamer.media.parts import DEFAULT_PART
 from streamer.media.passthrough import COPY_PRESET
 from streamer.media.sources import TEST_FPS, TEST_SIZE, open_source, parse_source
 from streamer.net.aio import run_until
@@ -212,7 +213,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--part",
         metavar="S",
         help="seconds per part, the block a viewer can fetch as soon as it is encoded "
-        "(default 0.1, a whole number of frames; equal to --segment for one block per segment)",
+        f"(default {DEFAULT_PART:g}, a whole number of frames; equal to --segment for one block "
+        "per segment)",
     )
     parser.add_argument(
         "--size",
