@@ -176,6 +176,7 @@ class SimNode:
     timer_at: float | None = None  # when the replicator's timer is due
     wake_at: float | None = None  # the earliest wake-up on the event heap for it
     bytes_up: int = 0
+    bytes_down: int = 0
 
 
 class SimNet:
@@ -356,5 +357,6 @@ class SimNet:
             return
         rep, now = node.rep, self.now
         for chunk in chunks:
+            node.bytes_down += len(chunk)
             rep.receive(s, chunk, now)
         self.touch(node)

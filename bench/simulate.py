@@ -359,6 +359,10 @@ class Simulation:
             n.rep.totals.blocks_from_peers + n.rep.totals.blocks_from_writer for n in self.net.nodes
         )
         viewer_up = [v.node.bytes_up / stream for v in self.viewers if v.left is None]
+        # What the same viewers downloaded: over the swarm, uploads are the downloads less the
+        # broadcaster's share, so viewers who joined late (and download less than the stream)
+        # hold the mean upload below 1x however much of their uplink they give.
+        viewer_down = [v.node.bytes_down / stream for v in self.viewers if v.left is None]
         # The same against what each viewer watched (the blocks appended while it was online): a
         # viewer that joined halfway and uploaded half the stream carried its share (1.0x).
         viewer_share = [
@@ -411,6 +415,7 @@ class Simulation:
             "duplicate_share": dupes / downloads if downloads else 0.0,
             "viewer_upload_ratio_mean": statistics.fmean(viewer_up) if viewer_up else 0.0,
             "viewer_upload_ratio_max": max(viewer_up) if viewer_up else 0.0,
+            "viewer_download_ratio_mean": statistics.fmean(viewer_down) if viewer_down else 0.0,
             "viewer_upload_of_watched_mean": statistics.fmean(viewer_share) if viewer_share else 0.0,
             "pushed_share": sum(n.rep.relay.stats.pushes_received for n in self.net.nodes)
             / downloads
@@ -699,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"viewer upload: mean {r['viewer_upload_ratio_mean']:.2f} x stream "
-        f"({r['viewer_upload_of_watched_mean']:.2f} x what each watched), "
+        f"({r['viewer_upload_of_watched_mean']:.2f} x what each watched; their mean download "
+        f"{r['viewer_download_ratio_mean']:.2f} x), "
         f"max {r['viewer_upload_ratio_max']:.2f} x; peers dropped as misbehaving: {r['misbehaved']}"
     )
     if args.verbose:
