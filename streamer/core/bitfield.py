@@ -68,6 +68,8 @@ class Bitfield:
         """Set or clear the bits start..end-1."""
         if start < 0 or end < start:
             raise ValueError(f"bad bit range {start}..{end}")
+        if start == end:
+            return  # nothing to change (clearing none must not move the contiguous length)
         index = start
         # Bit-by-bit at the ragged edges, whole bytes in between: appends of many blocks stay cheap.
         while index < end and index & 7:
