@@ -210,11 +210,13 @@ async def test_a_sender_blocks_when_the_window_is_spent_and_resumes_on_each_gran
 
 
 async def test_keepalives_hold_a_quiet_channel_open(make_pair):
-    options = {"keepalive": 0.1, "idle_timeout": 1.0}
+    # An idle timeout of 20 keepalives: a stall of the test process's event loop under 1.9 s
+    # (seen once at 1.0 s in a full run) cannot pass for silence; without keepalives it closes.
+    options = {"keepalive": 0.1, "idle_timeout": 2.0}
     a, b = await make_pair(a=options, b=options)
-    # Three idle timeouts pass without a payload message: only keepalives cross.
+    # Two idle timeouts pass without a payload message: only keepalives cross.
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(asyncio.shield(a.wait_closed()), 3.0)
+        await asyncio.wait_for(asyncio.shield(a.wait_closed()), 4.0)
     assert not a.closed and not b.closed
     await a.send(b"still here")
     assert await asyncio.wait_for(b.recv(), 10) == b"still here"
