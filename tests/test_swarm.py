@@ -83,11 +83,13 @@ async def test_peers_of_one_feed_form_a_mesh_and_know_the_writer(make_swarm):
     await asyncio.gather(*(s.join() for s in everyone))
 
     def mesh_is_connected() -> bool:
+        """Over links both ends hold (one end may count a channel a moment before the other)."""
         seen, todo = {writer.peer_id}, [writer]
         by_id = {s.peer_id: s for s in everyone}
         while todo:
-            for peer_id in todo.pop().peers:
-                if peer_id not in seen:
+            node = todo.pop()
+            for peer_id in node.peers:
+                if peer_id not in seen and connected(node, by_id[peer_id]):
                     seen.add(peer_id)
                     todo.append(by_id[peer_id])
         return len(seen) == len(everyone)
@@ -307,7 +309,8 @@ async def _fake_answerer(hub_url: str, target: Swarm) -> RtcPeer:
         peer = RtcPeer(target.peer_id, initiator=False)
         answer = await peer.answer(message["sdp"])
         await raw.broadcast(
-            APP, f"{dk}.{target.peer_id}",
+            APP,
+            f"{dk}.{target.peer_id}",
             sealed(fake, {"type": "answer", "to": target.peer_id, "sdp": answer}),
         )
     await peer.channel()
@@ -350,8 +353,10 @@ async def test_a_peer_that_ignores_the_receive_window_is_dropped():
 async def test_a_swarm_on_two_hubs_keeps_working_when_one_is_down(hub):
     second = await start_hub(config=HUB_CONFIG)
     hubs = [hub.url, second.url]
-    swarms = [Swarm(TOPIC, WRITER.public_key, hubs, ice_servers=[], announce_interval=0.5)
-              for _ in range(3)]
+    swarms = [
+        Swarm(TOPIC, WRITER.public_key, hubs, ice_servers=[], announce_interval=0.5)
+        for _ in range(3)
+    ]
     try:
         a, b, c = swarms
         await asyncio.gather(a.join(), b.join())
