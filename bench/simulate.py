@@ -363,6 +363,14 @@ class Simulation:
         # broadcaster's share, so viewers who joined late (and download less than the stream)
         # hold the mean upload below 1x however much of their uplink they give.
         viewer_down = [v.node.bytes_down / stream for v in self.viewers if v.left is None]
+        # The most the same viewers could have uploaded on average: every byte any viewer (those
+        # who left too) downloaded that the broadcaster did not send. A mean upload above it is
+        # impossible whatever the scheduler does; only more downloads (duplicates) would raise it.
+        upload_ceiling = (
+            (sum(v.node.bytes_down for v in self.viewers) - writer_up) / len(viewer_up) / stream
+            if viewer_up
+            else 0.0
+        )
         # The same against what each viewer watched (the blocks appended while it was online): a
         # viewer that joined halfway and uploaded half the stream carried its share (1.0x).
         viewer_share = [
@@ -416,6 +424,7 @@ class Simulation:
             "viewer_upload_ratio_mean": statistics.fmean(viewer_up) if viewer_up else 0.0,
             "viewer_upload_ratio_max": max(viewer_up) if viewer_up else 0.0,
             "viewer_download_ratio_mean": statistics.fmean(viewer_down) if viewer_down else 0.0,
+            "viewer_upload_ceiling": upload_ceiling,
             "viewer_upload_of_watched_mean": statistics.fmean(viewer_share) if viewer_share else 0.0,
             "pushed_share": sum(n.rep.relay.stats.pushes_received for n in self.net.nodes)
             / downloads
@@ -703,8 +712,10 @@ def main(argv: list[str] | None = None) -> int:
         f"pushed: {r['pushed_share']:.0%} of downloads"
     )
     print(
-        f"viewer upload: mean {r['viewer_upload_ratio_mean']:.2f} x stream "
-        f"({r['viewer_upload_of_watched_mean']:.2f} x what each watched; their mean download "
+        f"viewer upload: mean {r['viewer_upload_ratio_mean']:.2f} x stream (ceiling "
+        f"{r['viewer_upload_ceiling']:.2f} x: all viewers' downloads less the broadcaster's "
+        "upload, per viewer counted; "
+        f"{r['viewer_upload_of_watched_mean']:.2f} x what each watched; their mean download "
         f"{r['viewer_download_ratio_mean']:.2f} x), "
         f"max {r['viewer_upload_ratio_max']:.2f} x; peers dropped as misbehaving: {r['misbehaved']}"
     )
