@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -220,6 +221,22 @@ async def test_keepalives_hold_a_quiet_channel_open(make_pair):
     assert not a.closed and not b.closed
     await a.send(b"still here")
     assert await asyncio.wait_for(b.recv(), 10) == b"still here"
+
+
+async def test_a_stall_of_our_own_event_loop_is_not_the_peers_silence(make_pair):
+    # The loop is held up for longer than the idle timeout (a blocking call, a suspended
+    # machine): the peer's keepalives of that time wait behind our timer, and neither end may
+    # take the stall for the other's silence.
+    options = {"keepalive": 0.1, "idle_timeout": 1.0}
+    a, b = await make_pair(a=options, b=options)
+    await a.send(b"before")
+    assert await asyncio.wait_for(b.recv(), 10) == b"before"
+    time.sleep(1.5)  # noqa: ASYNC251 (the stall itself: nothing of this loop runs meanwhile)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(a.wait_closed()), 1.0)
+    assert not a.closed and not b.closed
+    await b.send(b"after")
+    assert await asyncio.wait_for(a.recv(), 10) == b"after"
 
 
 async def test_a_silent_peer_is_closed_after_the_idle_timeout(make_pair):

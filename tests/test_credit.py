@@ -134,6 +134,26 @@ def test_a_peer_silent_for_the_idle_timeout_is_dead():
     assert flow.tick(20.0) == (None, PEER_SILENT)
 
 
+def test_our_own_stall_is_not_the_peers_silence():
+    # The loop stalled from 5.0 (when our keepalive was due) to 30.0, and the peer's keepalives
+    # of that time may be queued behind this timer: only the 4 s of silence we were awake for
+    # (1.0 to 5.0) count, and a peer that is really gone is found 16 s after we resumed.
+    flow = window(keepalive=5.0, idle_timeout=20.0)
+    flow.control_received(KEEPALIVE, 1.0)
+    assert flow.tick(30.0) == (KEEPALIVE, None)
+    for t in (35.0, 40.0, 45.0):
+        assert flow.tick(t) == (KEEPALIVE, None)
+    assert flow.tick(45.9) == (None, None)
+    assert flow.tick(46.0) == (None, PEER_SILENT)
+
+
+def test_late_timers_within_one_keepalive_interval_do_not_delay_the_idle_timeout():
+    flow = window(keepalive=5.0, idle_timeout=20.0)
+    for t in (5.0, 14.0, 19.0):  # 4 s late once, less than an interval
+        assert flow.tick(t) == (KEEPALIVE, None)
+    assert flow.tick(20.0) == (None, PEER_SILENT)
+
+
 def test_any_message_from_the_peer_resets_the_idle_timeout():
     flow = window(keepalive=math.inf, idle_timeout=2.0)
     flow.received(10, 1.5)

@@ -121,7 +121,16 @@ class CreditWindow:
 
     def tick(self, now: float) -> tuple[str | None, str | None]:
         """(control message to send, close reason): the peer has been silent too long, or we
-        have and owe it a keepalive, or neither."""
+        have and owe it a keepalive, or neither.
+
+        Silence is counted in time we were awake. When our own keepalive is overdue by more than
+        a whole interval, this end was held up (its event loop stalled, the machine slept): the
+        peer's keepalives of that time are still queued behind our timer, so the overdue time
+        is not held against the peer. A peer that is really gone is then found within one idle
+        timeout of our resuming."""
+        overdue = now - self.last_send - self.keepalive
+        if overdue > self.keepalive:
+            self.last_recv = min(now, self.last_recv + overdue)
         if now - self.last_recv >= self.idle_timeout:
             return None, PEER_SILENT
         if now - self.last_send >= self.keepalive:
