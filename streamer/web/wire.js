@@ -463,8 +463,15 @@ export class FlowControl {
     return null // "p" and anything else only prove the peer is alive
   }
 
-  /** Periodic check: 'idle' if the peer is dead, 'p' if a keepalive is due, else null. */
+  /**
+   * Periodic check: 'idle' if the peer is dead, 'p' if a keepalive is due, else null. Silence is
+   * counted in time we were awake (as core/credit.py): a keepalive of ours overdue by more than a
+   * whole interval means this tab was held up (a background tab's throttled timers, a busy main
+   * thread), and the overdue time is not held against the peer.
+   */
   tick (now) {
+    const overdue = now - this.lastSend - this.keepalive
+    if (overdue > this.keepalive) this.lastRecv = Math.min(now, this.lastRecv + overdue)
     if (now - this.lastRecv > this.idleTimeout) return 'idle'
     if (now - this.lastSend >= this.keepalive) return 'p'
     return null

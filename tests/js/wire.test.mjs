@@ -188,5 +188,21 @@ test('flow control: credits, grants, overruns, bad grants, keepalive and idlenes
   assert.equal(c.tick(5), 'p')
   c.sentText(5)
   assert.equal(c.tick(9), null)
+  assert.equal(c.tick(10), 'p')
+  c.sentText(10)
+  assert.equal(c.tick(15), 'p')
+  c.sentText(15)
   assert.equal(c.tick(20.5), 'idle')
+
+  // A tab held up from 5 (its keepalive due) to 60: only the 5 s it was awake count as silence.
+  const d = new wire.FlowControl({ now: 0 })
+  assert.equal(d.tick(60), 'p')
+  d.sentText(60)
+  for (const t of [65, 70]) {
+    assert.equal(d.tick(t), 'p')
+    d.sentText(t)
+  }
+  assert.equal(d.tick(75), 'p') // 20 s of counted silence: not yet over the idle timeout
+  d.sentText(75)
+  assert.equal(d.tick(75.1), 'idle')
 })
