@@ -473,7 +473,10 @@ export class FlowControl {
     const overdue = now - this.lastSend - this.keepalive
     if (overdue > this.keepalive) this.lastRecv = Math.min(now, this.lastRecv + overdue)
     if (now - this.lastRecv > this.idleTimeout) return 'idle'
-    if (now - this.lastSend >= this.keepalive) return 'p'
+    if (now - this.lastSend >= this.keepalive) {
+      this.lastSend = now // owed from now (as core/credit.py): a keepalive still queued is no stall
+      return 'p'
+    }
     return null
   }
 }

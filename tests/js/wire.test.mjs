@@ -205,4 +205,11 @@ test('flow control: credits, grants, overruns, bad grants, keepalive and idlenes
   assert.equal(d.tick(75), 'p') // 20 s of counted silence: not yet over the idle timeout
   d.sentText(75)
   assert.equal(d.tick(75.1), 'idle')
+
+  // A keepalive owed but not yet sent (a channel that does not drain) is no stall of ours: a
+  // dead peer is still closed after the idle timeout.
+  const e = new wire.FlowControl({ now: 0 })
+  let verdict = null
+  for (let t = 2.5; t <= 30 && verdict !== 'idle'; t += 2.5) verdict = e.tick(t)
+  assert.equal(verdict, 'idle')
 })
