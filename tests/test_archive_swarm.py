@@ -17,9 +17,9 @@ from tests import test_e2e as e2e
 from tests.fixtures_viewer import encode_test_stream, sparse_copy, write_feed
 
 spawn = e2e.spawn  # the fixture: processes ended (SIGTERM, then kill) after the test
-# Long enough that viewers joining at 8 s (later on a loaded machine) finish backfilling some
-# 13 s later and still sample the live edge with every block held (at 30 s that margin was 7 s,
-# and one idle run missed it).
+# Long enough that viewers joining at about 11 s (later on a loaded machine) finish backfilling
+# some 13 s later and still sample the live edge with every block held (at 30 s that margin was
+# 7 s, and one idle run missed it).
 STREAM_SECONDS = 45.0
 JOIN_AFTER_BLOCKS = 80  # the viewers join this late (10 s of 2-frame parts at 15 fps): history
 FPS = 15
