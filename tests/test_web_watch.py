@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from streamer.core.feed import Feed
 from streamer.hub import start_hub as start_hub_in_process
@@ -110,12 +111,17 @@ async def stats(page: Page) -> dict[str, Any]:
 
 
 async def tab_until(page: Page, predicate: str, what: str, timeout: float = 40.0) -> dict:
-    """Wait (inside the page, polling its stats) until `predicate(stats)` holds."""
-    await page.wait_for_function(
-        f"window.swarmcast && swarmcast.stats && ({predicate})(swarmcast.stats())",
-        timeout=timeout * 1000,
-        polling=200,
-    )
+    """Wait (inside the page, polling its stats) until `predicate(stats)` holds; on a timeout,
+    fail with what the tab's stats said then."""
+    try:
+        await page.wait_for_function(
+            f"window.swarmcast && swarmcast.stats && ({predicate})(swarmcast.stats())",
+            timeout=timeout * 1000,
+            polling=200,
+        )
+    except PlaywrightTimeout:
+        state = await stats(page)
+        raise AssertionError(f"no {what} within {timeout:g} s; {page.url}: {state}") from None
     result = await stats(page)
     assert result is not None, what
     return result
