@@ -2,7 +2,8 @@
 /watch/{name or key} in headless Chromium (one browser context per tab), real aiortc viewers and
 seeders. Three tabs and no Python viewer play a live stream mostly from each other while the
 broadcaster uploads about one copy; a tab seeks back to evicted media; a late tab plays after the
-broadcaster left; a tab and Python viewers trade blocks both ways; a seeder with flipped bytes
+broadcaster left; a late tab steps over the start of an ended stream that no one holds; a tab and
+Python viewers trade blocks both ways; a seeder with flipped bytes
 is banned by a tab that keeps playing from an honest seeder and holds nothing forged."""
 
 from __future__ import annotations
@@ -220,6 +221,43 @@ async def test_three_tabs_play_from_each_other_and_a_late_tab_outlives_the_broad
     s = await tab_until(late, PLAYS.format(t=2), "the late tab to play")
     assert s["writer_connected"] is False and s["blocks_from_writer"] == 0
     assert s["blocks_from_peers"] >= 2 and s["ended"] is True
+    assert errors == []
+
+
+async def test_a_late_tab_steps_over_history_that_no_one_holds(
+    spawn: Callable[..., Awaitable[Proc]], browser: Browser, tmp_path: Path
+) -> None:
+    hub = await start_hub(spawn)
+    writer_stats = tmp_path / "writer.json"
+    writer, key = await start_broadcast(
+        spawn, hub, tmp_path / "feed", 14, "--linger", "0", "--stats", str(writer_stats)
+    )
+
+    def appended(blocks: int) -> bool:
+        try:
+            return json.loads(writer_stats.read_text())["length"] >= blocks
+        except (OSError, ValueError, KeyError):
+            return False
+
+    # The only tab joins some 4 s (40 parts) in, at the live edge: it never holds the start, and
+    # the broadcaster leaves at the end without waiting (--linger 0), so no one holds it after.
+    await eventually(lambda: appended(40), "40 blocks appended", timeout=60)
+    errors: list[str] = []
+    first = await open_tab(browser, f"{hub}/watch/{key}", errors)
+    joined = (await tab_until(first, PLAYS.format(t=0), "the tab to play"))["join_block"]
+    assert joined > 20
+    assert await writer.wait(60) == 0
+    await tab_until(first, "s => s.ended", "the end of the stream")
+    held = await first.evaluate("swarmcast.held()")
+    assert 1 not in held
+
+    # A late tab starts an ended stream at its beginning, which no one holds: after a few seconds
+    # it steps over to the first part it can get, and plays from there.
+    late = await open_tab(browser, f"{hub}/watch/{key}", errors)
+    s = await tab_until(late, PLAYS.format(t=0), "the late tab to play")
+    assert s["blocks_skipped"] >= min(held) - 1 and s["join_block"] >= min(held)
+    assert s["blocks_from_writer"] == 0 and s["blocks_from_peers"] > 0
+    assert "held by no peer" in await late.inner_text("#status")  # and the page says so
     assert errors == []
 
 

@@ -6,7 +6,9 @@
 // while less than AHEAD_S is buffered, tells the replicator where the playhead is (its window is
 // fetched first), follows the live edge, seeks anywhere (older blocks are fetched from peers on
 // demand) and keeps memory bounded: media more than BEHIND_S behind the playhead is removed from
-// the SourceBuffer (the feed's own cap evicts block values, peers.js).
+// the SourceBuffer (the feed's own cap evicts block values, peers.js). Blocks that no one holds
+// (history nobody watched, once the broadcaster left) are stepped over: after UNAVAILABLE_S
+// without a neighbour announcing one, playback goes on from the next independent part held.
 
 import { decodeHeader, decodeSegment, decodeSegmentHeader } from './format.js'
 import { PRIORITY_HIGH } from './replicator.js'
@@ -14,6 +16,9 @@ import { PRIORITY_HIGH } from './replicator.js'
 export const AHEAD_S = 4 // media buffered ahead of the playhead
 export const BEHIND_S = 30 // played media kept in the SourceBuffer before it is removed
 export const LIVE_START_S = 1.2 // a start at the live edge aims this far behind it
+export const UNAVAILABLE_S = 3 // a block no neighbour announced this long is stepped over
+
+const UNAVAILABLE = Symbol('held by no one')
 
 const seconds = () => performance.now() / 1000
 
@@ -40,6 +45,8 @@ export class TabPlayer {
     this.joinBlock = null
     this.appended = 0
     this.removed = 0 // seconds of media removed from the SourceBuffer
+    this.skipped = 0 // blocks stepped over because no one held them
+    this._skipFrom = null // this.skipped before a hole the pump stepped over (for seek's status)
     this._ms = null
     this._sb = null
     this._chain = Promise.resolve()
@@ -156,14 +163,50 @@ export class TabPlayer {
     return h
   }
 
-  /** Wait until block `index` is held (fetched first); null if the generation moved on. */
-  async _fetch (index, generation) {
+  /** Wait until block `index` is held (fetched first); null if the generation moved on. With
+   *  `skippable`, UNAVAILABLE once no neighbour announced it for UNAVAILABLE_S while a later block
+   *  is held (_goesOnAt). */
+  async _fetch (index, generation, skippable = false) {
+    const since = seconds()
     for (;;) {
       if (this.feed.get(index)) return this.feed.get(index)
       if (generation !== this.generation) return null
+      if (skippable && seconds() - since > UNAVAILABLE_S && this._goesOnAt(index) !== null) return UNAVAILABLE
       this.peers.replicator.want(index, index + 1, PRIORITY_HIGH, seconds())
       this.flush()
       await this._nap(250)
+    }
+  }
+
+  /** Where the stream goes on when block `index` is held by no one we know: the first later media
+   *  block that we or a neighbour hold; null while a neighbour holds `index` (it is only slow) or
+   *  nothing later is held. */
+  _goesOnAt (index) {
+    const rep = this.peers.replicator
+    if (rep.heldFrom(index) === index) return null
+    const mine = this.feed.present.firstFrom(index + 1)
+    const theirs = rep.heldFrom(index + 1)
+    const next = mine === null ? theirs : theirs === null ? mine : Math.min(mine, theirs)
+    return next !== null && next <= this._lastMedia() ? next : null
+  }
+
+  /** From block `index` on, the first independent part (or v1 segment) we can get, stepping over
+   *  blocks no one holds: [index, value], or null if the generation moved on. */
+  async _independentFrom (index, generation) {
+    for (;;) {
+      this._lastPlayhead = index
+      this.peers.setPlayhead(index, seconds())
+      const value = await this._fetch(index, generation, true)
+      if (value === null) return null
+      if (value === UNAVAILABLE) {
+        const next = this._goesOnAt(index)
+        if (next !== null) this.skipped += next - index
+        index = next === null ? index : next
+        continue
+      }
+      const h = this._head(index)
+      if (!h || h.independent || h.end || !h.back) return [index, value]
+      index++
     }
   }
 
@@ -253,16 +296,30 @@ export class TabPlayer {
     const edge = this.liveEdge()
     this.followLive = live || (edge !== null && edge - t < Math.max(3, 2 * this.segment + 0.5))
     const generation = ++this.generation
+    const skippedBefore = this._skipFrom ?? this.skipped
+    this._skipFrom = null
     this.nextBlock = null
     this.status(`loading ${t.toFixed(1)} s…`)
     let index = this._guess(t)
     let value = null
+    let skipped = false
     for (let step = 0; step < 16; step++) {
       this._lastPlayhead = index
       this.peers.setPlayhead(index, seconds())
-      value = await this._fetch(index, generation)
+      value = await this._fetch(index, generation, true)
       if (value === null) return
+      if (value === UNAVAILABLE) {
+        // Held by no one: the stream goes on at a later block (never back into the hole).
+        const next = this._goesOnAt(index)
+        if (next !== null) {
+          this.skipped += next - index
+          index = next
+          skipped = true
+        }
+        continue
+      }
       const h = this._head(index)
+      if (skipped) t = Math.max(t, h.pts)
       if (h.end && index > 1) { index--; continue }
       if (t < h.pts && index > 1) { index--; continue }
       if (t >= h.pts + h.duration && index < this._lastMedia()) { index++; continue }
@@ -270,11 +327,22 @@ export class TabPlayer {
     }
     const covering = this._head(index)
     if (covering && !covering.independent && covering.back && index - covering.back >= 1) {
-      index -= covering.back // a dependent part: start at the keyframe part it decodes from
-      this._lastPlayhead = index
-      this.peers.setPlayhead(index, seconds())
-      value = await this._fetch(index, generation)
-      if (value === null) return
+      // A dependent part: start at the keyframe part it decodes from, or (held by no one) at the
+      // next independent part.
+      const key = index - covering.back
+      this._lastPlayhead = key
+      this.peers.setPlayhead(key, seconds())
+      const keyValue = await this._fetch(key, generation, true)
+      if (keyValue === null) return
+      if (keyValue !== UNAVAILABLE) {
+        index = key
+        value = keyValue
+      } else {
+        const found = await this._independentFrom(index + 1, generation)
+        if (found === null) return
+        ;[index, value] = found
+        t = Math.max(t, this._head(index).pts)
+      }
     }
     const seg = decodeSegment(value)
     await this._exclusive(async () => {
@@ -289,7 +357,8 @@ export class TabPlayer {
       if (r) this._setTime(Math.min(Math.max(target, r[0] + 0.001), Math.max(r[0], r[1] - 0.1)))
       this._setDuration()
     })
-    this.status('')
+    const gone = (this.skipped - skippedBefore) * this.blockDuration
+    this.status(gone > 0 ? `about ${gone.toFixed(1)} s of the stream before ${seg.pts.toFixed(1)} s are held by no peer; playing on from there` : '')
     if (this.video.paused) this.video.play().catch(() => {})
     this._kick()
   }
@@ -304,6 +373,7 @@ export class TabPlayer {
   }
 
   async _pump () {
+    let missing = null // [the block the pump waits for, since when]
     for (;;) {
       const index = this.nextBlock
       if (index === null || this._ahead() >= AHEAD_S || index >= this.feed.length || this.ended) {
@@ -314,6 +384,20 @@ export class TabPlayer {
       const generation = this.generation
       const value = this.feed.get(index)
       if (!value) {
+        if (missing === null || missing[0] !== index) missing = [index, seconds()]
+        // A hole no one holds: once what is buffered before it has played, go on from the first
+        // block after it (seek finds the independent part to start from).
+        const drained = seconds() - missing[1] > UNAVAILABLE_S && this._ahead() < 0.5
+        const next = drained ? this._goesOnAt(index) : null
+        if (next !== null) {
+          const after = await this._fetch(next, generation, true)
+          if (after && after !== UNAVAILABLE && generation === this.generation) {
+            this._skipFrom = this.skipped
+            this.skipped += next - index
+            await this.seek(this._head(next).pts, this.followLive)
+          }
+          continue
+        }
         this.peers.replicator.want(index, index + 1, PRIORITY_HIGH, seconds())
         this.flush()
         await this._nap(250)
@@ -402,6 +486,7 @@ export class TabPlayer {
       buffered_s: b && b.length ? Math.round((b.end(b.length - 1) - b.start(0)) * 1000) / 1000 : 0,
       first_frame_ms: this.firstFrameAt,
       join_block: this.joinBlock,
+      blocks_skipped: this.skipped,
     }
   }
 }

@@ -42,6 +42,13 @@ export class RangeSet {
     return i >= 0 && index < this.ends[i]
   }
 
+  /** The first held index at or after `index`, or null. */
+  firstFrom (index) {
+    const i = bisectRight(this.ends, index) // the first run that ends after index
+    if (i >= this.starts.length) return null
+    return Math.max(index, this.starts[i])
+  }
+
   get size () {
     return this.starts.length
   }

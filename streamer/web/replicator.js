@@ -155,6 +155,18 @@ export class Replicator {
     }
   }
 
+  /** The first block at or after `index` that an open neighbour announced, or null: where the
+   *  stream can go on when the blocks before it are held by no one we know. */
+  heldFrom (index) {
+    let best = null
+    for (const s of this.sessions) {
+      if (!s.isOpen || s.remoteFork !== this.feed.fork) continue
+      const at = s.remoteHas.firstFrom(index)
+      if (at !== null && at < s.remoteLength && (best === null || at < best)) best = at
+    }
+    return best
+  }
+
   /** Whether the scheduler would fetch `block` if it were missing (playback window, wants, live
    *  edge): memory bounds must not evict such a block, or it would be fetched again at once. */
   isWanted (block) {

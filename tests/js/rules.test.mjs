@@ -5,6 +5,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 
 import { MemoryFeed } from '../../streamer/web/feed.js'
+import { RangeSet } from '../../streamer/web/ranges.js'
 import { Replicator } from '../../streamer/web/replicator.js'
 import { MAX_BLOCK_INDEX, MAX_REMOTE_REQUESTS, NO_DATA_BUSY, NO_DATA_MISSING } from '../../streamer/web/session.js'
 import * as wire from '../../streamer/web/wire.js'
@@ -45,6 +46,26 @@ test('ranges, drops and bitfields update what we know the peer holds', async () 
   assert.deepEqual([9, 10, 11, 12, 13, 14, 15].map(has), [false, true, true, false, true, true, false])
   assert.deepEqual([64, 65, 66, 67, 68, 159, 160].map(has), [true, true, false, true, false, true, false])
   assert.equal(s.isOpen, true)
+})
+
+test('RangeSet.firstFrom: the first held index at or after an index', () => {
+  const r = new RangeSet()
+  assert.equal(r.firstFrom(0), null)
+  r.add(3, 5)
+  r.add(8, 9)
+  assert.deepEqual([0, 3, 4, 5, 8, 9].map((i) => r.firstFrom(i)), [3, 3, 4, 8, 8, null])
+})
+
+test('heldFrom: the first block at or after an index that an open neighbour announced', async () => {
+  const { rep, send } = open(new MemoryFeed(key))
+  const sync = { type: 'sync', fork: 0, length: 40, remoteLength: 0, canUpgrade: true, uploading: true, downloading: true }
+  await send(sync)
+  await send({ type: 'range', start: 10, length: 5, drop: false })
+  await send({ type: 'range', start: 30, length: 10, drop: false })
+  assert.deepEqual([0, 10, 14, 15, 29, 39, 40].map((i) => rep.heldFrom(i)), [10, 10, 14, 30, 30, 39, null])
+  const other = rep.addSession({ name: 'other' })
+  other.remoteHas.add(20, 21) // not synced: a length of 0, so what it announced counts for nothing
+  assert.equal(rep.heldFrom(15), 30)
 })
 
 test('sync: the peer\'s length and fork, one event per change', async () => {
