@@ -122,7 +122,10 @@ async def tab_until(page: Page, predicate: str, what: str, timeout: float = 40.0
         )
     except PlaywrightTimeout:
         state = await stats(page)
-        raise AssertionError(f"no {what} within {timeout:g} s; {page.url}: {state}") from None
+        said = await page.evaluate("document.getElementById('status')?.textContent")
+        raise AssertionError(
+            f"no {what} within {timeout:g} s; {page.url} says {said!r}; stats: {state}"
+        ) from None
     result = await stats(page)
     assert result is not None, what
     return result

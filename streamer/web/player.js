@@ -47,6 +47,8 @@ export class TabPlayer {
     this.removed = 0 // seconds of media removed from the SourceBuffer
     this.skipped = 0 // blocks stepped over because no one held them
     this._skipFrom = null // this.skipped before a hole the pump stepped over (for seek's status)
+    this.closed = false
+    this._watchdogTimer = null
     this._ms = null
     this._sb = null
     this._chain = Promise.resolve()
@@ -164,14 +166,14 @@ export class TabPlayer {
   }
 
   /** Wait until block `index` is held (fetched first); null if the generation moved on. With
-   *  `skippable`, UNAVAILABLE once no neighbour announced it for UNAVAILABLE_S while a later block
-   *  is held (_goesOnAt). */
-  async _fetch (index, generation, skippable = false) {
+   *  `grace` seconds, UNAVAILABLE once no neighbour announced it for that long while a later block
+   *  is held (_goesOnAt): UNAVAILABLE_S, or 0 once a wait has shown what the neighbours hold. */
+  async _fetch (index, generation, grace = null) {
     const since = seconds()
     for (;;) {
       if (this.feed.get(index)) return this.feed.get(index)
       if (generation !== this.generation) return null
-      if (skippable && seconds() - since > UNAVAILABLE_S && this._goesOnAt(index) !== null) return UNAVAILABLE
+      if (grace !== null && seconds() - since >= grace && this._goesOnAt(index) !== null) return UNAVAILABLE
       this.peers.replicator.want(index, index + 1, PRIORITY_HIGH, seconds())
       this.flush()
       await this._nap(250)
@@ -192,16 +194,17 @@ export class TabPlayer {
 
   /** From block `index` on, the first independent part (or v1 segment) we can get, stepping over
    *  blocks no one holds: [index, value], or null if the generation moved on. */
-  async _independentFrom (index, generation) {
+  async _independentFrom (index, generation, grace) {
     for (;;) {
       this._lastPlayhead = index
       this.peers.setPlayhead(index, seconds())
-      const value = await this._fetch(index, generation, true)
+      const value = await this._fetch(index, generation, grace)
       if (value === null) return null
       if (value === UNAVAILABLE) {
         const next = this._goesOnAt(index)
         if (next !== null) this.skipped += next - index
         index = next === null ? index : next
+        grace = 0
         continue
       }
       const h = this._head(index)
@@ -265,15 +268,26 @@ export class TabPlayer {
     await this._exclusive(() => this._append(this.header.init))
     this.status('waiting for the first block…')
     while (this.feed.length < 2) await this._nap(250)
-    const last = await this._fetch(this.feed.length - 1, this.generation)
-    decodeSegmentHeader(last)
-    this._head(this.feed.length - 1)
+    // The newest block as the signed length stood: the feed may grow while it is fetched, and the
+    // block after it may not be held yet, so the question "ended?" is asked of this one.
+    const newest = this.feed.length - 1
+    decodeSegmentHeader(await this._fetch(newest, this.generation))
+    const ended = this._head(newest).end
     this._watchFrames()
-    setInterval(() => this._watchdog(), 250)
+    if (this.closed) return
+    this._watchdogTimer = setInterval(() => this._watchdog(), 250)
     this._pump()
     if (this.at !== null) await this.seek(this.at, false)
-    else if (this._head(this.feed.length - 1).end) await this.seek(0, false)
-    else await this.goLive()
+    else if (ended) await this.seek(0, false)
+    else await (this.goLive() ?? this.seek(this._head(newest).pts, true)) // no edge known: newest
+  }
+
+  /** Stop playing: the pump, the watchdog and any fetch end (the page never needs it; tests do). */
+  close () {
+    this.closed = true
+    this.generation++
+    if (this._watchdogTimer !== null) clearInterval(this._watchdogTimer)
+    this._kick()
   }
 
   _watchFrames () {
@@ -297,6 +311,9 @@ export class TabPlayer {
     this.followLive = live || (edge !== null && edge - t < Math.max(3, 2 * this.segment + 0.5))
     const generation = ++this.generation
     const skippedBefore = this._skipFrom ?? this.skipped
+    // Blocks held by no one are stepped over after UNAVAILABLE_S, at once after a first wait
+    // (the pump's at a hole, or this seek's) has shown what the neighbours hold.
+    let grace = this._skipFrom === null ? UNAVAILABLE_S : 0
     this._skipFrom = null
     this.nextBlock = null
     this.status(`loading ${t.toFixed(1)} s…`)
@@ -306,7 +323,7 @@ export class TabPlayer {
     for (let step = 0; step < 16; step++) {
       this._lastPlayhead = index
       this.peers.setPlayhead(index, seconds())
-      value = await this._fetch(index, generation, true)
+      value = await this._fetch(index, generation, grace)
       if (value === null) return
       if (value === UNAVAILABLE) {
         // Held by no one: the stream goes on at a later block (never back into the hole).
@@ -315,6 +332,7 @@ export class TabPlayer {
           this.skipped += next - index
           index = next
           skipped = true
+          grace = 0
         }
         continue
       }
@@ -332,13 +350,13 @@ export class TabPlayer {
       const key = index - covering.back
       this._lastPlayhead = key
       this.peers.setPlayhead(key, seconds())
-      const keyValue = await this._fetch(key, generation, true)
+      const keyValue = await this._fetch(key, generation, grace)
       if (keyValue === null) return
       if (keyValue !== UNAVAILABLE) {
         index = key
         value = keyValue
       } else {
-        const found = await this._independentFrom(index + 1, generation)
+        const found = await this._independentFrom(index + 1, generation, 0)
         if (found === null) return
         ;[index, value] = found
         t = Math.max(t, this._head(index).pts)
@@ -374,7 +392,7 @@ export class TabPlayer {
 
   async _pump () {
     let missing = null // [the block the pump waits for, since when]
-    for (;;) {
+    while (!this.closed) {
       const index = this.nextBlock
       if (index === null || this._ahead() >= AHEAD_S || index >= this.feed.length || this.ended) {
         if (index !== null && index >= this.feed.length - 1 && this._head(this.feed.length - 1)?.end && index >= this.feed.length) this._finish()
@@ -390,7 +408,7 @@ export class TabPlayer {
         const drained = seconds() - missing[1] > UNAVAILABLE_S && this._ahead() < 0.5
         const next = drained ? this._goesOnAt(index) : null
         if (next !== null) {
-          const after = await this._fetch(next, generation, true)
+          const after = await this._fetch(next, generation, 0)
           if (after && after !== UNAVAILABLE && generation === this.generation) {
             this._skipFrom = this.skipped
             this.skipped += next - index
