@@ -187,6 +187,24 @@ def test_viewers_that_opt_out_leave_history_only_on_the_broadcaster(
     assert w.stats(net.now).unreplicated_blocks == 6
 
 
+def test_a_block_no_one_holds_goes_on_at_the_first_block_after_its_hole(
+    make: Callable[..., Replicator],
+) -> None:
+    net, w, viewers = _swarm(make, keep=0)  # the viewers hold the live window, 6..9
+    net.run(5)
+    late = net.add(make())  # joins after the broadcaster left: only the viewers are neighbours
+    for v in viewers:
+        net.link(v, late)
+    net.settle()
+    assert late.feed.length == 10
+    assert late.goes_on_at(0, 9) == 6 and late.goes_on_at(5, 9) == 6
+    assert late.goes_on_at(6, 9) is None  # a neighbour holds it: it is only slow
+    assert late.goes_on_at(2, 5) is None  # nothing held after the hole is a media block
+    net.link(w, late)
+    net.settle()
+    assert late.goes_on_at(0, 9) is None  # the broadcaster holds everything
+
+
 def test_an_evicted_block_is_announced_gone(make: Callable[..., Replicator]) -> None:
     net, w, viewers = _swarm(make, keep=3)
     net.run(12)

@@ -1,6 +1,7 @@
 """The player page in Debian's headless Chromium over a real player server and a real Feed that
 the test appends to live: it really plays, starts near the live edge, catches up after a stall,
-seeks (its own timeline, the video element's native seeking), returns to live, shows stats."""
+seeks (its own timeline, the video element's native seeking), returns to live, shows stats, and
+steps over blocks that no peer holds (the server answers 410 with where the stream goes on)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import Page, async_playwright
 
 from streamer.core.feed import Feed
-from tests.fixtures_viewer import EncodedStream, encode_test_stream, write_feed
+from tests.fixtures_viewer import EncodedStream, encode_test_stream, sparse_copy, write_feed
 from viewer.server import PlayerServer
 from viewer.source import LocalFeedSource
 
@@ -69,6 +71,19 @@ class Session:
         return int(await self.js("player.video.getVideoPlaybackQuality().totalVideoFrames"))
 
 
+class _HolesSource(LocalFeedSource):
+    """A sparse feed whose missing blocks no one else holds either, as a network source sees
+    history nobody kept: they never arrive, and playback goes on at the first block held after
+    each hole (NetworkSource asks its neighbours' announcements, core.scheduler.goes_on_at)."""
+
+    _can_fetch = True
+
+    def goes_on_at(self, index: int) -> int | None:
+        after = None if self.has(index) else self.feed.bitfield.first_set(index + 1)
+        last_media = self.length - (2 if self.ended else 1)
+        return after if after is not None and after <= last_media else None
+
+
 async def _appender(feed: Feed, stream: EncodedStream, running: asyncio.Event) -> None:
     """Append one segment per second, like a broadcaster; holds back while `running` is clear."""
     while feed.length - 1 < len(stream.segments):
@@ -89,9 +104,17 @@ async def open_page(stream: EncodedStream, tmp_path: Path) -> AsyncIterator:
         query: str = "",
         running: asyncio.Event | None = None,
         chromium_args: tuple[str, ...] = (),
+        holes: range = range(0),
     ) -> Session:
         feed = write_feed(tmp_path / f"feed{len(cleanup)}", blocks)
-        server = PlayerServer(LocalFeedSource(feed))
+        source = LocalFeedSource(feed)
+        if holes:
+            held = [i for i in range(len(blocks)) if i not in holes]
+            writer = feed
+            feed = sparse_copy(writer, tmp_path / f"sparse{len(cleanup)}", held)
+            writer.close()
+            source = _HolesSource(feed)
+        server = PlayerServer(source)
         await server.start()
         playwright = await async_playwright().start()
         browser = await playwright.chromium.launch(
@@ -212,6 +235,30 @@ async def test_a_finished_stream_plays_from_its_start_and_shows_stats(
     assert (await s.page.text_content("#s-safe")) == "–"  # no swarm: no copies to count
     await s.js("player.video.currentTime = 9.5")
     await s.until("player.video.ended", timeout=5)
+
+
+async def test_a_finished_stream_whose_start_no_peer_holds_plays_from_the_first_block_held(
+    open_page, stream: EncodedStream
+) -> None:
+    blocks = [stream.header, *stream.segments[:10], stream.end_marker()]
+    s = await open_page(blocks, live=False, holes=range(1, 5))  # the fixture waits for playback
+    assert await s.current_time() >= 4.0  # blocks 5.. (one 1 s GOP each) hold 4 s on
+    assert "held by no peer" in (await s.page.text_content("#status") or "")
+    async with aiohttp.ClientSession() as http, http.get(s.server.url + "block/2.m4s") as r:
+        assert r.status == 410 and r.headers["X-Goes-On-At"] == "5"
+    await s.js("player.video.currentTime = 9.5")
+    await s.until("player.video.ended", timeout=5)
+
+
+async def test_playback_steps_over_a_hole_no_peer_holds(open_page, stream: EncodedStream) -> None:
+    blocks = [stream.header, *stream.segments[:12], stream.end_marker()]
+    s = await open_page(blocks, live=False, holes=range(4, 8))
+    assert await s.current_time() < 2.0
+    # Blocks 1-3 play; 4-7 (3-7 s) are held by no one; playback goes on at 8 (7 s) and ends.
+    await s.until("player.video.currentTime > 7.5", timeout=25)
+    assert "held by no peer" in (await s.page.text_content("#status") or "")
+    assert await s.js("player.state.skipped") == 1
+    await s.until("player.video.ended", timeout=15)
 
 
 async def test_at_starts_playback_at_that_time(open_page, stream: EncodedStream) -> None:

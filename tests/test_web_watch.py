@@ -253,15 +253,30 @@ async def test_a_late_tab_steps_over_history_that_no_one_holds(
     await tab_until(first, "s => s.ended", "the end of the stream")
     held = await first.evaluate("swarmcast.held()")
     assert 1 not in held
+    first_held = min(i for i in held if i > 0)  # block 0, the header, every peer holds
 
     # A late tab starts an ended stream at its beginning, which no one holds: after a few seconds
     # it steps over to the first part it can get, and plays from there.
     late = await open_tab(browser, f"{hub}/watch/{key}", errors)
     s = await tab_until(late, PLAYS.format(t=0), "the late tab to play")
-    assert s["blocks_skipped"] >= min(held) - 1 and s["join_block"] >= min(held)
+    assert s["blocks_skipped"] >= first_held - 1 and s["join_block"] >= first_held
     assert s["blocks_from_writer"] == 0 and s["blocks_from_peers"] > 0
     assert "held by no peer" in await late.inner_text("#status")  # and the page says so
     assert errors == []
+
+    # A Python viewer (no backfill) finds the same: its player server answers 410 for block 1,
+    # with the block where the stream goes on, once its neighbours (the tabs) have announced.
+    viewer = await spawn(
+        "viewer", PY, "-m", "viewer", "watch", key, "--hub", hub, "--no-browser",
+        "--port", "0", "--keep", "0", "--store", str(tmp_path / "viewer"),
+    )
+    url = await viewer.line()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}block/1.m4s?timeout=30") as r:
+            assert r.status == 410, await r.text()
+            assert int(r.headers["X-Goes-On-At"]) == first_held
+        async with http.get(f"{url}block/{first_held}.m4s") as r:
+            assert r.status == 200
 
 
 async def test_a_tab_and_python_viewers_trade_blocks_both_ways(

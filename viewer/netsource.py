@@ -205,6 +205,10 @@ class NetworkSource(LocalFeedSource):
         # Ahead of the playback window: someone is waiting for exactly this block.
         self.net.want(index, index + 1, PRIORITY_HIGH)
 
+    def goes_on_at(self, index: int) -> int | None:
+        last_media = self.length - (2 if self.ended else 1)
+        return self.net.replicator.goes_on_at(index, last_media)
+
     async def header(self, timeout: float) -> StreamHeader:
         """The stream header (block 0), fetched if needed."""
         if self._header is None:

@@ -33,6 +33,7 @@ STATIC_DIR = Path(str(resources.files("viewer") / "static"))
 BLOCK_CACHE = "public, max-age=31536000, immutable"  # a signed block never changes
 MAX_LOOKAHEAD = 3  # blocks past the signed length a client may wait for (the next live block)
 MAX_WAIT_S = 60.0
+UNAVAILABLE_S = 3.0  # a block no neighbour announced this long, with a later one held, is gone
 HLS_PART_SEGMENTS = 4  # the newest segments whose parts the playlist lists (LL-HLS wants >= 3)
 MAX_RUN_BLOCKS = 4096  # blocks one HLS segment URI may join
 TIMING_BATCH = 32  # uncached segment headers read between two yields to the loop
@@ -118,11 +119,17 @@ async def _block(request: web.Request) -> web.Response:
     if index < 1 or index >= limit:
         raise web.HTTPNotFound(text=f"block {index} is past the end of the stream")
     try:
-        block = await source.get(index, timeout)
+        block = await _block_or_gone(source, index, timeout)
     except TimeoutError:
         raise web.HTTPGatewayTimeout(text=f"block {index} did not arrive in time") from None
     except BlockNotFoundError as exc:
         raise web.HTTPNotFound(text=str(exc)) from None
+    except _Gone as gone:
+        # 410: held by no one now, so waiting is in vain; the page plays on from `X-Goes-On-At`.
+        raise web.HTTPGone(
+            text=f"block {index} is held by no peer; the stream goes on at block {gone.at}",
+            headers={"X-Goes-On-At": str(gone.at)},
+        ) from None
     try:
         segment = state.timeline.add_block(index, block)
     except StreamFormatError as exc:
@@ -142,6 +149,30 @@ async def _block(request: web.Request) -> web.Response:
             "X-Wall-Clock": f"{segment.wall_clock:.6f}",
         },
     )
+
+
+class _Gone(Exception):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+
+async def _block_or_gone(source: BlockSource, index: int, timeout: float) -> bytes:
+    """Block `index` within `timeout` seconds; _Gone once it has been missing UNAVAILABLE_S and
+    the source says no one holds it while a later block is held (source.goes_on_at)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    check_at = loop.time() + UNAVAILABLE_S
+    while True:
+        now = loop.time()
+        try:
+            return await source.get(index, max(0.0, min(deadline, check_at) - now))
+        except TimeoutError:
+            if loop.time() >= deadline:
+                raise
+        at = source.goes_on_at(index)
+        if at is not None:
+            raise _Gone(at)
+        check_at = loop.time() + 0.5
 
 
 async def _run(request: web.Request) -> web.Response:

@@ -59,6 +59,11 @@ class BlockSource(ABC):
         Raises TimeoutError when it does not arrive within `timeout` seconds.
         """
 
+    def goes_on_at(self, index: int) -> int | None:
+        """Where playback goes on if block `index` is held by no one (a network source: the first
+        block after the hole that someone holds); None if it may still come, or nothing follows."""
+        return None
+
     @abstractmethod
     async def wait_for_change(self, timeout: float) -> bool:
         """Wait until the length grows or new blocks arrive; False when `timeout` passed first."""

@@ -821,6 +821,18 @@ class Replicator:
         holders = [s.remote_has.runs() for s in self.sessions if s.is_open]
         return unavailable_runs(min(end, self.feed.length), self.feed.present_ranges(), holders)
 
+    def goes_on_at(self, index: int, last_media: int) -> int | None:
+        """Where playback goes on when block `index` is held by no one we know: the first block
+        after its hole (a run of `nowhere`) that we or an open neighbour hold, if it is a media
+        block (at most `last_media`); None while someone holds `index` (it is only slow) or
+        nothing after the hole is held. The tab's player (web/player.js _goesOnAt) has the same
+        rule; the caller decides how long to wait before asking (the neighbours' announcements
+        arrive after they connect)."""
+        for start, end in self.nowhere(last_media + 1):
+            if start <= index < end:
+                return end if end <= last_media else None
+        return None
+
     def _backfill_timer(self, best: float | None) -> float | None:
         wake = None if self.feed.writable else self.backfill.wake_at(self._now)
         return wake if wake is not None and (best is None or wake < best) else best

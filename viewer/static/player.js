@@ -21,6 +21,7 @@
     rows: [], // rows[k] describes block k + 1: {index, pts, duration, flags, known, independent, back}
     length: 0,
     ended: false,
+    skipped: 0, // holes no peer held that playback stepped over
     liveEdge: 0,
     followLive: true,
     nextBlock: null, // next block index the pump appends
@@ -192,6 +193,10 @@
   async function fetchBlock(index, abort) {
     try {
       const res = await fetch(`/block/${index}.m4s?timeout=20`, { signal: abort && abort.signal });
+      if (res.status === 410) {
+        // Held by no peer: the server says where the stream goes on.
+        return { status: 410, data: null, goesOnAt: parseInt(res.headers.get("X-Goes-On-At"), 10) };
+      }
       if (!res.ok) return { status: res.status, data: null };
       const pts = parseFloat(res.headers.get("X-Pts"));
       const dur = parseFloat(res.headers.get("X-Duration"));
@@ -247,13 +252,9 @@
     const first = joinFor(index);
     const parts = [];
     for (let i = first; i <= index; i++) {
-      let got = await fetchBlock(i, null);
-      // A block still on its way (504, a lost connection) is worth waiting for; 404 is not.
-      while (!got.data && got.status !== 404 && generation === state.generation) {
-        await sleep(500);
-        got = await fetchBlock(i, null);
-      }
+      const got = await fetchUntilDecided(i, generation);
       if (generation !== state.generation) return;
+      if (got.status === 410) return goOnFrom(got.goesOnAt, generation, state.followLive);
       if (!got.data) {
         setStatus(`block ${i} is not in the stream`);
         state.nextBlock = previous;
@@ -281,6 +282,40 @@
     kick();
   }
 
+  // A block still on its way (504, a lost connection) is worth waiting for; 404 and 410 are not.
+  async function fetchUntilDecided(index, generation) {
+    let got = await fetchBlock(index, null);
+    while (!got.data && got.status !== 404 && got.status !== 410 && generation === state.generation) {
+      await sleep(500);
+      got = await fetchBlock(index, null);
+    }
+    return got;
+  }
+
+  // Blocks that no peer holds (history nobody watched, after the broadcaster left): play on
+  // from the first independent part at or after block n, and say so.
+  async function goOnFrom(n, generation, live) {
+    for (let i = n; Number.isInteger(i) && i <= lastMediaIndex(); i++) {
+      const got = await fetchUntilDecided(i, generation);
+      if (generation !== state.generation) return;
+      if (got.status === 410) {
+        i = Math.max(i, got.goesOnAt - 1);
+        continue;
+      }
+      if (!got.data) break;
+      const row = rowOf(i);
+      if (row && row.independent) {
+        state.skipped += 1;
+        await seekTo(row.pts, live);
+        if (generation + 1 === state.generation) {
+          setStatus(`playing on from ${fmt(row.pts)}: the stream before it is held by no peer`);
+        }
+        return;
+      }
+    }
+    if (generation === state.generation) setStatus("no peer holds the rest of the stream");
+  }
+
   function goLive() {
     const last = lastMediaIndex();
     if (!last) return;
@@ -305,6 +340,12 @@
       const got = await fetchBlock(index, abort);
       if (state.fetchAbort === abort) state.fetchAbort = null;
       if (generation !== state.generation) continue;
+      if (got.status === 410) {
+        // A hole no peer holds: once what is buffered before it has played, go on after it.
+        while (bufferedAhead() >= 0.5 && generation === state.generation) await napUntilKicked(250);
+        if (generation === state.generation) await goOnFrom(got.goesOnAt, generation, state.followLive);
+        continue;
+      }
       if (!got.data) {
         await napUntilKicked(got.status === 504 ? 50 : 500);
         continue;
@@ -509,7 +550,7 @@
       else await goLive();
     }
     state.ready = true;
-    setStatus("");
+    if (!state.skipped) setStatus(""); // else it says where playback went on, and why
   }
 
   // Running dry at the live edge means the offset was too small for this network: grow it.
