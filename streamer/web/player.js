@@ -343,6 +343,10 @@ export class TabPlayer {
       if (t >= h.pts + h.duration && index < this._lastMedia()) { index++; continue }
       break
     }
+    if (value === UNAVAILABLE) {
+      this.status('no peer holds the stream from here on')
+      return
+    }
     const covering = this._head(index)
     if (covering && !covering.independent && covering.back && index - covering.back >= 1) {
       // A dependent part: start at the keyframe part it decodes from, or (held by no one) at the
