@@ -124,12 +124,12 @@ async def _block(request: web.Request) -> web.Response:
         raise web.HTTPGatewayTimeout(text=f"block {index} did not arrive in time") from None
     except BlockNotFoundError as exc:
         raise web.HTTPNotFound(text=str(exc)) from None
-    except _Gone as gone:
+    if isinstance(block, int):
         # 410: held by no one now, so waiting is in vain; the page plays on from `X-Goes-On-At`.
         raise web.HTTPGone(
-            text=f"block {index} is held by no peer; the stream goes on at block {gone.at}",
-            headers={"X-Goes-On-At": str(gone.at)},
-        ) from None
+            text=f"block {index} is held by no peer; the stream goes on at block {block}",
+            headers={"X-Goes-On-At": str(block)},
+        )
     try:
         segment = state.timeline.add_block(index, block)
     except StreamFormatError as exc:
@@ -151,14 +151,10 @@ async def _block(request: web.Request) -> web.Response:
     )
 
 
-class _Gone(Exception):
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-
-async def _block_or_gone(source: BlockSource, index: int, timeout: float) -> bytes:
-    """Block `index` within `timeout` seconds; _Gone once it has been missing UNAVAILABLE_S and
-    the source says no one holds it while a later block is held (source.goes_on_at)."""
+async def _block_or_gone(source: BlockSource, index: int, timeout: float) -> bytes | int:
+    """Block `index` within `timeout` seconds; or, once it has been missing UNAVAILABLE_S and
+    the source says no one holds it while a later block is held (source.goes_on_at), the index of
+    that later block."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     check_at = loop.time() + UNAVAILABLE_S
@@ -171,7 +167,7 @@ async def _block_or_gone(source: BlockSource, index: int, timeout: float) -> byt
                 raise
         at = source.goes_on_at(index)
         if at is not None:
-            raise _Gone(at)
+            return at
         check_at = loop.time() + 0.5
 
 
