@@ -119,11 +119,19 @@ async def test_late_viewers_keep_the_whole_stream_after_the_broadcaster_left(spa
     assert "exist only on this disk" not in err, err
     # The broadcaster leaves once every block is on some viewer, not yet on all three: a viewer
     # may still be fetching the newest blocks from the others, and each learns of the others'
-    # copies as they announce them. What must hold is where they settle.
+    # copies as they announce them. What must hold is where they settle (once in some 1,400
+    # tests, on a clean clone, one viewer still counted one block on two viewers after 30 s; the
+    # failure now shows every viewer's counts).
     for url in urls:
-        final = await e2e.stats_until(
-            url, lambda s: s["ended"] and s["replicated_share"] == 1.0, 30.0
-        )
+        try:
+            final = await e2e.stats_until(
+                url, lambda s: s["ended"] and s["replicated_share"] == 1.0, 60.0
+            )
+        except AssertionError:
+            keys = ("length", "blocks_have", "ended", "replicated_share", "rarest_copies", "peers")
+            every = [await asyncio.to_thread(e2e.get_stats, u) for u in urls]
+            seen = [{k: s[k] for k in keys} for s in every]
+            raise AssertionError(f"{url} never counted 3 copies of every block; all: {seen}") from None
         assert final["blocks_have"] == final["length"]
         assert final["rarest_copies"] == 3, final
 
