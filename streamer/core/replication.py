@@ -313,11 +313,6 @@ class RangeSet:
     def __len__(self) -> int:
         return len(self._starts)
 
-    def first_from(self, index: int) -> int | None:
-        """The first held index at or after `index`, or None."""
-        i = bisect.bisect_right(self._ends, index)  # the first run that ends after index
-        return max(index, self._starts[i]) if i < len(self._starts) else None
-
     def runs(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
 

@@ -192,6 +192,14 @@ export class TabPlayer {
     return next !== null && next <= this._lastMedia() ? next : null
   }
 
+  /** Step over the hole at block `index` (counted in `skipped`): the block after it, or null if
+   *  `index` is no longer a hole. */
+  _stepOver (index) {
+    const next = this._goesOnAt(index)
+    if (next !== null) this.skipped += next - index
+    return next
+  }
+
   /** From block `index` on, the first independent part (or v1 segment) we can get, stepping over
    *  blocks no one holds: [index, value], or null if the generation moved on. */
   async _independentFrom (index, generation, grace) {
@@ -201,9 +209,7 @@ export class TabPlayer {
       const value = await this._fetch(index, generation, grace)
       if (value === null) return null
       if (value === UNAVAILABLE) {
-        const next = this._goesOnAt(index)
-        if (next !== null) this.skipped += next - index
-        index = next === null ? index : next
+        index = this._stepOver(index) ?? index
         grace = 0
         continue
       }
@@ -327,9 +333,8 @@ export class TabPlayer {
       if (value === null) return
       if (value === UNAVAILABLE) {
         // Held by no one: the stream goes on at a later block (never back into the hole).
-        const next = this._goesOnAt(index)
+        const next = this._stepOver(index)
         if (next !== null) {
-          this.skipped += next - index
           index = next
           skipped = true
           grace = 0

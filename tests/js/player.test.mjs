@@ -153,7 +153,7 @@ class FakeVideo extends EventTarget {
  * neighbours announced (`holders`), and a fetch of each wanted block the neighbours hold after
  * `delay(i)` ms.
  */
-function fakeSwarm ({ length, holders, delay = () => 20 }) {
+function fakeSwarm ({ length, holders, delay = () => 20, ended = false }) {
   const listeners = []
   const feed = {
     length,
@@ -167,7 +167,7 @@ function fakeSwarm ({ length, holders, delay = () => 20 }) {
   const pending = new Set()
   const swarm = {
     feed,
-    ended: false, // whether the last block is the end marker
+    ended, // whether the last block is the end marker
     wants: [],
     changed,
     grow (n) { feed.length = n; changed(n, n) },
@@ -193,6 +193,7 @@ function fakeSwarm ({ length, holders, delay = () => 20 }) {
     },
   }
   swarm.peers = { feed, replicator, setPlayhead () {} }
+  swarm.deliver(0) // the stream header: every tab gets it first
   return swarm
 }
 
@@ -231,7 +232,6 @@ function ranges (...runs) {
 
 test('start: the feed grows while the newest block is fetched, and the tab joins the live edge', async () => {
   const swarm = fakeSwarm({ length: 20, holders: ranges([0, 1000]), delay: (i) => (i === 19 ? 400 : 20) })
-  swarm.deliver(0)
   // The newest block (19) takes 400 ms; meanwhile the signed length grows and blocks 20.. are
   // not held yet: "has the stream ended?" is asked of block 19, not of a block not yet held.
   setTimeout(() => swarm.grow(26), 200)
@@ -247,9 +247,7 @@ test('start: the feed grows while the newest block is fetched, and the tab joins
 
 test('an ended stream whose start no one holds starts at the first independent part held', async () => {
   // Blocks 1-15 are held by no one; 16 is a dependent part whose keyframe part (15) is gone.
-  const swarm = fakeSwarm({ length: 42, holders: ranges([0, 1], [16, 42]) })
-  swarm.ended = true
-  swarm.deliver(0)
+  const swarm = fakeSwarm({ length: 42, holders: ranges([0, 1], [16, 42]), ended: true })
   await withPlayer(swarm, async (player, video, errors) => {
     await until('the join', () => player.joinBlock !== null || errors.length)
     assert.deepEqual(errors, [])
@@ -264,9 +262,7 @@ test('an ended stream whose start no one holds starts at the first independent p
 })
 
 test('a hole in the middle is stepped over once what is buffered before it has played', async () => {
-  const swarm = fakeSwarm({ length: 42, holders: ranges([0, 11], [20, 42]) })
-  swarm.ended = true
-  swarm.deliver(0)
+  const swarm = fakeSwarm({ length: 42, holders: ranges([0, 11], [20, 42]), ended: true })
   await withPlayer(swarm, async (player, video, errors) => {
     await until('the join', () => player.joinBlock !== null || errors.length)
     assert.equal(player.joinBlock, 1)
@@ -283,9 +279,7 @@ test('a hole in the middle is stepped over once what is buffered before it has p
 
 test('a block that a neighbour holds is never stepped over, however slow', async () => {
   const slow = (UNAVAILABLE_S + 1) * 1000
-  const swarm = fakeSwarm({ length: 22, holders: ranges([0, 22]), delay: (i) => (i === 5 ? slow : 20) })
-  swarm.ended = true
-  swarm.deliver(0)
+  const swarm = fakeSwarm({ length: 22, holders: ranges([0, 22]), delay: (i) => (i === 5 ? slow : 20), ended: true })
   await withPlayer(swarm, async (player, video, errors) => {
     await until('the join', () => player.joinBlock !== null || errors.length)
     await until('block 5', () => swarm.feed.has(5), 10)
