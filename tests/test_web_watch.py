@@ -233,7 +233,7 @@ async def test_a_late_tab_steps_over_history_that_no_one_holds(
     hub = await start_hub(spawn)
     writer_stats = tmp_path / "writer.json"
     writer, key = await start_broadcast(
-        spawn, hub, tmp_path / "feed", 14, "--linger", "0", "--stats", str(writer_stats)
+        spawn, hub, tmp_path / "feed", 14, "--linger", "5", "--stats", str(writer_stats)
     )
 
     def appended(blocks: int) -> bool:
@@ -242,8 +242,10 @@ async def test_a_late_tab_steps_over_history_that_no_one_holds(
         except (OSError, ValueError, KeyError):
             return False
 
-    # The only tab joins some 4 s (40 parts) in, at the live edge: it never holds the start, and
-    # the broadcaster leaves at the end without waiting (--linger 0), so no one holds it after.
+    # The only tab joins some 4 s (40 parts) in, at the live edge: it never holds the start (tabs
+    # keep no history). The broadcaster lets it fetch the last parts and the end marker, waits
+    # --linger 5 s more for the history no one fetches, and leaves: no one holds the start after.
+    # (With --linger 0 it also leaves before the tab has the end: the tab then never sees it.)
     await eventually(lambda: appended(40), "40 blocks appended", timeout=60)
     errors: list[str] = []
     first = await open_tab(browser, f"{hub}/watch/{key}", errors)
