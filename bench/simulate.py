@@ -32,6 +32,7 @@ seconds, for runs too long to wait for; `--profile FILE` writes cProfile stats.
 from __future__ import annotations
 
 import argparse
+import platform
 import random
 import statistics
 import sys
@@ -723,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         sim.relay_summary()
     print(
         f"simulated {args.seconds + args.drain:g} s in {r['wall_seconds']:.1f} s wall, "
-        f"{r['cpu_seconds']:.1f} s CPU"
+        f"{r['cpu_seconds']:.1f} s CPU ({platform.python_implementation()} "
+        f"{platform.python_version()})"
     )
     try:
         sim.plot(args.png)

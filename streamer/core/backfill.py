@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
+from streamer.core.compat import SLOTS
+
 __all__ = [
     "DEFAULT_KEEP",
     "Backfill",
@@ -117,7 +119,7 @@ def describe_runs(runs: Sequence[tuple[int, int]], limit: int = 4) -> str:
     return ("block " if single else "blocks ") + ", ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Safety:
     """How safe a stream is as one node sees it: of `length` blocks, `safe` are held by at least
     `target` peers besides the broadcaster; the rarest block has `rarest` copies; `only_here` are

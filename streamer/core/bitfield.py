@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from streamer.core.compat import popcount
+
 _U32_WORDS = struct.Struct("<I")
 
 
@@ -19,7 +21,7 @@ class Bitfield:
 
     def __init__(self, data: bytes = b"") -> None:
         self._bits = bytearray(data)
-        self._count = int.from_bytes(self._bits, "little").bit_count()
+        self._count = popcount(int.from_bytes(self._bits, "little"))
         self._contiguous = 0
         self._advance_contiguous()
         # Byte range changed since the last take_dirty(), so storage writes only that slice.
@@ -84,7 +86,7 @@ class Bitfield:
                 else:
                     hi = max(lo, len(self._bits))
             if lo < hi:
-                before = int.from_bytes(self._bits[lo:hi], "little").bit_count()
+                before = popcount(int.from_bytes(self._bits[lo:hi], "little"))
                 self._bits[lo:hi] = (b"\xff" if value else b"\x00") * (hi - lo)
                 self._count += (hi - lo) * 8 - before if value else -before
                 self._mark_dirty(lo, hi)

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from streamer.core import crypto, keyfile, storage
 from streamer.core.bitfield import Bitfield
+from streamer.core.compat import SLOTS
 from streamer.core.errors import (
     BlockNotFoundError,
     CorruptFeedError,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 SECRET_KEY_FILE = "secret_key"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class ApplyResult:
     """What verify_and_apply stored: whether the signed length grew, the length, the new block."""
 
@@ -52,7 +53,7 @@ class ApplyResult:
     block: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class FeedEvent:
     """Passed to listeners after each append (once durable) and each applied proof (once stored
     and servable; it becomes durable at the next Feed.flush).

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.core.compat import SLOTS
 from streamer.core.signal import SignalAuth, Verdict
 
 PEER_ID = re.compile(r"[0-9a-f]{32}")
@@ -42,7 +43,7 @@ ISOLATED_RETRY_S = 2.0  # a node with no neighbour announces (or asks for room) 
 ANNOUNCE_JITTER = (0.8, 1.2)  # so a swarm that started together does not announce in lockstep
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Post:
     """Send `message` on the signaling hub: to one peer, or (to=None) to everyone on the topic."""
 
@@ -50,7 +51,7 @@ class Post:
     message: dict[str, Any] = field(hash=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Dial:
     """Open a connection to `peer`: offer one (offer=None), or answer its `offer` SDP."""
 
@@ -58,14 +59,14 @@ class Dial:
     offer: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Evict:
     """Close the connection to neighbour `peer` to make room for a newcomer."""
 
     peer: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Answer:
     """`peer` answered our offer with `sdp`, or declined it (sdp=None)."""
 
@@ -73,21 +74,21 @@ class Answer:
     sdp: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class CancelDial:
     """`peer` left: stop connecting to it."""
 
     peer: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Ignored:
     """A signaling message was malformed or misaddressed (count it, log `why`)."""
 
     why: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Refused:
     """A signaling message without a valid proof (count it by `verdict`; `skew_s` is how far its
     timestamp was from our clock, for a stale one)."""

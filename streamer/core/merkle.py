@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from streamer.core import crypto
+from streamer.core.compat import SLOTS
 from streamer.core.errors import BlockNotFoundError, ForkMismatchError, ProofError
 from streamer.core.flat_tree import full_roots, left_span, parent, right_span, sibling
 from streamer.core.wire import (
@@ -102,7 +103,7 @@ class DefaultManifestVerifier:
         return crypto.verify(msg, raw, self.public_key)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class AppendBatch:
     """New state after appending (or truncating); store `nodes`, then MerkleTree.commit(batch)."""
 
@@ -120,7 +121,7 @@ class AppendBatch:
         return sum(r.size for r in self.roots)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class ProofBatch:
     """What a verified wire.Data proves: nodes to store and, if upgraded, the new signed state.
 
@@ -146,7 +147,7 @@ class ProofBatch:
         return sum(r.size for r in self.roots)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class _PendingProof:
     """The target's and the seek's node lists while a proof is assembled (None = not yet placed)."""
 

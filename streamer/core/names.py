@@ -19,6 +19,7 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
+from streamer.core.compat import SLOTS
 from streamer.core.errors import ProofError, UsageError
 
 # Lowercase only, so two names that look alike to people are not two names; at most 63
@@ -55,7 +56,7 @@ def signable(name: str, key: bytes, time: int) -> bytes:
     return NAMESPACE + name.encode("ascii") + b"\x00" + key + struct.pack(">Q", time)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class NameRecord:
     """A claim that `name` points at the stream whose public key is `key`, made at `time`."""
 

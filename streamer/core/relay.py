@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from streamer.core.compat import SLOTS
 from streamer.core.replication import (
     MAX_DEPTH,
     FeedLike,
@@ -51,7 +52,7 @@ class RelayLimits(Protocol):
     shed_cooldown: float
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class RelayStats:
     """What the relay counts over its life."""
 

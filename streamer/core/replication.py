@@ -16,8 +16,9 @@ import bisect
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Union
 
+from streamer.core.compat import SLOTS
 from streamer.core.errors import (
     BlockNotFoundError,
     FeedError,
@@ -103,14 +104,14 @@ LOCAL_ERROR_REASON = "replication stopped by a local error"
 # ---------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class HandshakeComplete:
     """The peer proved it knows the feed key; messages may flow."""
 
     remote_is_writer: bool  # the peer also proved it holds the writer's secret key
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RemoteSynced:
     """The peer announced its signed length (sent on open and whenever it grows)."""
 
@@ -118,7 +119,7 @@ class RemoteSynced:
     fork: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class BlockVerified:
     """A block from this peer verified and is stored (and announced to the other peers)."""
 
@@ -126,14 +127,14 @@ class BlockVerified:
     from_writer: bool  # the block came straight from the broadcaster
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Upgraded:
     """Our signed length grew to `length` through a proof from this peer."""
 
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class PeerMisbehaved:
     """The peer sent bytes that do not decode, an invalid proof, an unrequested block or broke the
     protocol. The session is closed already; the adapter must close the channel and ban the peer."""
@@ -141,7 +142,7 @@ class PeerMisbehaved:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class LocalError:
     """Our own node failed while handling this peer's traffic: the disk refused a read or write,
     or the feed is closed or damaged. The peer is not at fault. The replicator has stopped and
@@ -150,7 +151,7 @@ class LocalError:
     error: Exception
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class OutRequest:
     """A request we sent and whose answer we still expect."""
 
@@ -165,7 +166,7 @@ class OutRequest:
     wait: bool = False  # asked before the peer held the block: it answers when it does
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RequestAnswered:
     """The peer answered one of our requests with data that verified and is applied (for the
     scheduler; comes before the Upgraded and BlockVerified it caused)."""
@@ -178,7 +179,7 @@ class RequestAnswered:
     ignored: bool = False  # a stale upgrade that no longer applies: nothing was verified
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class RequestRefused:
     """The peer declined one of our requests (NoData; for the scheduler)."""
 
@@ -186,7 +187,7 @@ class RequestRefused:
     busy: bool  # it holds the block but its uplink is full; else it lacks it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class SubscribeAsked:
     """The peer asks us to push it blocks >= start as they verify here (the replicator answers with
     accept_push or refuse_push); `start` None: it withdrew its subscription (already acknowledged)."""
@@ -194,14 +195,14 @@ class SubscribeAsked:
     start: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class SubscriptionChanged:
     """The peer answered our subscription: it pushes to us from now on (`on`), or refused or stopped."""
 
     on: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Pushed:
     """A block the peer pushed to us arrived (for the scheduler; comes before the Upgraded and
     BlockVerified it caused). `duplicate`: we held it already; `unusable`: it was built for a length
@@ -214,19 +215,20 @@ class Pushed:
     unusable: bool = False
 
 
-Event = (
-    HandshakeComplete
-    | RemoteSynced
-    | BlockVerified
-    | Upgraded
-    | PeerMisbehaved
-    | LocalError
-    | RequestAnswered
-    | RequestRefused
-    | SubscribeAsked
-    | SubscriptionChanged
-    | Pushed
-)
+# Union, not |: this runs at import, and the core also runs on PyPy 3.9 (compat.py).
+Event = Union[  # noqa: UP007
+    HandshakeComplete,
+    RemoteSynced,
+    BlockVerified,
+    Upgraded,
+    PeerMisbehaved,
+    LocalError,
+    RequestAnswered,
+    RequestRefused,
+    SubscribeAsked,
+    SubscriptionChanged,
+    Pushed,
+]
 
 
 def is_local_error(exc: BaseException) -> bool:
@@ -314,7 +316,8 @@ class RangeSet:
         return len(self._starts)
 
     def runs(self) -> list[tuple[int, int]]:
-        return list(zip(self._starts, self._ends, strict=True))
+        ends = self._ends
+        return [(start, ends[i]) for i, start in enumerate(self._starts)]
 
     def add(self, start: int, end: int) -> None:
         if start >= end:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from streamer.core.admission import UploadAdmission, blocks_of
 from streamer.core.backfill import Backfill, Safety, missing_runs, to_runs, unavailable_runs
+from streamer.core.compat import SLOTS
 from streamer.core.handshake import Handshaker
 from streamer.core.relay import LiveRelay
 from streamer.core.replication import (
@@ -51,7 +52,7 @@ WAIT_KEY = -2  # refusal key: the peer answered a waiting request missing (it ke
 REVEALED_MEMORY = 64  # newest blocks whose reveal time is kept, for playback deadlines
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class ReplicatorConfig:
     """How one node replicates one feed. Times and windows in seconds (windows are seconds of
     media, turned into blocks with `block_duration`: `blocks()`), sizes in blocks unless noted."""
@@ -132,7 +133,7 @@ class ReplicatorConfig:
         return blocks_of(seconds, self.block_duration)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class ReplicatorTotals:
     """What the replicator counts over its life (the traffic itself is the sessions'; see stats())."""
 
@@ -147,7 +148,7 @@ class ReplicatorTotals:
     peers_dropped: int = 0  # sessions closed for misbehaving
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class _Want:
     start: int
     end: int

@@ -9,13 +9,15 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from streamer.core.compat import SLOTS
+
 __all__ = ["NeighbourStats", "NodeStats", "PeerStats", "RateMeter", "ReplicationStats"]
 
 RATE_WINDOW_S = 3.0  # up/down rates are averaged over about this much recent time
 RATE_TICK_S = 1.0  # rates are sampled at most this often, whoever reads them
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class PeerStats:
     """Traffic with one peer (wire bytes include framing)."""
 
@@ -31,7 +33,7 @@ class PeerStats:
     pushes_received: int = 0  # blocks it pushed to us that verified (counted in blocks_down)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class NeighbourStats:
     """One open session: who, and the traffic with it."""
 
@@ -49,7 +51,7 @@ class NeighbourStats:
         }
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class ReplicationStats:
     """One node's replication of one feed: totals over its life (closed sessions included), the
     neighbours now, and byte rates. `share_from_peers` is the share of downloaded block bytes that
@@ -114,7 +116,7 @@ class ReplicationStats:
         return out
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class NodeStats:
     """The stats JSON of one node: its copy of the feed plus its replication."""
 

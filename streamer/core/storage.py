@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamer.core.bitfield import Bitfield
+from streamer.core.compat import SLOTS
 from streamer.core.errors import CorruptFeedError, FeedError, LocalStorageError, NotAFeedError
 from streamer.core.wire import Node
 
@@ -90,7 +91,7 @@ def storage_error(directory: Path, exc: OSError, verb: str = "write to") -> Loca
     return LocalStorageError(f"cannot {verb} {directory}: {what}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Head:
     """The signed state of a feed as last committed."""
 
@@ -112,7 +113,7 @@ class Head:
     pending: tuple[int, ...] = ()
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Flush:
     """The writes one flush makes durable, taken at once by Storage.begin_flush."""
 

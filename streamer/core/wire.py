@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Union
 
+from streamer.core.compat import SLOTS
 from streamer.core.errors import WireError
 
 _U16 = struct.Struct("<H")
@@ -21,7 +23,7 @@ MAX_NAME = 256  # bytes of an extension name; longer names are hostile, not usef
 NODE_MIN_BYTES = 34  # uint index (>=1) + uint size (>=1) + 32-byte hash: bounds array counts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Node:
     """One Merkle tree node: flat-tree index, byte size of the covered blocks, BLAKE2b-256 hash."""
 
@@ -33,25 +35,25 @@ class Node:
 # ---------------------------------------------------------------- messages
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class RequestBlock:
     index: int  # block number for `block`, tree index for `hash`
     nodes: int  # how many nodes on the upward path the requester lacks
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class RequestSeek:
     bytes: int
     padding: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class RequestUpgrade:
     start: int
     length: int
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Request:
     id: int
     fork: int
@@ -66,26 +68,26 @@ class Request:
     wait: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class DataBlock:
     index: int
     value: bytes
     nodes: list[Node]
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class DataHash:
     index: int
     nodes: list[Node]
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class DataSeek:
     bytes: int
     nodes: list[Node]
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class DataUpgrade:
     start: int
     length: int
@@ -94,7 +96,7 @@ class DataUpgrade:
     signature: bytes
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Data:
     request: int
     fork: int
@@ -105,7 +107,7 @@ class Data:
     manifest: bytes | None = None  # an encoded manifest, sent raw as the last field
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Sync:
     fork: int
     length: int
@@ -117,32 +119,32 @@ class Sync:
     allow_push: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Cancel:
     request: int
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class NoData:
     request: int
     reason: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Want:
     start: int
     length: int
     any: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Unwant:
     start: int
     length: int
     any: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Bitfield:
     start: int
     bitfield: list[int] = field(
@@ -150,20 +152,20 @@ class Bitfield:
     )  # u32 words, bit i of word w = block start+32w+i
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Range:
     start: int
     length: int
     drop: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Extension:
     name: str
     message: bytes
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Subscribe:
     """Live push (our extension, type 11). From a subscriber: `on` asks the peer to push every block
     with index >= start the moment it verifies there (False: stop). From the pusher, `answer` set:
@@ -176,27 +178,28 @@ class Subscribe:
     depth: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class Handshake:
     capability: bytes  # 32 bytes, crypto.replication_capability
     seeks: bool = True
     writer_signature: bytes | None = None  # 64 bytes when present
 
 
-Message = (
-    Sync
-    | Request
-    | Cancel
-    | Data
-    | NoData
-    | Want
-    | Unwant
-    | Bitfield
-    | Range
-    | Extension
-    | Handshake
-    | Subscribe
-)
+# Union, not |: this runs at import, and the core also runs on PyPy 3.9 (compat.py).
+Message = Union[  # noqa: UP007
+    Sync,
+    Request,
+    Cancel,
+    Data,
+    NoData,
+    Want,
+    Unwant,
+    Bitfield,
+    Range,
+    Extension,
+    Handshake,
+    Subscribe,
+]
 
 SYNC, REQUEST, CANCEL, DATA, NO_DATA, WANT, UNWANT, BITFIELD, RANGE, EXTENSION, HANDSHAKE = range(
     11

@@ -12,12 +12,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from streamer.core.compat import SLOTS
+
 # Sample flags (ISO/IEC 14496-12 8.8.3.1): sample_is_non_sync_sample is bit 16; a sync sample
 # also has sample_depends_on == 2 (bits 24-25) when the muxer writes it.
 _NON_SYNC = 0x00010000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class TrackRun:
     """One track's samples in one fragment."""
 

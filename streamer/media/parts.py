@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from streamer.core.compat import SLOTS
 from streamer.media.fmp4 import TrackRun, fragment_runs
 
 # Seconds per part (rounded to whole frames). Each hop of the swarm passes a part on only once
@@ -53,7 +54,7 @@ def part_muxer_options(
     return options
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **SLOTS)
 class Part:
     """One fragment as the muxer cut it, described from its own moof."""
 
