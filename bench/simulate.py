@@ -32,9 +32,12 @@ seconds, for runs too long to wait for; `--profile FILE` writes cProfile stats.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -509,12 +512,9 @@ class Simulation:
             f"{totals}"
         )
 
-    def plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def delay_series(self) -> dict[str, object]:
+        """The delay behind live per appended block (p50, p95, max over viewers) and a title: what
+        the plot draws, plain enough for JSON (a run without matplotlib hands it on)."""
         xs, p50, p95, worst = [], [], [], []
         for i, t in enumerate(self.appended):
             ds = [v.arrived[i] - t for v in self.viewers if i in v.arrived and i >= v.first_block]
@@ -523,22 +523,59 @@ class Simulation:
                 p50.append(percentile(ds, 0.5))
                 p95.append(percentile(ds, 0.95))
                 worst.append(max(ds))
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        ax.plot(xs, p50, label="p50")
-        ax.plot(xs, p95, label="p95")
-        ax.plot(xs, worst, label="max", alpha=0.6)
-        ax.set_xlabel("stream time (s) at append")
-        ax.set_ylabel("delay behind live (s)")
-        ax.set_title(
+        title = (
             f"{self.args.viewers} viewers, {self.args.bitrate} Mbit/s stream, "
             f"{self.args.upload} Mbit/s uploads, {self.args.rtt:.0f} ms RTT"
         )
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        return {"title": title, "t": xs, "p50": p50, "p95": p95, "max": worst}
+
+
+def draw(series: dict, path: Path) -> None:
+    """The delay-over-time plot of `delay_series` as a PNG (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(series["t"], series["p50"], label="p50")
+    ax.plot(series["t"], series["p95"], label="p95")
+    ax.plot(series["t"], series["max"], label="max", alpha=0.6)
+    ax.set_xlabel("stream time (s) at append")
+    ax.set_ylabel("delay behind live (s)")
+    ax.set_title(series["title"])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot(series: dict, path: Path) -> str:
+    """Draw the plot here, or where matplotlib is missing (PyPy) hand the series to the Python
+    named by $SIMULATE_PLOT_PYTHON (scripts/simulate-pypy sets the project's .venv); what
+    happened, for the report."""
+    try:
+        draw(series, path)
+        return f"delay plot: {path}"
+    except ImportError:
+        pass
+    other = os.environ.get("SIMULATE_PLOT_PYTHON")
+    if not other:
+        return "delay plot skipped: matplotlib is not installed"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = path.with_suffix(".json")
+    data.write_text(json.dumps(series))
+    done = subprocess.run(
+        [other, str(Path(__file__).resolve()), "--plot-from", str(data), "--png", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    data.unlink(missing_ok=True)
+    if done.returncode != 0:
+        return f"delay plot skipped: {other} could not draw it ({done.stderr.strip()[-200:]})"
+    return f"delay plot: {path} (drawn by {other})"
 
 
 def parse_mix(spec: str) -> list[tuple[float, float]]:
@@ -650,7 +687,16 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="with --keep: blocks appended before the first viewer joins (history nobody watched)",
     )
+    parser.add_argument(
+        "--plot-from", type=Path, help="only draw --png from a delay series a run saved as JSON"
+    )
     args = parser.parse_args(argv)
+    if args.plot_from:
+        try:
+            draw(json.loads(args.plot_from.read_text()), args.png)
+        except (OSError, ValueError, KeyError) as e:
+            parser.error(f"--plot-from {args.plot_from}: not a delay series ({e})")
+        return 0
     if args.viewers < 1 or args.seconds <= 0 or args.bitrate <= 0 or args.upload <= 0:
         parser.error("viewers, seconds, bitrate and upload must be positive")
     if args.part is None:
@@ -727,11 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['cpu_seconds']:.1f} s CPU ({platform.python_implementation()} "
         f"{platform.python_version()})"
     )
-    try:
-        sim.plot(args.png)
-        print(f"delay plot: {args.png}")
-    except ImportError:
-        print("delay plot skipped: matplotlib is not installed")
+    print(plot(sim.delay_series(), args.png))
     return 0
 
 
