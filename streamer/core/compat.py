@@ -2,7 +2,9 @@
 (bench/simulate.py) runs about twice as fast under PyPy, whose packaged release here speaks 3.9.
 
 The product itself needs 3.10+; only what the core's modules use at run time is covered here
-(type annotations are strings, `from __future__ import annotations`, and never evaluated).
+(type annotations are strings, `from __future__ import annotations`, and never evaluated). Type
+unions built at import are `typing.Union`, and storage.py writes with one pwrite where PyPy has no
+os.pwritev. tests/test_pypy.py runs the core's unit tests under PyPy.
 """
 
 from __future__ import annotations

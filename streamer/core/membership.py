@@ -25,7 +25,7 @@ import random
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from streamer.core.compat import SLOTS
 from streamer.core.signal import SignalAuth, Verdict
@@ -97,7 +97,8 @@ class Refused:
     skew_s: float = 0.0
 
 
-Action = Post | Dial | Evict | Answer | CancelDial | Ignored | Refused
+# Union, not |: this runs at import, and the core also runs on PyPy 3.9 (compat.py).
+Action = Union[Post, Dial, Evict, Answer, CancelDial, Ignored, Refused]  # noqa: UP007
 
 
 def _message(kind: str, to: str | None = None, **fields: Any) -> Post:

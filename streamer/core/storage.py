@@ -381,6 +381,9 @@ class Storage:
         fd = self._fds[DATA_FILE]
         self._data_dirty = True
         try:
+            if not hasattr(os, "pwritev"):  # PyPy (compat.py): one joined write
+                _pwrite_all(fd, b"".join(blocks), offset)
+                return
             # pwritev takes at most IOV_MAX (1024) buffers and may write less than asked.
             if len(blocks) > 1024:
                 blocks = [b"".join(blocks)]
