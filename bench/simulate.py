@@ -39,6 +39,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -565,14 +566,14 @@ def plot(series: dict, path: Path) -> str:
     if not other:
         return "delay plot skipped: matplotlib is not installed"
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = path.with_suffix(".json")
-    data.write_text(json.dumps(series))
-    done = subprocess.run(
-        [other, str(Path(__file__).resolve()), "--plot-from", str(data), "--png", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    data.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "series.json"
+        data.write_text(json.dumps(series))
+        done = subprocess.run(
+            [other, str(Path(__file__).resolve()), "--plot-from", str(data), "--png", str(path)],
+            capture_output=True,
+            text=True,
+        )
     if done.returncode != 0:
         return f"delay plot skipped: {other} could not draw it ({done.stderr.strip()[-200:]})"
     return f"delay plot: {path} (drawn by {other})"
@@ -694,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_from:
         try:
             draw(json.loads(args.plot_from.read_text()), args.png)
+        except ImportError:
+            parser.error("--plot-from needs matplotlib: pip install -e '.[bench]'")
         except (OSError, ValueError, KeyError) as e:
             parser.error(f"--plot-from {args.plot_from}: not a delay series ({e})")
         return 0
