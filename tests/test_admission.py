@@ -81,8 +81,25 @@ def test_a_block_asked_for_again_and_again_gets_one_more_copy_on_credit() -> Non
         assert not policy.admit("b", 19, 0.1)
     for i in range(3):  # the swarm does not pass it on: "b" and "c" keep coming back
         assert not policy.admit("bc"[i % 2], 19, 0.3 + 0.1 * i)
+    assert policy.copies_demanded == 0
     assert policy.admit("b", 19, 0.6)  # on credit: the bucket goes below zero
+    assert policy.copies_demanded == 1  # the writer's stats say why it sent more
     policy.started()
     for i in range(3):
         assert not policy.admit("c", 19, 1.0 + 0.1 * i)
     assert not policy.admit("c", 19, 1.4)  # credit is one block: spent until appends repay it
+
+
+def test_a_peer_with_no_other_neighbour_gets_every_block_and_the_stats_count_it() -> None:
+    neighbours = {"a": 1, "b": 3}
+    config = ReplicatorConfig()
+    policy = UploadAdmission(_WriterFeed(), config, neighbours_of=neighbours.get)  # type: ignore[arg-type]
+    for _ in range(2):
+        policy.peer_added()
+    assert policy.admit("b", 19, 0.0)  # the first copy
+    policy.started()
+    assert not policy.admit("b", 19, 0.0)  # no budget for a second one to a peer with others
+    for _ in range(3):  # the peer that has only us gets it each time it asks
+        assert policy.admit("a", 19, 0.0)
+        policy.started()
+    assert policy.copies_alone == 3 and policy.copies_demanded == 0

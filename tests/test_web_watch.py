@@ -224,7 +224,8 @@ async def test_three_tabs_play_from_each_other_and_a_late_tab_outlives_the_broad
     # blocks on slowly and connect to each other late, and the writer serves more (admission.py:
     # copies asked for again and again, and every block to a tab that has no other neighbour):
     # 1.55-1.68x was seen in CI and in loops with the cores busy, `swarm_short` set, each tab
-    # taking about half its blocks from the writer.
+    # taking about half its blocks from the writer (the writer's `writer_copies_alone` and
+    # `writer_copies_demanded` say which rule it was).
     if w["bytes_up"] > 2.0 * w["byte_length"]:
         print("WRITER", json.dumps(w))
         for s in final:

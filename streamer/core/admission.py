@@ -70,6 +70,11 @@ class UploadAdmission:
         self.limits = limits
         self.neighbours_of = neighbours_of
         self.refused = 0  # block requests declined as busy (or over the writer's budget)
+        # A writer's answers past its budget of copies, by why (so its stats say why its upload
+        # grew): for a peer that has no neighbour but us, and for a block the swarm did not pass
+        # on (asked for again and again after its copy went out).
+        self.copies_alone = 0
+        self.copies_demanded = 0
         self.waiting = 0  # admitted answers not yet being sent
         self._peers = 0
         self._copies: dict[int, int] = {}  # writer: block -> copies admitted
@@ -130,7 +135,7 @@ class UploadAdmission:
         if feed.writable and self.only_through_us(peer):
             # Nobody else can pass blocks to it: held back, it would starve, not ask elsewhere.
             # (Its copies are not counted: it passes them on to nobody.)
-            pass
+            self.copies_alone += 1
         elif feed.writable:
             copies = self._copies.get(block, 0)
             if copies == 0 and peer in self._roots and self._peers > len(self._roots):
@@ -154,6 +159,7 @@ class UploadAdmission:
                     ):
                         self._denied.pop(block, None)
                         self._served_at[block] = now
+                        self.copies_demanded += 1
                     else:
                         self._denied[block] = asked
                         if len(self._denied) > REVEALED_MEMORY:

@@ -1095,6 +1095,8 @@ class Replicator:
             rerequests=t.rerequests,
             timeouts=t.timeouts,
             uploads_refused=self.uploads.refused,
+            writer_copies_alone=self.uploads.copies_alone,
+            writer_copies_demanded=self.uploads.copies_demanded,
             peers_dropped=t.peers_dropped,
             inflight=sum(len(e) for e in self._inflight.values()),
             unavailable=self._count_unavailable(),

@@ -74,6 +74,10 @@ class ReplicationStats:
     rerequests: int = 0  # late requests sent to a second peer
     timeouts: int = 0  # requests given up
     uploads_refused: int = 0  # block requests we declined as busy (or over the writer's budget)
+    # A writer's answers past its extra-copy budget (core.admission): to peers with no neighbour
+    # but the writer, and for blocks asked for again and again (the swarm did not pass them on).
+    writer_copies_alone: int = 0
+    writer_copies_demanded: int = 0
     peers_dropped: int = 0  # sessions closed for misbehaving
     inflight: int = 0  # our block requests out now
     unavailable: int = 0  # wanted blocks no neighbour holds: a sign to find other peers
