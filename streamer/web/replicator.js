@@ -598,6 +598,9 @@ export class Replicator {
       rerequests: t.rerequests,
       timeouts: t.timeouts,
       uploads_refused: t.uploads_refused,
+      // A broadcaster's copies past its budget (core/admission.py): a tab is never the writer.
+      writer_copies_alone: 0,
+      writer_copies_demanded: 0,
       peers_dropped: t.peers_dropped,
       inflight: [...this._inflight.values()].reduce((n, e) => n + e.length, 0),
       unavailable: this._unavailable,

@@ -71,7 +71,7 @@ test('two neighbours handshake over their SDP fingerprints and replicate', async
     'writer_connected', 'bytes_up', 'bytes_down', 'up_rate', 'down_rate', 'blocks_up',
     'block_bytes_up', 'blocks_from_writer', 'blocks_from_peers', 'block_bytes_from_writer',
     'block_bytes_from_peers', 'duplicates', 'duplicate_bytes', 'rerequests', 'timeouts',
-    'uploads_refused', 'peers_dropped', 'inflight', 'unavailable', 'keep', 'replicated_share', 'rarest_copies',
+    'uploads_refused', 'writer_copies_alone', 'writer_copies_demanded', 'peers_dropped', 'inflight', 'unavailable', 'keep', 'replicated_share', 'rarest_copies',
     'unreplicated_blocks', 'backfill_requests', 'evicted', 'pushes_sent', 'pushes_received',
     'push_children', 'push_parent', 'parent_switches', 'swarm_short', 'upload_capacity_ratio',
     'share_from_peers',
