@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {name: [] for name in commands}
     reports: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # A tiny first run sets up .venv-pypy (a minute or two once), outside the timed rounds.
         run(commands["PyPy"][:1] + ["--viewers", "2", "--seconds", "1"], Path(tmp) / "w.png")
         for r in range(args.rounds):
             for name, command in commands.items():

@@ -70,9 +70,10 @@ class UploadAdmission:
         self.limits = limits
         self.neighbours_of = neighbours_of
         self.refused = 0  # block requests declined as busy (or over the writer's budget)
-        # A writer's answers past its budget of copies, by why (so its stats say why its upload
-        # grew): for a peer that has no neighbour but us, and for a block the swarm did not pass
-        # on (asked for again and again after its copy went out).
+        # A writer's answers admitted outside its free copy and extra budget, by why (so its stats
+        # say why its upload grew): every answer to a peer that has no neighbour but us (never
+        # counted as a copy), and a copy on credit for a block the swarm did not pass on (asked
+        # for again and again after its copy went out).
         self.copies_alone = 0
         self.copies_demanded = 0
         self.waiting = 0  # admitted answers not yet being sent

@@ -74,8 +74,8 @@ class ReplicationStats:
     rerequests: int = 0  # late requests sent to a second peer
     timeouts: int = 0  # requests given up
     uploads_refused: int = 0  # block requests we declined as busy (or over the writer's budget)
-    # A writer's answers past its extra-copy budget (core.admission): to peers with no neighbour
-    # but the writer, and for blocks asked for again and again (the swarm did not pass them on).
+    # A writer's answers outside its copy budget (core.admission): every answer to a peer with no
+    # neighbour but the writer, and copies on credit for blocks asked for again and again.
     writer_copies_alone: int = 0
     writer_copies_demanded: int = 0
     peers_dropped: int = 0  # sessions closed for misbehaving

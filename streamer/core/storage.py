@@ -47,6 +47,8 @@ def _load_fallocate() -> Callable[..., int] | None:
 
 
 _FALLOCATE = _load_fallocate()
+# PyPy has no os.pwritev (compat.py): write_blocks then makes one joined pwrite.
+_PWRITEV = getattr(os, "pwritev", None)
 
 DATA_FILE = "data"
 TREE_FILE = "tree"
@@ -381,14 +383,14 @@ class Storage:
         fd = self._fds[DATA_FILE]
         self._data_dirty = True
         try:
-            if not hasattr(os, "pwritev"):  # PyPy (compat.py): one joined write
+            if _PWRITEV is None:
                 _pwrite_all(fd, b"".join(blocks), offset)
                 return
             # pwritev takes at most IOV_MAX (1024) buffers and may write less than asked.
             if len(blocks) > 1024:
                 blocks = [b"".join(blocks)]
             total = sum(len(b) for b in blocks)
-            written = os.pwritev(fd, blocks, offset)
+            written = _PWRITEV(fd, blocks, offset)
             if written < total:
                 # The rest either goes in or raises the disk's real error (ENOSPC, EFBIG, ...).
                 _pwrite_all(fd, memoryview(b"".join(blocks))[written:], offset + written)
