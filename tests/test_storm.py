@@ -5,7 +5,8 @@ stream key (an outsider: every message is dropped and counted) and then with it 
 a named stream: the make-room rules bound what it costs). Every viewer keeps receiving blocks
 without a gap more than a second longer than the longest gap measured on the same swarm without
 a storm just before (at least the segment duration), and keeps all its neighbours; the first
-viewer's page, playing in headless Chromium, never shows the same picture for more than a second.
+viewer's page, playing in headless Chromium, never shows the same picture for more than 1.5 s (half a
+second longer than its longest freeze without a storm, if that was over a second).
 (With the rules of before, the outsider storm alone cut viewers off their neighbours.)"""
 
 from __future__ import annotations
@@ -180,12 +181,18 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
             "(player.video.currentTime)", timeout=30_000, polling=500,
         )
         # The same measure without a storm: what the encoder and the swarm give on this machine.
+        await page.evaluate(RESET_FRAMES)
         for m in monitors:
             m.start()
         await asyncio.sleep(PHASE_S)
         for m in monitors:
             await m.stop()
         baseline = max(max(m.max_gap for m in monitors), SEGMENT_S)
+        # The page's bound: a second, or what it showed without a storm when the machine is
+        # slower than that, plus half a second (the old rules froze it for many seconds).
+        page_base = await page.evaluate("frameGap.max")
+        page_bound = max(page_base, 1000) + 500
+        await page.evaluate(RESET_FRAMES)
         before = {m.url: m.last["peers"] for m in monitors}  # no storm may cost a neighbour
         outsider = await storm(outsider_storm)
         assert outsider["peers"] >= VIEWERS and outsider["posted"] > 0, outsider
@@ -194,7 +201,11 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
         assert all(m.min_peers >= before[m.url] for m in monitors), (before, outsider)
         for m in monitors:
             assert m.last["signals_refused"] > 0, m.last
-        assert await page.evaluate("frameGap.max") <= 1000, "the page froze in the outsider storm"
+        page_gap = await page.evaluate("frameGap.max")
+        assert page_gap <= page_bound, (
+            f"the page froze in the outsider storm: {page_gap:.0f} ms ({page_base:.0f} without)"
+        )
+        await page.evaluate(RESET_FRAMES)
 
         before = {m.url: m.last["peers"] for m in monitors}
         insider = await storm(insider_storm)
@@ -202,7 +213,10 @@ async def test_a_signaling_storm_with_and_without_the_key_leaves_every_viewer_pl
         gaps = {m.url: round(m.max_gap, 2) for m in monitors}
         assert all(g <= baseline + 1.0 for g in gaps.values()), f"insider storm: {gaps}"
         assert all(m.min_peers >= before[m.url] for m in monitors), (before, insider)
-        assert await page.evaluate("frameGap.max") <= 1000, "the page froze in the insider storm"
+        page_gap = await page.evaluate("frameGap.max")
+        assert page_gap <= page_bound, (
+            f"the page froze in the insider storm: {page_gap:.0f} ms ({page_base:.0f} without)"
+        )
         for proc in [hub, writer, *viewers]:
             assert proc.returncode is None
     finally:
