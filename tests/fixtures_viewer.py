@@ -17,9 +17,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+from streamer.core.backfill import missing_runs
 from streamer.core.feed import Feed
 from streamer.core.wire import Request, RequestBlock, RequestUpgrade
 from streamer.media.format import FLAG_END, Segment, StreamHeader
+from viewer.source import LocalFeedSource
 
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
 
@@ -189,3 +191,17 @@ def sparse_copy(writer: Feed, directory: Path, indexes: list[int]) -> Feed:
         )
         reader.verify_and_apply(writer.proof(request))
     return reader
+
+
+class HolesSource(LocalFeedSource):
+    """A sparse feed (sparse_copy) whose missing blocks no one else holds either, as a network
+    source sees history nobody kept: they never arrive, and each run of them that a held media
+    block follows is a hole (NetworkSource asks its neighbours' announcements instead,
+    core.scheduler.Replicator.holes)."""
+
+    _can_fetch = True
+
+    def holes(self) -> list[tuple[int, int]]:
+        last_media = self.last_media
+        runs = missing_runs(self.length, self.feed.present_ranges())
+        return [(start, end) for start, end in runs if end <= last_media]

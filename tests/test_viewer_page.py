@@ -16,7 +16,13 @@ import pytest
 from playwright.async_api import Page, async_playwright
 
 from streamer.core.feed import Feed
-from tests.fixtures_viewer import EncodedStream, encode_test_stream, sparse_copy, write_feed
+from tests.fixtures_viewer import (
+    EncodedStream,
+    HolesSource,
+    encode_test_stream,
+    sparse_copy,
+    write_feed,
+)
 from viewer.server import PlayerServer
 from viewer.source import LocalFeedSource
 
@@ -71,19 +77,6 @@ class Session:
         return int(await self.js("player.video.getVideoPlaybackQuality().totalVideoFrames"))
 
 
-class _HolesSource(LocalFeedSource):
-    """A sparse feed whose missing blocks no one else holds either, as a network source sees
-    history nobody kept: they never arrive, and playback goes on at the first block held after
-    each hole (NetworkSource asks its neighbours' announcements, core.scheduler.goes_on_at)."""
-
-    _can_fetch = True
-
-    def goes_on_at(self, index: int) -> int | None:
-        after = None if self.has(index) else self.feed.bitfield.first_set(index + 1)
-        last_media = self.length - (2 if self.ended else 1)
-        return after if after is not None and after <= last_media else None
-
-
 async def _appender(feed: Feed, stream: EncodedStream, running: asyncio.Event) -> None:
     """Append one segment per second, like a broadcaster; holds back while `running` is clear."""
     while feed.length - 1 < len(stream.segments):
@@ -113,7 +106,7 @@ async def open_page(stream: EncodedStream, tmp_path: Path) -> AsyncIterator:
             writer = feed
             feed = sparse_copy(writer, tmp_path / f"sparse{len(cleanup)}", held)
             writer.close()
-            source = _HolesSource(feed)
+            source = HolesSource(feed)
         server = PlayerServer(source)
         await server.start()
         playwright = await async_playwright().start()

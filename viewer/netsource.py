@@ -205,9 +205,8 @@ class NetworkSource(LocalFeedSource):
         # Ahead of the playback window: someone is waiting for exactly this block.
         self.net.want(index, index + 1, PRIORITY_HIGH)
 
-    def goes_on_at(self, index: int) -> int | None:
-        last_media = self.length - (2 if self.ended else 1)
-        return self.net.replicator.goes_on_at(index, last_media)
+    def holes(self) -> list[tuple[int, int]]:
+        return self.net.replicator.holes(self.last_media)
 
     async def header(self, timeout: float) -> StreamHeader:
         """The stream header (block 0), fetched if needed."""

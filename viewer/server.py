@@ -49,6 +49,9 @@ class PlayerState:
     timeline: Timeline = field(default_factory=Timeline)
     player: dict[str, Any] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Blocks in a hole of the source (held by no one, a later one held): since when, by the
+    # loop's clock. One that stayed in a hole UNAVAILABLE_S is gone (the playlist's gaps).
+    hole_since: dict[int, float] = field(default_factory=dict)
 
     async def stream_header(self) -> StreamHeader:
         if self.header is None:
@@ -72,6 +75,20 @@ class PlayerState:
                     await asyncio.sleep(0)
                 await self.held_timing(index)
         return timeline.entries(length, header.grid, first)
+
+    def gone(self) -> tuple[set[int], float | None]:
+        """The blocks held by no one for UNAVAILABLE_S by now (as the source's holes say), and
+        how long until the next block of a hole counts too (None: no hole is pending)."""
+        now = asyncio.get_running_loop().time()
+        since = {
+            b: self.hole_since.get(b, now)
+            for start, end in self.source.holes()
+            for b in range(start, end)
+        }
+        self.hole_since = since
+        gone = {b for b, t in since.items() if now - t >= UNAVAILABLE_S}
+        pending = [t + UNAVAILABLE_S - now for b, t in since.items() if b not in gone]
+        return gone, min(pending, default=None)
 
     async def held_timing(self, index: int) -> SegmentHeader | None:
         """The header of block `index` if it is held (read once, then kept in the timeline)."""
@@ -125,11 +142,7 @@ async def _block(request: web.Request) -> web.Response:
     except BlockNotFoundError as exc:
         raise web.HTTPNotFound(text=str(exc)) from None
     if isinstance(block, int):
-        # 410: held by no one now, so waiting is in vain; the page plays on from `X-Goes-On-At`.
-        raise web.HTTPGone(
-            text=f"block {index} is held by no peer; the stream goes on at block {block}",
-            headers={"X-Goes-On-At": str(block)},
-        )
+        raise _gone(index, block)
     try:
         segment = state.timeline.add_block(index, block)
     except StreamFormatError as exc:
@@ -148,6 +161,15 @@ async def _block(request: web.Request) -> web.Response:
             "X-Independent": "1" if segment.independent else "0",
             "X-Wall-Clock": f"{segment.wall_clock:.6f}",
         },
+    )
+
+
+def _gone(index: int, goes_on_at: int) -> web.HTTPGone:
+    """410: block `index` is held by no one now, so waiting is in vain; the page plays on from
+    `X-Goes-On-At`."""
+    return web.HTTPGone(
+        text=f"block {index} is held by no peer; the stream goes on at block {goes_on_at}",
+        headers={"X-Goes-On-At": str(goes_on_at)},
     )
 
 
@@ -184,11 +206,13 @@ async def _run(request: web.Request) -> web.Response:
     body = bytearray()
     for index in range(first, last + 1):
         try:
-            block = await source.get(index, state.block_timeout)
+            block = await _block_or_gone(source, index, state.block_timeout)
         except TimeoutError:
             raise web.HTTPGatewayTimeout(text=f"block {index} did not arrive in time") from None
         except BlockNotFoundError as exc:
             raise web.HTTPNotFound(text=str(exc)) from None
+        if isinstance(block, int):
+            raise _gone(index, block)  # the playlist marks it #EXT-X-GAP
         header = state.timeline.add_block(index, block)
         if header.end:
             raise web.HTTPNotFound(text=f"block {index} is the end of the stream")
@@ -341,6 +365,13 @@ async def _playlist(request: web.Request) -> web.Response:
                 break
             rows = await state.media_blocks()
             segments = _hls_segments(rows, state.source.ended, header.grid.parts)
+    gone, pending = state.gone()
+    if state.source.ended:
+        # A finished stream's playlist is read once: a hole not yet known to be gone (the
+        # neighbours' announcements arrive after they connect) is waited for, UNAVAILABLE_S at most.
+        while pending is not None and not state.stopping.is_set():
+            await run_until(state.source.wait_for_change(pending), state.stopping)
+            gone, pending = state.gone()
     with_parts = header.grid.parts > 1
     target = math.ceil(
         max([header.segment_duration] + [s.duration for s in segments if s.complete]) - 1e-3
@@ -367,14 +398,20 @@ async def _playlist(request: web.Request) -> web.Response:
     for k, seg in enumerate(segments):
         if seg.parts[0].discontinuity and seg.parts[0].index > 1:
             lines.append("#EXT-X-DISCONTINUITY")
+        # Media held by no one: a gap from its first gone part on (the parts after it in the
+        # run decode from it), and so the whole segment.
+        gap_from = next((n for n, e in enumerate(seg.parts) if e.index in gone), len(seg.parts))
         if with_parts and k >= recent:
-            for entry in seg.parts:
+            for n, entry in enumerate(seg.parts):
                 independent = ",INDEPENDENT=YES" if entry.independent else ""
+                gap = ",GAP=YES" if n >= gap_from else ""
                 lines.append(
                     f'#EXT-X-PART:DURATION={entry.duration:.6f},URI="block/{entry.index}.m4s"'
-                    f"{independent}"
+                    f"{independent}{gap}"
                 )
         if seg.complete:
+            if gap_from < len(seg.parts):
+                lines.append("#EXT-X-GAP")
             lines.append(f"#EXTINF:{seg.duration:.6f},")
             lines.append(seg.uri)
     if state.source.ended:

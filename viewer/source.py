@@ -59,9 +59,22 @@ class BlockSource(ABC):
         Raises TimeoutError when it does not arrive within `timeout` seconds.
         """
 
+    @property
+    def last_media(self) -> int:
+        """The newest media block (the one before the end marker once the stream ended)."""
+        return self.length - (2 if self.ended else 1)
+
+    def holes(self) -> list[tuple[int, int]]:
+        """Runs of blocks held by no one, each followed by a media block someone holds (a network
+        source: core.scheduler.Replicator.holes); none for a feed that is all here."""
+        return []
+
     def goes_on_at(self, index: int) -> int | None:
-        """Where playback goes on if block `index` is held by no one (a network source: the first
-        block after the hole that someone holds); None if it may still come, or nothing follows."""
+        """Where playback goes on if block `index` is held by no one: the first block after its
+        hole; None if it may still come, or nothing follows."""
+        for start, end in self.holes():
+            if start <= index < end:
+                return end
         return None
 
     @abstractmethod

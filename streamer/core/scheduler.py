@@ -822,17 +822,13 @@ class Replicator:
         holders = [s.remote_has.runs() for s in self.sessions if s.is_open]
         return unavailable_runs(min(end, self.feed.length), self.feed.present_ranges(), holders)
 
-    def goes_on_at(self, index: int, last_media: int) -> int | None:
-        """Where playback goes on when block `index` is held by no one we know: the first block
-        after its hole (a run of `nowhere`) that we or an open neighbour hold, if it is a media
-        block (at most `last_media`); None while someone holds `index` (it is only slow) or
-        nothing after the hole is held. The tab's player (web/player.js _goesOnAt) has the same
-        rule; the caller decides how long to wait before asking (the neighbours' announcements
-        arrive after they connect)."""
-        for start, end in self.nowhere(last_media + 1):
-            if start <= index < end:
-                return end if end <= last_media else None
-        return None
+    def holes(self, last_media: int) -> list[tuple[int, int]]:
+        """Runs of blocks held by no one we know (runs of `nowhere`) that a media block we or an
+        open neighbour hold follows (one at most `last_media`): playback goes on at a hole's end.
+        A run up to the newest block is no hole (it may be only slow). The tab's player
+        (web/player.js _goesOnAt) has the same rule; the caller decides how long a run must stay
+        one before it counts (the neighbours' announcements arrive after they connect)."""
+        return [(start, end) for start, end in self.nowhere(last_media + 1) if end <= last_media]
 
     def _backfill_timer(self, best: float | None) -> float | None:
         wake = None if self.feed.writable else self.backfill.wake_at(self._now)
