@@ -369,8 +369,13 @@ async def _playlist(request: web.Request) -> web.Response:
     if state.source.ended:
         # A finished stream's playlist is read once: a hole not yet known to be gone (the
         # neighbours' announcements arrive after they connect) is waited for, UNAVAILABLE_S at most.
+        # Bounded: holes that keep changing shape restart their clocks.
+        until = time.monotonic() + 2 * UNAVAILABLE_S
         while pending is not None and not state.stopping.is_set():
-            await run_until(state.source.wait_for_change(pending), state.stopping)
+            wait = min(pending, until - time.monotonic())
+            if wait <= 0:
+                break
+            await run_until(state.source.wait_for_change(wait), state.stopping)
             gone, pending = state.gone()
     with_parts = header.grid.parts > 1
     target = math.ceil(
