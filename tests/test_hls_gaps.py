@@ -4,11 +4,13 @@ no one for UNAVAILABLE_S, the playlist marks the segments it touches #EXT-X-GAP 
 from the first missing one GAP=YES (a finished stream's playlist waits for that; a live one shows
 it on a later reload), and fetching them anyway answers 410 with where the stream goes on.
 hls.js (npm, tests/hlsjs) plays such a stream in headless Chromium from start to end without
-asking for a gap."""
+asking for a gap, from a test source and from a real viewer process; FFmpeg, which ignores the
+tag, plays on past the 410s."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 from collections.abc import Iterator
 from fractions import Fraction
@@ -100,6 +102,21 @@ async def test_a_finished_stream_marks_what_no_peer_holds_as_gaps(
             assert status == 410 and headers["X-Goes-On-At"] == goes_on, (uri, body)
         status, _, _ = await _get(server.url + "run/16-20.m4s")
         assert status == 200
+
+
+async def test_ffmpeg_which_ignores_the_tag_plays_on_past_the_410s(
+    broadcast: Feed, tmp_path: Path
+) -> None:
+    async with PlayerServer(_holes_copy(broadcast, tmp_path)) as server:
+        decode = await asyncio.to_thread(
+            subprocess.run,
+            ["ffmpeg", "-v", "error", "-live_start_index", "0", "-i", server.url + "live.m3u8",
+             "-map", "0:v", "-f", "framemd5", "-"],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert decode.returncode == 0, decode.stderr
+    frames = [ln for ln in decode.stdout.splitlines() if ln and not ln.startswith("#")]
+    assert len(frames) == (SECONDS - len(GAP_SEGMENTS)) * FPS  # all but the two gaps' segments
 
 
 async def test_a_live_playlist_marks_a_gap_once_it_stayed_one(
