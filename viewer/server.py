@@ -369,7 +369,7 @@ async def _playlist(request: web.Request) -> web.Response:
     if state.source.ended:
         # A finished stream's playlist is read once: a hole not yet known to be gone (the
         # neighbours' announcements arrive after they connect) is waited for, UNAVAILABLE_S at most.
-        # Bounded: holes that keep changing shape restart their clocks.
+        # Bounded: blocks that keep joining holes would each start a clock of their own.
         until = time.monotonic() + 2 * UNAVAILABLE_S
         while pending is not None and not state.stopping.is_set():
             wait = min(pending, until - time.monotonic())
