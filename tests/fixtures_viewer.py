@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import subprocess
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -205,3 +206,15 @@ class HolesSource(LocalFeedSource):
         last_media = self.last_media
         runs = missing_runs(self.length, self.feed.present_ranges())
         return [(start, end) for start, end in runs if end <= last_media]
+
+
+def ffmpeg_frames(playlist_url: str) -> int:
+    """Decode an HLS playlist's video with the ffmpeg command from its first segment on (run in a
+    thread: it blocks); how many frames it decoded. Fails on a non-zero exit."""
+    decode = subprocess.run(
+        ["ffmpeg", "-v", "error", "-live_start_index", "0", "-i", playlist_url,
+         "-map", "0:v", "-f", "framemd5", "-"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert decode.returncode == 0, decode.stderr
+    return sum(1 for ln in decode.stdout.splitlines() if ln and not ln.startswith("#"))

@@ -39,6 +39,7 @@ from streamer.media.format import (
 )
 from streamer.media.sources import TestPatternSource
 from streamer.media.testpattern import TestPattern, read_time_code, time_code_bits
+from tests.fixtures_viewer import ffmpeg_frames
 from tests.test_e2e import decode_hls, spawn, stats_until  # noqa: F401 (spawn is a fixture)
 from viewer.cli import main as viewer_main
 from viewer.server import PlayerServer
@@ -212,15 +213,7 @@ async def test_ll_hls_lists_parts_and_segments_that_ffmpeg_decodes(parts_feed: P
                 assert probe.returncode == 0, probe.stderr
                 codecs = {s["codec_name"] for s in json.loads(probe.stdout)["streams"]}
                 assert codecs == {"h264", "aac"}
-            decode = await asyncio.to_thread(
-                subprocess.run,
-                ["ffmpeg", "-v", "error", "-live_start_index", "0", "-i", server.url + "live.m3u8",
-                 "-map", "0:v", "-f", "framemd5", "-"],
-                capture_output=True, text=True, timeout=120,
-            )
-            assert decode.returncode == 0, decode.stderr
-            frames = [ln for ln in decode.stdout.splitlines() if ln and not ln.startswith("#")]
-            assert len(frames) == SECONDS * FPS
+            assert await asyncio.to_thread(ffmpeg_frames, server.url + "live.m3u8") == SECONDS * FPS
 
 
 async def test_blocking_reload_answers_when_the_asked_part_arrives(parts_feed: Path, tmp_path: Path) -> None:
