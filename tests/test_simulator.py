@@ -64,6 +64,7 @@ def test_the_simulator_reports_the_same_swarm_under_pypy(tmp_path: Path) -> None
     assert "(PyPy 3." in pypy_timing, pypy_timing
     # PyPy has no matplotlib: the project's CPython draws its plot from the series it hands on.
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "a.json").exists()  # the series went through a temporary file
     assert "(CPython 3." in cpython_timing, cpython_timing
     assert any(line.startswith("delay behind live: p50") for line in pypy), pypy
     assert pypy == cpython

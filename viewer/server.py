@@ -76,7 +76,7 @@ class PlayerState:
                 await self.held_timing(index)
         return timeline.entries(length, header.grid, first)
 
-    def gone(self) -> tuple[set[int], float | None]:
+    def gaps(self) -> tuple[set[int], float | None]:
         """The blocks held by no one for UNAVAILABLE_S by now (as the source's holes say), and
         how long until the next block of a hole counts too (None: no hole is pending)."""
         now = asyncio.get_running_loop().time()
@@ -365,18 +365,18 @@ async def _playlist(request: web.Request) -> web.Response:
                 break
             rows = await state.media_blocks()
             segments = _hls_segments(rows, state.source.ended, header.grid.parts)
-    gone, pending = state.gone()
+    gone, pending = state.gaps()
     if state.source.ended:
         # A finished stream's playlist is read once: a hole not yet known to be gone (the
-        # neighbours' announcements arrive after they connect) is waited for, UNAVAILABLE_S at most.
-        # Bounded: blocks that keep joining holes would each start a clock of their own.
+        # neighbours' announcements arrive after they connect) is waited for. UNAVAILABLE_S
+        # suffices unless blocks keep joining holes, each with a clock of its own: 2x at most.
         until = time.monotonic() + 2 * UNAVAILABLE_S
         while pending is not None and not state.stopping.is_set():
             wait = min(pending, until - time.monotonic())
             if wait <= 0:
                 break
             await run_until(state.source.wait_for_change(wait), state.stopping)
-            gone, pending = state.gone()
+            gone, pending = state.gaps()
     with_parts = header.grid.parts > 1
     target = math.ceil(
         max([header.segment_duration] + [s.duration for s in segments if s.complete]) - 1e-3
